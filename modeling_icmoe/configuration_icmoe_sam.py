@@ -1,0 +1,266 @@
+"""Configuration of IC-MoE SAM.
+
+IC-MoE ("Intelligent Communication Mixture-of-Experts", Zhang et al., arXiv 2510.17684) adds a mixture of
+basic, semantic and adaptive experts beside the MLP of SAM's ViT blocks. This file holds the adapter
+configuration (`IcMoeAdapterConfig`, a plain dataclass in the style of PEFT configs) and the model
+configuration (`IcMoeSamConfig`, a `SamConfig` that carries an `IcMoeAdapterConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from transformers import SamConfig
+
+
+@dataclass
+class IcMoeAdapterConfig:
+    """Configuration of the IC-MoE adapters added to a SAM image encoder.
+
+    Args:
+        num_basic_experts (`int`, *optional*, defaults to 2):
+            Token-wise bottleneck experts (`down -> GELU -> up`).
+        num_semantic_experts (`int`, *optional*, defaults to 2):
+            Bottleneck experts with a depthwise 3x3 convolution on the token grid (regional context).
+        semantic_dilations (`list[int]`, *optional*):
+            One dilation per semantic expert. Defaults to `1, 2, ..., num_semantic_experts`.
+        num_adaptive_experts (`int`, *optional*, defaults to 2):
+            Bottleneck experts whose channels are modulated per image from the image's pooled features.
+        num_experts_per_tok (`int`, *optional*, defaults to 2):
+            Top-k: how many experts each token is routed to.
+        expert_rank (`int`, *optional*, defaults to 16):
+            Bottleneck width of every expert.
+        expert_output_scale (`float`, *optional*, defaults to 1.0):
+            Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
+        target_layers (`list[int]`, *optional*):
+            Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
+        router_jitter_noise (`float`, *optional*, defaults to 0.01):
+            Multiplicative jitter on the router input while training.
+        vote_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the vote softmax.
+        label_consistency_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the label-consistency term in the label-guided target votes.
+        router_aux_loss_coef (`float`, *optional*, defaults to 0.01):
+            Weight of the load-balancing loss.
+        router_z_loss_coef (`float`, *optional*, defaults to 0.0):
+            Weight of the router z-loss.
+        vote_loss_coef (`float`, *optional*, defaults to 0.1):
+            Weight of the vote loss and the pixel-probability loss.
+        contrastive_loss_coef (`float`, *optional*, defaults to 0.1):
+            Weight of the semantic-guided contrastive loss. `0` removes the projection head.
+        contrastive_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the contrastive loss.
+        contrastive_samples_per_class (`int`, *optional*, defaults to 64):
+            Anchors sampled per class and image for the contrastive loss.
+        projection_dim (`int`, *optional*, defaults to 128):
+            Output size of the contrastive projection head.
+        train_mask_decoder (`bool`, *optional*, defaults to `True`):
+            Whether the mask decoder is trained together with the adapters.
+        base_model_name_or_path (`str`, *optional*):
+            The SAM checkpoint the adapters were added to; written into adapter-only checkpoints.
+    """
+
+    num_basic_experts: int = field(default=2, metadata={"help": "Number of token-wise bottleneck experts."})
+    num_semantic_experts: int = field(
+        default=2, metadata={"help": "Number of experts with a dilated depthwise 3x3 conv on the token grid."}
+    )
+    semantic_dilations: list[int] | None = field(
+        default=None, metadata={"help": "One dilation per semantic expert; defaults to 1, 2, ..., n."}
+    )
+    num_adaptive_experts: int = field(
+        default=2, metadata={"help": "Number of experts with per-image channel modulation."}
+    )
+    num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k experts per token."})
+    expert_rank: int = field(default=16, metadata={"help": "Bottleneck width of every expert."})
+    expert_output_scale: float = field(default=1.0, metadata={"help": "Scale of the mixture output."})
+    target_layers: list[int] | None = field(
+        default=None, metadata={"help": "Vision block indices that get an IC-MoE layer; None = all."}
+    )
+    router_jitter_noise: float = field(
+        default=0.01, metadata={"help": "Multiplicative jitter on the router input while training, in [0, 1)."}
+    )
+    vote_temperature: float = field(default=1.0, metadata={"help": "Temperature of the vote softmax (> 0)."})
+    label_consistency_weight: float = field(
+        default=1.0, metadata={"help": "Weight of label consistency in the target votes (>= 0)."}
+    )
+    router_aux_loss_coef: float = field(default=0.01, metadata={"help": "Weight of the load-balancing loss."})
+    router_z_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the router z-loss."})
+    vote_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the vote and pixel losses."})
+    contrastive_loss_coef: float = field(
+        default=0.1, metadata={"help": "Weight of the semantic-guided contrastive loss; 0 drops the head."}
+    )
+    contrastive_temperature: float = field(default=0.1, metadata={"help": "Contrastive temperature (> 0)."})
+    contrastive_samples_per_class: int = field(
+        default=64, metadata={"help": "Contrastive anchors sampled per class and image."}
+    )
+    projection_dim: int = field(default=128, metadata={"help": "Output size of the contrastive projection head."})
+    train_mask_decoder: bool = field(default=True, metadata={"help": "Train the mask decoder too."})
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The SAM checkpoint the adapters belong to."}
+    )
+
+    def __post_init__(self):
+        counts = {
+            "num_basic_experts": self.num_basic_experts,
+            "num_semantic_experts": self.num_semantic_experts,
+            "num_adaptive_experts": self.num_adaptive_experts,
+        }
+        for name, value in counts.items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        if self.num_experts == 0:
+            raise ValueError(
+                "IC-MoE needs at least one expert: `num_basic_experts`, `num_semantic_experts` and "
+                "`num_adaptive_experts` are all 0."
+            )
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"`num_experts_per_tok` must be between 1 and the number of experts ({self.num_experts}), "
+                f"got {self.num_experts_per_tok}."
+            )
+        if self.expert_rank <= 0:
+            raise ValueError(f"`expert_rank` must be a positive integer, got {self.expert_rank}.")
+        if self.semantic_dilations is None:
+            self.semantic_dilations = list(range(1, self.num_semantic_experts + 1))
+        self.semantic_dilations = [int(d) for d in self.semantic_dilations]
+        if len(self.semantic_dilations) != self.num_semantic_experts or any(d < 1 for d in self.semantic_dilations):
+            raise ValueError(
+                "`semantic_dilations` must hold one dilation >= 1 per semantic expert "
+                f"({self.num_semantic_experts}), got {self.semantic_dilations}."
+            )
+        if self.target_layers is not None:
+            layers = [int(i) for i in self.target_layers]
+            if not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(
+                    f"`target_layers` must be None or a non-empty list of distinct block indices >= 0, "
+                    f"got {self.target_layers}."
+                )
+            self.target_layers = sorted(layers)
+        if not 0.0 <= self.router_jitter_noise < 1.0:
+            raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}.")
+        for name in ("vote_temperature", "contrastive_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        for name in (
+            "label_consistency_weight",
+            "router_aux_loss_coef",
+            "router_z_loss_coef",
+            "vote_loss_coef",
+            "contrastive_loss_coef",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        for name in ("contrastive_samples_per_class", "projection_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+
+    @property
+    def num_experts(self) -> int:
+        return self.num_basic_experts + self.num_semantic_experts + self.num_adaptive_experts
+
+    def resolve_target_layers(self, num_hidden_layers: int) -> list[int]:
+        """The vision block indices that get an IC-MoE layer, checked against the encoder's depth."""
+        if self.target_layers is None:
+            return list(range(num_hidden_layers))
+        missing = [i for i in self.target_layers if i >= num_hidden_layers]
+        if missing:
+            raise ValueError(
+                f"`target_layers` names blocks {missing} but the image encoder has {num_hidden_layers} blocks "
+                f"(indices 0..{num_hidden_layers - 1})."
+            )
+        return list(self.target_layers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict) -> IcMoeAdapterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config_dict) - known)
+        if unknown:
+            raise ValueError(f"Unknown IC-MoE adapter config fields: {unknown}.")
+        return cls(**config_dict)
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> IcMoeAdapterConfig:
+        with open(path, encoding="utf-8") as f:
+            try:
+                config_dict = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not a valid IC-MoE adapter config (JSON error: {err}).") from err
+        return cls.from_dict(config_dict)
+
+
+def _as_adapter_config(value) -> IcMoeAdapterConfig:
+    if value is None:
+        return IcMoeAdapterConfig()
+    if isinstance(value, IcMoeAdapterConfig):
+        return value
+    if isinstance(value, dict):
+        return IcMoeAdapterConfig.from_dict(value)
+    # A class of the same name from another import of this file (for example remote code) converts by fields.
+    if hasattr(value, "to_dict"):
+        return IcMoeAdapterConfig.from_dict(value.to_dict())
+    raise ValueError(f"`icmoe_config` must be an IcMoeAdapterConfig, a dict or None, got {type(value).__name__}.")
+
+
+class IcMoeSamConfig(SamConfig):
+    r"""
+    Configuration of [`IcMoeSamModel`]: SAM's three sub-configurations plus the IC-MoE adapter configuration.
+
+    Args:
+        vision_config, prompt_encoder_config, mask_decoder_config:
+            As in [`SamConfig`].
+        icmoe_config (`IcMoeAdapterConfig` or `dict`, *optional*):
+            The IC-MoE adapter configuration. Defaults to `IcMoeAdapterConfig()`.
+    """
+
+    model_type = "icmoe_sam"
+
+    icmoe_config: dict | IcMoeAdapterConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Re-assign so that `__setattr__` converts and checks it against the encoder.
+        self.icmoe_config = self.icmoe_config
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = {
+                "AutoConfig": "configuration_icmoe_sam.IcMoeSamConfig",
+                "AutoModel": "modeling_icmoe_sam.IcMoeSamModel",
+                "AutoModelForMaskGeneration": "modeling_icmoe_sam.IcMoeSamModel",
+            }
+
+    def __setattr__(self, key, value):
+        # `from_pretrained(..., icmoe_config=...)` sets the attribute after `__init__`: convert and validate here so
+        # that every path yields a checked `IcMoeAdapterConfig`.
+        if key == "icmoe_config":
+            value = _as_adapter_config(value)
+            vision_config = self.__dict__.get("vision_config")
+            if vision_config is not None and not isinstance(vision_config, dict):
+                value.resolve_target_layers(vision_config.num_hidden_layers)
+        super().__setattr__(key, value)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["icmoe_config"] = self.icmoe_config.to_dict()
+        return output
+
+    @classmethod
+    def from_sam_config(cls, sam_config: SamConfig, icmoe_config: IcMoeAdapterConfig | dict | None = None):
+        """Builds an IC-MoE config from a plain `SamConfig`, keeping its three sub-configurations."""
+        config_dict = sam_config.to_dict()
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "icmoe_config"):
+            config_dict.pop(key, None)
+        return cls(**config_dict, icmoe_config=icmoe_config)
+
+
+IcMoeSamConfig.register_for_auto_class()
+
+__all__ = ["IcMoeAdapterConfig", "IcMoeSamConfig"]

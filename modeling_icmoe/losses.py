@@ -1,0 +1,156 @@
+"""IC-MoE losses: segmentation (Dice, BCE, IoU), router (load balance, z-loss, vote, pixel) and the
+semantic-guided contrastive loss. All are pure functions of tensors; none keeps state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+_EPS = 1e-6
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resizes binary masks `(..., H, W)` to `size` as area fractions in [0, 1] (antialiased bilinear)."""
+    leading = masks.shape[:-2]
+    flat = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    if tuple(flat.shape[-2:]) != tuple(size):
+        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return flat.reshape(*leading, *size).clamp(0.0, 1.0)
+
+
+def segmentation_losses(
+    pred_masks: torch.Tensor, iou_scores: torch.Tensor, targets: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Dice + BCE of the best of the multimask outputs, and MSE of the IoU head against the real IoU.
+
+    Args:
+        pred_masks (`torch.Tensor` of shape `(B, P, M, h, w)`): low-resolution mask logits.
+        iou_scores (`torch.Tensor` of shape `(B, P, M)`): predicted IoU per mask.
+        targets (`torch.Tensor` of shape `(B, P, h, w)`): binary targets at the mask resolution.
+
+    Returns:
+        `dict` with `dice`, `bce` and `iou` scalars. Of the M candidate masks per prompt, the one with the lowest
+        Dice + BCE is supervised (as in SAM's own training), so an ambiguous prompt is not forced onto one output.
+    """
+    logits = pred_masks.float()
+    target = targets.float().unsqueeze(2).expand_as(logits)  # (B, P, M, h, w)
+    probs = logits.sigmoid()
+    intersection = (probs * target).sum(dim=(-1, -2))  # (B, P, M)
+    # Smoothing of 1 makes an empty target with an empty prediction a perfect (zero-loss) case, not NaN.
+    dice = 1.0 - (2.0 * intersection + 1.0) / (probs.sum(dim=(-1, -2)) + target.sum(dim=(-1, -2)) + 1.0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(-1, -2))  # (B, P, M)
+    best = (dice + bce).argmin(dim=-1, keepdim=True)  # (B, P, 1)
+
+    hard = logits > 0
+    target_bool = target > 0.5
+    inter = (hard & target_bool).sum(dim=(-1, -2)).float()
+    union = (hard | target_bool).sum(dim=(-1, -2)).float()
+    true_iou = torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))  # (B, P, M)
+    return {
+        "dice": dice.gather(-1, best).mean(),
+        "bce": bce.gather(-1, best).mean(),
+        "iou": F.mse_loss(iou_scores.float(), true_iou),
+    }
+
+
+def load_balancing_loss(router_logits: torch.Tensor, top_k_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Switch/Mixtral load-balancing loss `E * sum_e f_e * P_e`; equals 1 for a perfectly balanced router.
+
+    f_e is the share of routed (token, slot) pairs that go to expert e; P_e the mean router probability of e.
+    """
+    probs = torch.softmax(router_logits.float(), dim=-1).reshape(-1, num_experts)  # (T, E)
+    routed = F.one_hot(top_k_indices.reshape(-1), num_experts).float()  # (T*k, E)
+    return num_experts * (routed.mean(dim=0) * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared log-partition of the router logits (keeps them small and numerically stable)."""
+    return torch.logsumexp(router_logits.float(), dim=-1).pow(2).mean()
+
+
+def vote_losses(
+    router_logits: torch.Tensor,
+    pixel_logits: torch.Tensor,
+    token_labels: torch.Tensor,
+    *,
+    temperature: float,
+    consistency_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel-probability voting losses of one layer.
+
+    Args:
+        router_logits (`torch.Tensor` of shape `(B, H, W, E)`)
+        pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`): each expert's foreground logit.
+        token_labels (`torch.Tensor` of shape `(B, H, W)`): foreground fraction of each token, in [0, 1].
+
+    Returns:
+        `vote`: KL(target || router votes), where the target `softmax((g + lambda log c) / tau)` boosts the experts
+        whose pixel vote agrees with the label (`c = 1 - |p - y|`); the target is detached, so only the router
+        learns from it. `pixel`: BCE of every expert's pixel vote against the label.
+    """
+    target = token_labels.unsqueeze(-1).expand_as(pixel_logits).float()  # (B, H, W, E)
+    pixel = F.binary_cross_entropy_with_logits(pixel_logits.float(), target)
+    with torch.no_grad():
+        consistency = 1.0 - (pixel_logits.float().sigmoid() - target).abs()  # (B, H, W, E)
+        guided = (router_logits.float() + consistency_weight * torch.log(consistency + _EPS)) / temperature
+        target_votes = torch.softmax(guided, dim=-1)  # (B, H, W, E)
+    log_votes = torch.log_softmax(router_logits.float() / temperature, dim=-1)
+    vote = F.kl_div(log_votes.flatten(0, 2), target_votes.flatten(0, 2), reduction="batchmean")
+    return vote, pixel
+
+
+def semantic_contrastive_loss(
+    embeddings: torch.Tensor,
+    token_labels: torch.Tensor,
+    predictions: torch.Tensor,
+    *,
+    samples_per_class: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Semantic-guided supervised contrastive (SupCon) loss on projected image embeddings.
+
+    Args:
+        embeddings (`torch.Tensor` of shape `(B, D, h, w)`): L2-normalised projected embeddings.
+        token_labels (`torch.Tensor` of shape `(B, h, w)`): foreground fraction per embedding pixel.
+        predictions (`torch.Tensor` of shape `(B, h, w)`): the decoder's foreground probability per pixel.
+
+    Anchors are drawn per image and class, favouring hard pixels: where the decoder disagrees with the label and
+    on the mask boundary (the semantic guidance). Candidates are all anchors of the batch plus each image's two
+    class prototypes (mean embedding of the class); same class is positive, other class negative. Images whose
+    mask is empty or full give no anchors; a batch with none returns a zero that still reaches the head.
+    """
+    batch, dim = embeddings.shape[:2]
+    classes = (token_labels > 0.5).float()  # (B, h, w)
+    with torch.no_grad():
+        padded = F.pad(classes[:, None], (1, 1, 1, 1), mode="replicate")
+        boundary = (F.max_pool2d(padded, 3, 1) != -F.max_pool2d(-padded, 3, 1)).float()[:, 0]  # (B, h, w)
+        hardness = 0.1 + (predictions.float() - classes).abs() + boundary  # (B, h, w)
+
+    features, feature_classes = [], []
+    for image in range(batch):
+        flat_classes = classes[image].reshape(-1)
+        if flat_classes.min() == flat_classes.max():
+            continue
+        flat = embeddings[image].reshape(dim, -1).t()  # (h*w, D)
+        weights = hardness[image].reshape(-1)
+        for value in (0.0, 1.0):
+            members = (flat_classes == value).nonzero().squeeze(1)
+            count = min(samples_per_class, members.numel())
+            chosen = members[torch.multinomial(weights[members], count, replacement=False, generator=generator)]
+            prototype = F.normalize(flat[members].mean(dim=0, keepdim=True), dim=-1)
+            features += [flat[chosen], prototype]
+            feature_classes += [torch.full((count + 1,), value, device=flat.device)]
+    if not features:
+        return embeddings.sum() * 0.0
+
+    features = torch.cat(features)  # (N, D)
+    labels = torch.cat(feature_classes)  # (N,)
+    similarity = features @ features.t() / temperature  # (N, N)
+    self_mask = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    similarity = similarity.masked_fill(self_mask, float("-inf"))
+    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask  # (N, N)
+    mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
+    return -mean_log_prob.mean()

@@ -1,0 +1,418 @@
+"""IC-MoE SAM: the Segment Anything Model with IC-MoE adapters in its image encoder.
+
+IC-MoE ("Intelligent Communication Mixture-of-Experts Boosted-Medical Image Segmentation Foundation Model",
+Zhang et al., arXiv 2510.17684) fine-tunes SAM for medical images without touching its pretrained weights.
+This file holds `IcMoeSamModel`, a `SamModel` subclass that adds an IC-MoE layer beside the MLP of the chosen
+ViT blocks (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`) and a contrastive projection head, and computes the
+IC-MoE training objective when `labels` are given. Every SAM parameter keeps its name, so `SamModel`
+checkpoints load into it and its SAM weights load back into `SamModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import SamConfig, SamModel
+from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.models.sam.modeling_sam import SamImageSegmentationOutput, SamMLPBlock
+
+from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
+from .losses import (
+    load_balancing_loss,
+    resize_masks,
+    router_z_loss,
+    segmentation_losses,
+    semantic_contrastive_loss,
+    vote_losses,
+)
+from .router import IcMoeLayer, IcMoeRouting
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+LOSS_TERMS = ("dice", "bce", "iou", "load_balance", "router_z", "vote", "pixel", "contrastive")
+
+
+@dataclass
+class IcMoeSamOutput(SamImageSegmentationOutput):
+    r"""
+    Output of [`IcMoeSamModel`]: SAM's segmentation output plus the IC-MoE loss and routing.
+
+    iou_scores (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks)`):
+        Predicted IoU of each mask.
+    pred_masks (`torch.Tensor` of shape `(batch_size, point_batch_size, num_masks, 256, 256)`):
+        Low-resolution mask logits; `SamProcessor.post_process_masks` brings them to the original image size.
+    loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` are given):
+        The total IC-MoE objective.
+    loss_terms (`dict[str, torch.Tensor]`, *optional*, returned when `labels` are given):
+        Each term, detached: `dice`, `bce`, `iou`, `load_balance`, `router_z`, `vote`, `pixel`, `contrastive`.
+    router_probs (`tuple[torch.Tensor]`, *optional*, returned when `output_router_probs=True`):
+        One tensor of shape `(batch_size, grid_height, grid_width, num_experts)` per IC-MoE layer: the fused top-k
+        votes of each token (zero outside its top-k, summing to 1).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    router_probs: tuple[torch.Tensor, ...] | None = None
+
+
+class IcMoeMLPBlock(SamMLPBlock):
+    """A ViT block MLP with an IC-MoE layer beside it on the same input. SAM's `lin1`/`lin2` keep their names."""
+
+    def __init__(self, vision_config: PreTrainedConfig, adapter_config: IcMoeAdapterConfig):
+        super().__init__(vision_config)
+        self.icmoe = IcMoeLayer(hidden_size=vision_config.hidden_size, config=adapter_config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        moe_output, _ = self.icmoe(hidden_states)  # the routing is read by a hook while a loss needs it
+        return super().forward(hidden_states) + moe_output
+
+
+class IcMoeProjectionHead(nn.Module):
+    """Training-only 2-layer projection of image embeddings `(B, C, h, w)` to L2-normalised `(B, D, h, w)`."""
+
+    def __init__(self, *, hidden_size: int, projection_dim: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.dense = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.dense_bias = nn.Parameter(torch.empty(hidden_size))
+        self.projection = nn.Parameter(torch.empty(projection_dim, hidden_size))
+        self.projection_bias = nn.Parameter(torch.empty(projection_dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in (self.dense, self.dense_bias, self.projection, self.projection_bias):
+            init.uniform_(weight, -bound, bound)
+
+    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        hidden = torch.einsum("bchw,dc->bdhw", image_embeddings, self.dense) + self.dense_bias[:, None, None]
+        hidden = torch.einsum("bchw,dc->bdhw", F.gelu(hidden), self.projection) + self.projection_bias[:, None, None]
+        return F.normalize(hidden, dim=1)  # (B, D, h, w)
+
+
+def _binary_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Checks that `labels` are binary masks ({0,1}, {0,255} or bool) and returns them as float {0, 1}."""
+    if labels.dtype == torch.bool:
+        return labels.float()
+    if labels.is_floating_point() and not torch.isfinite(labels).all():
+        raise ValueError("`labels` contain NaN or infinite values; they must be binary masks.")
+    if ((labels == 0) | (labels == 1)).all():
+        return labels.float()
+    if ((labels == 0) | (labels == 255)).all():
+        return (labels == 255).float()
+    values = torch.unique(labels)[:8].tolist()
+    raise ValueError(
+        "`labels` must be binary masks with values {0, 1}, {0, 255} or bool; found values "
+        f"{values}{' ...' if torch.unique(labels).numel() > 8 else ''}. Map multi-class masks to one class first."
+    )
+
+
+class IcMoeSamModel(SamModel):
+    """SAM with IC-MoE adapters. See the module docstring and [`IcMoeSamConfig`]."""
+
+    config_class = IcMoeSamConfig
+    config: IcMoeSamConfig
+
+    def __init__(self, config: IcMoeSamConfig):
+        if not isinstance(config, IcMoeSamConfig):
+            raise ValueError(
+                f"IcMoeSamModel needs an IcMoeSamConfig, got {type(config).__name__}; use "
+                "`IcMoeSamConfig.from_sam_config(sam_config, icmoe_config=...)` or `get_icmoe_model`."
+            )
+        super().__init__(config)
+        adapter_config = config.icmoe_config
+        vision_config = config.vision_config
+        for index in adapter_config.resolve_target_layers(vision_config.num_hidden_layers):
+            self.vision_encoder.layers[index].mlp = IcMoeMLPBlock(vision_config, adapter_config)
+        self.icmoe_projection = (
+            IcMoeProjectionHead(hidden_size=vision_config.output_channels, projection_dim=adapter_config.projection_dim)
+            if adapter_config.contrastive_loss_coef > 0
+            else None
+        )
+        self.post_init()
+        self.mark_trainable()
+
+    # ----------------------------------------------------------------------------------------------- adapters
+    def adapter_modules(self) -> list[tuple[str, nn.Module]]:
+        """The IC-MoE modules (layers and projection head), with their names in the model."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, (IcMoeLayer, IcMoeProjectionHead))]
+
+    def trainable_modules(self) -> list[tuple[str, nn.Module]]:
+        """What training changes: the adapters, and the mask decoder when `train_mask_decoder` is set."""
+        modules = self.adapter_modules()
+        if self.config.icmoe_config.train_mask_decoder:
+            modules.append(("mask_decoder", self.mask_decoder))
+        return modules
+
+    def mark_trainable(self) -> None:
+        """Freezes every SAM weight except those `trainable_modules` names."""
+        self.requires_grad_(False)
+        for _, module in self.trainable_modules():
+            module.requires_grad_(True)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state of `trainable_modules`, keyed by full parameter name: what an adapter-only checkpoint holds."""
+        return {
+            f"{prefix}.{key}": tensor
+            for prefix, module in self.trainable_modules()
+            for key, tensor in module.state_dict().items()
+        }
+
+    def initialize_weights(self):
+        super().initialize_weights()
+        # Adapters live inside the vision encoder, whose own `_init_weights` would use SAM's 1e-10 range: initialise
+        # them with their own scheme. Tensors loaded from a checkpoint carry a flag that makes these calls skip them.
+        for _, module in self.adapter_modules():
+            module.reset_parameters()
+
+    # -------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, icmoe_config=None, **kwargs):
+        """Loads an IC-MoE checkpoint, or wraps a plain `SamModel` checkpoint with fresh IC-MoE adapters.
+
+        Args:
+            pretrained_model_name_or_path: Hub id or local folder of an IC-MoE or a `SamModel` checkpoint.
+            icmoe_config (`IcMoeAdapterConfig` or `dict`, *optional*): adapter configuration for wrapping a `SamModel`
+                checkpoint (defaults to `IcMoeAdapterConfig()`); not allowed with an IC-MoE checkpoint.
+            kwargs: as for `PreTrainedModel.from_pretrained`.
+        """
+        if kwargs.get("config") is None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            model_type = config_dict.get("model_type")
+            if model_type == IcMoeSamConfig.model_type:
+                if icmoe_config is not None:
+                    raise ValueError(
+                        f"{pretrained_model_name_or_path} is already an IC-MoE checkpoint; load it without "
+                        "`icmoe_config` (its adapter configuration is stored in it)."
+                    )
+            elif model_type == SamConfig.model_type:
+                adapter_config = dataclasses.replace(IcMoeSamConfig(icmoe_config=icmoe_config).icmoe_config)
+                if adapter_config.base_model_name_or_path is None:
+                    adapter_config.base_model_name_or_path = str(pretrained_model_name_or_path)
+                sam_config = SamConfig.from_dict(config_dict)
+                kwargs["config"] = IcMoeSamConfig.from_sam_config(sam_config, icmoe_config=adapter_config)
+            else:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} holds a `{model_type}` model; IcMoeSamModel loads `sam` or "
+                    "`icmoe_sam` checkpoints."
+                )
+        elif icmoe_config is not None:
+            raise ValueError("Pass either `config` or `icmoe_config`, not both.")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    # -------------------------------------------------------------------------------------------- forward
+    @contextlib.contextmanager
+    def _record_routing(self, records: list[IcMoeRouting], enabled: bool):
+        """Collects each IC-MoE layer's routing during one forward pass; the hooks go away when it ends."""
+        handles = []
+        if enabled:
+            for _, module in self.adapter_modules():
+                if isinstance(module, IcMoeLayer):
+                    handles.append(module.register_forward_hook(lambda _m, _i, output: records.append(output[1])))
+        try:
+            yield records
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.LongTensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.LongTensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        attention_similarity: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_router_probs: bool | None = None,
+        **kwargs,
+    ) -> IcMoeSamOutput | tuple:
+        r"""
+        Everything [`SamModel.forward`] takes, plus:
+
+        labels (`torch.Tensor` of shape `(batch_size, height, width)` or `(batch_size, point_batch_size, height,
+            width)`, *optional*):
+            Binary ground-truth masks ({0, 1}, {0, 255} or bool) in the frame of `pixel_values` (the resized and
+            padded image, as `SamProcessor(..., segmentation_maps=...)` gives them), at any resolution: they are
+            resized inside to the low-resolution mask size. One mask per prompt; `(batch_size, height, width)` when
+            each image has one prompt. When given, the output carries `loss` and `loss_terms`.
+        output_router_probs (`bool`, *optional*):
+            Whether to return every IC-MoE layer's fused votes as `router_probs`.
+        """
+        return_dict = kwargs.pop("return_dict", None)
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        if pixel_values is not None and pixel_values.ndim != 4:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch_size, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if pixel_values is not None and image_embeddings is not None:
+            raise ValueError("Only one of `pixel_values` and `image_embeddings` can be provided.")
+        if labels is not None:
+            labels = self._check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes)
+
+        routings: list[IcMoeRouting] = []
+        vision_outputs = None
+        if pixel_values is not None:
+            with self._record_routing(routings, enabled=labels is not None or bool(output_router_probs)):
+                vision_outputs = self.vision_encoder(pixel_values, **kwargs)
+            image_embeddings = vision_outputs.last_hidden_state
+
+        sam_outputs = super().forward(
+            input_points=input_points,
+            input_labels=input_labels,
+            input_boxes=input_boxes,
+            input_masks=input_masks,
+            image_embeddings=image_embeddings,
+            multimask_output=multimask_output,
+            attention_similarity=attention_similarity,
+            target_embedding=target_embedding,
+            **kwargs,
+        )
+        loss, loss_terms = None, None
+        if labels is not None:
+            loss, loss_terms = self._loss(sam_outputs, image_embeddings, routings, labels)
+
+        output = IcMoeSamOutput(
+            iou_scores=sam_outputs.iou_scores,
+            pred_masks=sam_outputs.pred_masks,
+            vision_hidden_states=vision_outputs.hidden_states if vision_outputs is not None else None,
+            vision_attentions=vision_outputs.attentions if vision_outputs is not None else None,
+            mask_decoder_attentions=sam_outputs.mask_decoder_attentions,
+            loss=loss,
+            loss_terms=loss_terms,
+            router_probs=tuple(r.votes for r in routings) if output_router_probs else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes) -> torch.Tensor:
+        """Validates `labels` and returns them as float {0, 1} of shape (B, P, H, W)."""
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+        images = pixel_values if pixel_values is not None else image_embeddings
+        batch_size = images.shape[0] if images is not None else None
+        if input_points is not None:
+            num_prompts = input_points.shape[1]
+        elif input_boxes is not None:
+            num_prompts = input_boxes.shape[1]
+        else:
+            num_prompts = 1
+        if labels.ndim == 3:
+            labels = labels.unsqueeze(1)
+        if labels.ndim != 4 or labels.shape[-1] == 0 or labels.shape[-2] == 0:
+            raise ValueError(
+                "`labels` must have shape (batch_size, height, width) or (batch_size, point_batch_size, height, "
+                f"width), got {tuple(labels.shape)}."
+            )
+        if batch_size is not None and labels.shape[0] != batch_size:
+            raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images have {batch_size}.")
+        if labels.shape[1] != num_prompts:
+            raise ValueError(
+                f"`labels` has {labels.shape[1]} mask(s) per image but the prompts ask for {num_prompts}; pass one "
+                "mask per prompt, shape (batch_size, point_batch_size, height, width)."
+            )
+        return _binary_labels(labels)
+
+    def _loss(
+        self,
+        outputs: SamImageSegmentationOutput,
+        image_embeddings: torch.Tensor,
+        routings: list[IcMoeRouting],
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        adapter_config = self.config.icmoe_config
+        targets = resize_masks(labels, tuple(outputs.pred_masks.shape[-2:])) > 0.5  # (B, P, h, w)
+        terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, targets)
+
+        zero = outputs.pred_masks.new_zeros((), dtype=torch.float32)
+        terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
+        foreground = labels.amax(dim=1)  # (B, H, W): any prompt's target
+        if routings:
+            grid = tuple(routings[0].router_logits.shape[1:3])
+            token_labels = resize_masks(foreground, grid)  # (B, Hg, Wg)
+            num_experts = adapter_config.num_experts
+            layer_terms = [
+                (
+                    load_balancing_loss(r.router_logits, r.top_k_indices, num_experts),
+                    router_z_loss(r.router_logits),
+                    *vote_losses(
+                        r.router_logits,
+                        r.pixel_logits,
+                        token_labels,
+                        temperature=adapter_config.vote_temperature,
+                        consistency_weight=adapter_config.label_consistency_weight,
+                    ),
+                )
+                for r in routings
+            ]
+            for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms)):
+                terms[name] = torch.stack(values).mean()
+        if self.icmoe_projection is not None:
+            with torch.no_grad():
+                best = outputs.iou_scores.argmax(dim=-1)[..., None, None, None]  # (B, P, 1, 1, 1)
+                best = best.expand(-1, -1, 1, *outputs.pred_masks.shape[-2:])
+                predicted = outputs.pred_masks.gather(2, best).squeeze(2).sigmoid().amax(dim=1)  # (B, h, w)
+                predicted = resize_masks(predicted, tuple(image_embeddings.shape[-2:]))
+            terms["contrastive"] = semantic_contrastive_loss(
+                self.icmoe_projection(image_embeddings),
+                resize_masks(foreground, tuple(image_embeddings.shape[-2:])),
+                predicted,
+                samples_per_class=adapter_config.contrastive_samples_per_class,
+                temperature=adapter_config.contrastive_temperature,
+            )
+
+        loss = (
+            terms["dice"]
+            + terms["bce"]
+            + terms["iou"]
+            + adapter_config.router_aux_loss_coef * terms["load_balance"]
+            + adapter_config.router_z_loss_coef * terms["router_z"]
+            + adapter_config.vote_loss_coef * (terms["vote"] + terms["pixel"])
+            + adapter_config.contrastive_loss_coef * terms["contrastive"]
+        )
+        return loss, {name: terms[name].detach() for name in LOSS_TERMS}
+
+
+def get_icmoe_model(sam_model: SamModel, adapter_config: IcMoeAdapterConfig | dict | None = None) -> IcMoeSamModel:
+    """Wraps a `SamModel` already in memory with fresh IC-MoE adapters (the `peft.get_peft_model` analogue).
+
+    Returns a new `IcMoeSamModel` holding a copy of the SAM weights, on the same device and dtype; `sam_model`
+    itself is left unchanged.
+    """
+    if isinstance(sam_model, IcMoeSamModel):
+        raise ValueError("This model already has IC-MoE adapters; pass a plain SamModel.")
+    if not isinstance(sam_model, SamModel):
+        raise ValueError(f"get_icmoe_model needs a transformers SamModel, got {type(sam_model).__name__}.")
+    adapter_config = dataclasses.replace(IcMoeSamConfig(icmoe_config=adapter_config).icmoe_config)
+    if adapter_config.base_model_name_or_path is None and sam_model.name_or_path:
+        adapter_config.base_model_name_or_path = sam_model.name_or_path
+    config = IcMoeSamConfig.from_sam_config(sam_model.config, icmoe_config=adapter_config)
+    config._attn_implementation = sam_model.config._attn_implementation
+    reference = next(sam_model.parameters())
+    model = IcMoeSamModel(config).to(device=reference.device, dtype=reference.dtype)
+    result = model.load_state_dict(sam_model.state_dict(), strict=False)
+    adapter_keys = set(model.state_dict()) - set(sam_model.state_dict())
+    if result.unexpected_keys or set(result.missing_keys) != adapter_keys:
+        raise ValueError(
+            f"The SAM weights do not fit IcMoeSamModel: unexpected {sorted(result.unexpected_keys)[:5]}, missing "
+            f"{sorted(set(result.missing_keys) - adapter_keys)[:5]}."
+        )
+    model.train(sam_model.training)
+    return model
+
+
+IcMoeSamModel.register_for_auto_class("AutoModel")
+
+__all__ = ["IcMoeSamModel", "IcMoeSamOutput", "IcMoeMLPBlock", "IcMoeProjectionHead", "get_icmoe_model"]
