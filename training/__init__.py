@@ -1,0 +1,1 @@
+"""Training entry (`run.py`) and its reusable pieces: arguments, data pipeline, prompts, metrics, loop."""
