@@ -1,7 +1,8 @@
 """icmoe-sam: IC-MoE adapters for the Segment Anything Model, as a Hugging Face Transformers model.
 
 Importing this package registers `IcMoeSamConfig` (model type `icmoe_sam`) with `AutoConfig` and
-`IcMoeSamModel` with `AutoModel` and `AutoModelForMaskGeneration`.
+`IcMoeSamModel` with `AutoModel` and `AutoModelForMaskGeneration`, and the prompt-driven segmentation pipeline
+(task `"medical-mask-segmentation"`) with `transformers.pipeline`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
@@ -16,17 +17,27 @@ from .adapter import (
 from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
 from .experts import IcMoeExperts
 from .modeling_icmoe_sam import IcMoeSamModel, IcMoeSamOutput, get_icmoe_model
+from .pipeline_icmoe_sam import (
+    ICMOE_PIPELINE_TASK,
+    IcMoeSamSegmentationPipeline,
+    load_medical_image,
+    register_icmoe_pipeline,
+    save_pretrained_with_pipeline,
+    to_uint8_rgb,
+)
 from .router import IcMoeLayer, IcMoeRouting, IcMoeVotingRouter
 
 AutoConfig.register(IcMoeSamConfig.model_type, IcMoeSamConfig, exist_ok=True)
 AutoModel.register(IcMoeSamConfig, IcMoeSamModel, exist_ok=True)
 AutoModelForMaskGeneration.register(IcMoeSamConfig, IcMoeSamModel, exist_ok=True)
+register_icmoe_pipeline()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
+    "ICMOE_PIPELINE_TASK",
     "IcMoeAdapterConfig",
     "IcMoeExperts",
     "IcMoeLayer",
@@ -34,9 +45,14 @@ __all__ = [
     "IcMoeSamConfig",
     "IcMoeSamModel",
     "IcMoeSamOutput",
+    "IcMoeSamSegmentationPipeline",
     "IcMoeVotingRouter",
     "get_icmoe_model",
     "load_icmoe_adapter",
     "load_icmoe_adapter_config",
+    "load_medical_image",
+    "register_icmoe_pipeline",
     "save_icmoe_adapter",
+    "save_pretrained_with_pipeline",
+    "to_uint8_rgb",
 ]

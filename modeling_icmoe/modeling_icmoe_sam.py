@@ -121,7 +121,8 @@ class IcMoeSamModel(SamModel):
     config: IcMoeSamConfig
 
     def __init__(self, config: IcMoeSamConfig):
-        if not isinstance(config, IcMoeSamConfig):
+        # Checked by model type, not class: remote code may load the config class from another module object.
+        if getattr(config, "model_type", None) != IcMoeSamConfig.model_type:
             raise ValueError(
                 f"IcMoeSamModel needs an IcMoeSamConfig, got {type(config).__name__}; use "
                 "`IcMoeSamConfig.from_sam_config(sam_config, icmoe_config=...)` or `get_icmoe_model`."
@@ -206,7 +207,10 @@ class IcMoeSamModel(SamModel):
                 )
         elif icmoe_config is not None:
             raise ValueError("Pass either `config` or `icmoe_config`, not both.")
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # Loading replaces parameters, which drops their `requires_grad`: freeze again.
+        (loaded[0] if isinstance(loaded, tuple) else loaded).mark_trainable()
+        return loaded
 
     # -------------------------------------------------------------------------------------------- forward
     @contextlib.contextmanager

@@ -1,0 +1,80 @@
+"""IcMoeAdapterConfig / IcMoeSamConfig: defaults, validation and JSON round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_experts_per_tok": 7}, "num_experts_per_tok"),
+        ({"num_experts_per_tok": 0}, "num_experts_per_tok"),
+        ({"expert_rank": 0}, "expert_rank"),
+        ({"expert_rank": -3}, "expert_rank"),
+        ({"num_basic_experts": 0, "num_semantic_experts": 0, "num_adaptive_experts": 0}, "at least one expert"),
+        ({"num_basic_experts": -1}, "num_basic_experts"),
+        ({"semantic_dilations": [1]}, "semantic_dilations"),
+        ({"semantic_dilations": [0, 1]}, "semantic_dilations"),
+        ({"target_layers": []}, "target_layers"),
+        ({"target_layers": [1, 1]}, "target_layers"),
+        ({"target_layers": [-1]}, "target_layers"),
+        ({"router_jitter_noise": 1.5}, "router_jitter_noise"),
+        ({"vote_temperature": 0.0}, "vote_temperature"),
+        ({"contrastive_temperature": -1.0}, "contrastive_temperature"),
+        ({"router_aux_loss_coef": -0.1}, "router_aux_loss_coef"),
+        ({"projection_dim": 0}, "projection_dim"),
+    ],
+)
+def test_bad_adapter_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IcMoeAdapterConfig(**kwargs)
+
+
+def test_target_layer_beyond_encoder_raises(sam_config):
+    with pytest.raises(ValueError, match=r"target_layers.*blocks \[5\].*2 blocks"):
+        IcMoeSamConfig.from_sam_config(sam_config, icmoe_config={"target_layers": [5]})
+
+
+def test_model_rejects_plain_sam_config(sam_config):
+    with pytest.raises(ValueError, match="IcMoeSamConfig"):
+        IcMoeSamModel(sam_config)
+
+
+def test_unknown_field_in_dict_raises():
+    with pytest.raises(ValueError, match="Unknown IC-MoE adapter config fields: \\['num_experts'\\]"):
+        IcMoeAdapterConfig.from_dict({"num_experts": 4})
+
+
+def test_adapter_config_json_round_trip(tmp_path):
+    config = IcMoeAdapterConfig(num_semantic_experts=3, semantic_dilations=[1, 2, 4], target_layers=[1, 0])
+    path = tmp_path / "icmoe.json"
+    config.to_json_file(path)
+    loaded = IcMoeAdapterConfig.from_json_file(path)
+    assert loaded == config
+    assert loaded.target_layers == [0, 1]
+    assert loaded.num_experts == 2 + 3 + 2
+
+
+def test_corrupt_adapter_json_raises(tmp_path):
+    path = tmp_path / "icmoe.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid IC-MoE adapter config"):
+        IcMoeAdapterConfig.from_json_file(path)
+
+
+def test_sam_config_round_trip_keeps_adapter_config(tmp_path, sam_config):
+    config = IcMoeSamConfig.from_sam_config(sam_config, icmoe_config={"expert_rank": 4, "target_layers": [1]})
+    config.save_pretrained(tmp_path)
+    loaded = IcMoeSamConfig.from_pretrained(tmp_path)
+    assert loaded.icmoe_config == config.icmoe_config
+    assert loaded.vision_config.hidden_size == sam_config.vision_config.hidden_size
+    assert set(loaded.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskGeneration"}
+
+
+def test_every_field_has_help():
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(IcMoeAdapterConfig))

@@ -1,0 +1,218 @@
+"""IcMoeSamModel: equivalence with the base SAM when fresh, freezing, routing, losses, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import SamModel
+
+from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
+from modeling_icmoe.modeling_icmoe_sam import LOSS_TERMS, IcMoeProjectionHead
+from modeling_icmoe.router import IcMoeLayer
+
+ADAPTER = IcMoeAdapterConfig(expert_rank=4, contrastive_samples_per_class=8, projection_dim=8)
+
+
+@pytest.fixture
+def model(base_sam) -> IcMoeSamModel:
+    return get_icmoe_model(base_sam, ADAPTER).eval()
+
+
+def _prompts(kind: str, boxes: torch.Tensor) -> dict:
+    if kind == "box":
+        return {"input_boxes": boxes}
+    points = torch.stack([(boxes[..., :2] + boxes[..., 2:]) / 2], dim=2)  # (B, 1, 1, 2): box centres
+    return {"input_points": points, "input_labels": torch.ones(points.shape[:3], dtype=torch.long)}
+
+
+@pytest.mark.parametrize("prompt", ["box", "point"])
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_fresh_model_matches_base(base_sam, model, images, boxes, prompt, multimask_output):
+    inputs = {"pixel_values": images, "multimask_output": multimask_output, **_prompts(prompt, boxes)}
+    with torch.no_grad():
+        expected = base_sam(**inputs)
+        actual = model(**inputs)
+    # The base must do real work, or the comparison would prove nothing.
+    assert expected.pred_masks.abs().max() > 1e-2
+    assert (actual.pred_masks - expected.pred_masks).abs().max() <= 1e-5
+    assert (actual.iou_scores - expected.iou_scores).abs().max() <= 1e-5
+
+
+def test_from_pretrained_sam_checkpoint_matches_base(tmp_path, base_sam, images, boxes):
+    base_sam.save_pretrained(tmp_path / "sam")
+    model = IcMoeSamModel.from_pretrained(tmp_path / "sam", icmoe_config=ADAPTER).eval()
+    assert model.config.icmoe_config.base_model_name_or_path == str(tmp_path / "sam")
+    with torch.no_grad():
+        expected = base_sam(pixel_values=images, input_boxes=boxes).pred_masks
+        actual = model(pixel_values=images, input_boxes=boxes).pred_masks
+    assert (actual - expected).abs().max() <= 1e-5
+    # Adapters were initialised by their own scheme, not SAM's 1e-10 range or left empty.
+    experts = model.vision_encoder.layers[0].mlp.icmoe.experts
+    assert 0.05 < experts.down_proj.std() < 1.0
+    assert torch.count_nonzero(experts.up_proj) == 0
+
+
+def test_only_adapters_and_decoder_train(model):
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    for name in trainable:
+        assert ".icmoe." in name or name.startswith(("icmoe_projection.", "mask_decoder.")), name
+    assert any(name.startswith("mask_decoder.") for name in trainable)
+    for name, p in model.named_parameters():
+        if name.startswith(("vision_encoder.", "prompt_encoder.", "shared_image_embedding.")) and ".icmoe." not in name:
+            assert not p.requires_grad, name
+
+
+def test_frozen_decoder_option(base_sam):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, train_mask_decoder=False))
+    assert not any(p.requires_grad for p in model.mask_decoder.parameters())
+    assert all(not k.startswith("mask_decoder.") for k in model.trainable_state_dict())
+
+
+def test_training_reaches_adapters_and_leaves_base_bitwise_unchanged(base_sam, model, images, boxes, masks):
+    base_state = {k: v.clone() for k, v in base_sam.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+        optimizer.step()
+    # Gradients reached every adapter tensor (the zero-initialised output projections open the path on step 1).
+    for name, module in model.adapter_modules():
+        for pname, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+    state = model.state_dict()
+    for key, value in base_state.items():
+        if key.startswith("mask_decoder."):
+            continue
+        assert torch.equal(state[key], value), key
+    assert any(not torch.equal(state[k], v) for k, v in base_state.items() if k.startswith("mask_decoder."))
+    with torch.no_grad():
+        assert model.eval()(pixel_values=images, input_boxes=boxes).pred_masks.sub(
+            base_sam(pixel_values=images, input_boxes=boxes).pred_masks
+        ).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_router_votes_are_top_k_and_sum_to_one(base_sam, images, boxes, top_k):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, num_experts_per_tok=top_k)).eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=images, input_boxes=boxes, output_router_probs=True)
+    assert len(outputs.router_probs) == base_sam.config.vision_config.num_hidden_layers
+    for votes in outputs.router_probs:
+        assert votes.shape == (2, 8, 8, 6)
+        assert torch.all((votes > 0).sum(dim=-1) == top_k)
+        torch.testing.assert_close(votes.sum(dim=-1), torch.ones(votes.shape[:-1]))
+
+
+def test_target_layers_limit_injection(base_sam, images, boxes):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, target_layers=[1])).eval()
+    layers = [i for i, layer in enumerate(model.vision_encoder.layers) if hasattr(layer.mlp, "icmoe")]
+    assert layers == [1]
+    with torch.no_grad():
+        assert len(model(pixel_values=images, input_boxes=boxes, output_router_probs=True).router_probs) == 1
+
+
+def test_eval_is_deterministic_and_needs_no_labels(model, images, boxes):
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    masks = torch.zeros(2, 64, 64)
+    masks[:, 10:40, 10:40] = 1
+    model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        first = model(pixel_values=images, input_boxes=boxes)
+        second = model(pixel_values=images, input_boxes=boxes)
+    assert first.loss is None and first.loss_terms is None
+    assert torch.equal(first.pred_masks, second.pred_masks)
+
+
+@pytest.mark.parametrize("fill", ["empty", "full", "mixed"])
+def test_loss_and_terms_finite(model, images, boxes, fill):
+    labels = torch.zeros(2, 64, 64) if fill != "full" else torch.ones(2, 64, 64)
+    if fill == "mixed":
+        labels[0, 8:30, 8:30] = 1
+    model.train()
+    outputs = model(pixel_values=images, input_boxes=boxes, labels=labels)
+    assert torch.isfinite(outputs.loss)
+    assert set(outputs.loss_terms) == set(LOSS_TERMS)
+    for name, value in outputs.loss_terms.items():
+        assert torch.isfinite(value), name
+    outputs.loss.backward()
+    head = model.icmoe_projection.dense
+    assert head.grad is not None  # kept in the graph even when no image gives contrastive anchors
+
+
+@pytest.mark.parametrize("encode", [lambda m: m.bool(), lambda m: m * 255, lambda m: m.long()])
+def test_label_encodings_agree(model, images, boxes, masks, encode):
+    torch.manual_seed(0)
+    reference = model(pixel_values=images, input_boxes=boxes, labels=masks).loss_terms
+    torch.manual_seed(0)
+    other = model(pixel_values=images, input_boxes=boxes, labels=encode(masks)).loss_terms
+    for name in ("dice", "bce", "iou", "pixel"):
+        torch.testing.assert_close(reference[name], other[name])
+
+
+def test_labels_at_other_resolution_and_per_prompt(model, images, boxes):
+    two_boxes = torch.cat([boxes, boxes - 2], dim=1)  # (B, 2, 4)
+    labels = torch.zeros(2, 2, 128, 96)
+    labels[:, :, 10:80, 10:70] = 1
+    outputs = model(pixel_values=images, input_boxes=two_boxes, labels=labels)
+    assert outputs.pred_masks.shape[:2] == (2, 2)
+    assert torch.isfinite(outputs.loss)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.full((2, 64, 64), 3.0), r"binary masks.*found values \[3.0\]"),
+        (torch.zeros(3, 64, 64), "batch size 3 but the images have 2"),
+        (torch.zeros(2, 2, 64, 64), "2 mask\\(s\\) per image but the prompts ask for 1"),
+        (torch.zeros(64, 64), "shape \\(batch_size, height, width\\)"),
+        (torch.full((2, 64, 64), float("nan")), "NaN"),
+    ],
+)
+def test_bad_labels_raise(model, images, boxes, labels, message):
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values=images, input_boxes=boxes, labels=labels)
+
+
+def test_bad_pixel_values_raise(model, boxes):
+    with pytest.raises(ValueError, match="pixel_values.*\\(batch_size, channels, height, width\\)"):
+        model(pixel_values=torch.zeros(3, 64, 64), input_boxes=boxes)
+
+
+def test_no_contrastive_head_when_coefficient_zero(base_sam, images, boxes, masks):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, contrastive_loss_coef=0.0))
+    assert model.icmoe_projection is None
+    assert not any(isinstance(m, IcMoeProjectionHead) for _, m in model.adapter_modules())
+    assert model(pixel_values=images, input_boxes=boxes, labels=masks).loss_terms["contrastive"] == 0
+
+
+def test_image_embeddings_path(model, images, boxes):
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(images)
+        direct = model(pixel_values=images, input_boxes=boxes)
+        cached = model(image_embeddings=embeddings, input_boxes=boxes)
+    torch.testing.assert_close(direct.pred_masks, cached.pred_masks)
+
+
+def test_get_icmoe_model_rejects_wrong_inputs(model):
+    with pytest.raises(ValueError, match="already has IC-MoE adapters"):
+        get_icmoe_model(model, ADAPTER)
+    with pytest.raises(ValueError, match="needs a transformers SamModel"):
+        get_icmoe_model(torch.nn.Linear(2, 2), ADAPTER)
+
+
+def test_experts_are_stacked_not_module_lists(model):
+    layer = next(m for _, m in model.adapter_modules() if isinstance(m, IcMoeLayer))
+    assert layer.experts.down_proj.shape == (6, 32, 4)
+    assert layer.experts.up_proj.shape == (6, 4, 32)
+    assert not any(isinstance(m, torch.nn.ModuleList) for m in layer.modules())
+
+
+def test_base_model_class_unchanged(model):
+    assert isinstance(model, SamModel)
+    sam_keys = set(SamModel(model.config).state_dict())
+    assert sam_keys <= set(model.state_dict())
