@@ -63,6 +63,7 @@ class IcMoeExperts(nn.Module):
             [(self.max_dilation + d * dy) * size + (self.max_dilation + d * dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
             for d in semantic_dilations
         ]
+        self._tap_index_cache: dict[torch.device, torch.Tensor] = {}
 
         # Adaptive experts: modulation m = 1 + tanh(pool(a) W + b), zero-initialised so it starts as identity.
         self.adaptive_weight = nn.Parameter(torch.empty(num_adaptive, rank, rank))
@@ -86,12 +87,20 @@ class IcMoeExperts(nn.Module):
         init.zeros_(self.adaptive_weight)
         init.zeros_(self.adaptive_bias)
 
+    def _tap_index(self, device: torch.device) -> torch.Tensor:
+        # A per-device cache of a constant: building it on every call would copy host to device in each forward.
+        # Built outside inference mode: an inference tensor cached during evaluation would break later training.
+        if device not in self._tap_index_cache:
+            with torch.inference_mode(False):
+                self._tap_index_cache[device] = torch.tensor(self.semantic_taps, dtype=torch.long, device=device)
+        return self._tap_index_cache[device]
+
     def _semantic(self, hidden: torch.Tensor) -> torch.Tensor:
         """Dilated depthwise 3x3 conv of (B, H, W, S, r) on the H x W grid, all semantic experts in one conv."""
         batch, height, width, num_semantic, rank = hidden.shape
         size = 2 * self.max_dilation + 1
         kernel = self.semantic_kernel.new_zeros(num_semantic, rank, size * size)  # (S, r, K*K)
-        index = torch.tensor(self.semantic_taps, device=kernel.device)[:, None, :].expand(num_semantic, rank, 9)
+        index = self._tap_index(kernel.device)[:, None, :].expand(num_semantic, rank, 9)  # (S, r, 9)
         kernel = kernel.scatter(2, index, self.semantic_kernel.reshape(num_semantic, rank, 9))
         kernel = kernel.reshape(num_semantic * rank, 1, size, size)  # (S*r, 1, K, K)
         grid = hidden.reshape(batch, height, width, num_semantic * rank).permute(0, 3, 1, 2)  # (B, S*r, H, W)

@@ -151,10 +151,10 @@ def _as_array(value: Any, name: str) -> np.ndarray:
 def _check_prompts(prompts: dict[str, Any]) -> dict[str, list]:
     """Validates one image's prompts and shapes them as `SamProcessor` takes them (with the image level)."""
     boxes, points, labels = (prompts.get(key) for key in _PROMPT_KEYS)
-    if boxes is None and points is None:
-        raise ValueError("Give each image a prompt: `input_boxes` and/or `input_points`.")
     if labels is not None and points is None:
         raise ValueError("`input_labels` needs `input_points`.")
+    if boxes is None and points is None:
+        raise ValueError("Give each image a prompt: `input_boxes` and/or `input_points`.")
     result: dict[str, list] = {}
     num_prompts = None
     if boxes is not None:

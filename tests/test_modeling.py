@@ -216,3 +216,11 @@ def test_base_model_class_unchanged(model):
     assert isinstance(model, SamModel)
     sam_keys = set(SamModel(model.config).state_dict())
     assert sam_keys <= set(model.state_dict())
+
+
+def test_training_after_inference_mode(model, images, boxes, masks):
+    with torch.inference_mode():
+        model(pixel_values=images, input_boxes=boxes)
+    model.train()
+    model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+    assert model.vision_encoder.layers[0].mlp.icmoe.experts.semantic_kernel.grad is not None
