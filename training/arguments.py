@@ -1,0 +1,111 @@
+"""Command-line arguments of `training/run.py`, with their sanity checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .methods import METHODS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BASE_MODEL = REPO_ROOT / "training" / "standin" / "sam-standin"
+DEFAULT_DATASET = REPO_ROOT / "training" / "data" / "dsb2018_nuclei"
+PROMPTS = ("box", "point", "box+point")
+
+
+def _checkpointing_steps(value: str) -> int | str | None:
+    if value in (None, "", "none"):
+        return None
+    if value == "epoch":
+        return value
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"--checkpointing_steps must be a positive integer or 'epoch', got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Fine-tune SAM for medical image segmentation with IC-MoE (or a baseline) and evaluate it."
+    )
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--base_model", default=str(DEFAULT_BASE_MODEL),
+                      help="Hub id or folder of a SamModel checkpoint with its processor (default: the offline "
+                      "stand-in; pass facebook/sam-vit-base when online).")
+    data.add_argument("--method", default="icmoe", choices=METHODS)
+    data.add_argument("--icmoe_config", default=None, help="JSON preset of IcMoeAdapterConfig (configuration/).")
+    data.add_argument("--expert_rank", type=int, default=None, help="Override of the preset's expert_rank.")
+    data.add_argument("--num_experts_per_tok", type=int, default=None, help="Override of the preset's top-k.")
+    data.add_argument("--lora_rank", type=int, default=4, help="Rank for --method lora.")
+    data.add_argument("--adapter_rank", type=int, default=64, help="Bottleneck width for --method adapter.")
+    data.add_argument("--dataset", default=str(DEFAULT_DATASET),
+                      help="Hub dataset id, save_to_disk folder, or folder with metadata.csv (default: embedded).")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--mask_column", default="mask")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default=None, help="Default: test, else validation, else a hold-out.")
+    data.add_argument("--validation_fraction", type=float, default=0.2)
+    data.add_argument("--label_ids", type=int, nargs="+", default=None,
+                      help="Mask values that count as foreground, for masks that are not binary.")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/icmoe-sam")
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--per_device_train_batch_size", type=int, default=4)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--lr_scheduler_type", default="cosine")
+    train.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                       help="Default: what `accelerate launch` / its config says.")
+    train.add_argument("--prompt", default="box", choices=PROMPTS)
+    train.add_argument("--num_points", type=int, default=1, help="Points per prompt for point prompts.")
+    train.add_argument("--box_jitter", type=float, default=0.1,
+                       help="Training boxes move each edge by up to this fraction of the box size.")
+    train.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None)
+    train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or `latest`.")
+    train.add_argument("--logging_steps", type=int, default=5)
+    train.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (and at the end).")
+    train.add_argument("--no_zeroshot_eval", action="store_true", help="Skip evaluating the base before training.")
+    train.add_argument("--num_example_figures", type=int, default=4)
+    train.add_argument("--report_to", default="none", help="Accelerate trackers: none, all, tensorboard, wandb ...")
+
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", default=None)
+    hub.add_argument("--hub_private", action="store_true")
+    hub.add_argument("--push_adapter_only", action="store_true")
+    hub.add_argument("--hub_token", default=None, help="Default: HF_TOKEN or the saved login.")
+    hub.add_argument("--dry_run", action="store_true", help="With --push_to_hub: print what would be uploaded.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                "gradient_accumulation_steps", "logging_steps", "num_points", "lora_rank", "adapter_rank")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("max_train_steps", "eval_steps", "max_train_samples", "max_eval_samples"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0 < args.validation_fraction < 1:
+        parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
+    if not 0 <= args.box_jitter < 1:
+        parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (org/name)")
+    if args.method == "zeroshot":
+        args.no_zeroshot_eval = True  # the final evaluation is the zero-shot one
+    return args

@@ -1,0 +1,216 @@
+"""The `datasets` pipeline: loading, checking, SAM preprocessing and batching of (image, mask) pairs.
+
+Sources: a Hub dataset id, a `save_to_disk` folder, or a folder of images and masks with a `metadata.csv`
+(`file_name,mask_file_name[,split]`). Images of any common kind become 8-bit RGB; masks must be binary
+({0,1}, {0,255}, bool) unless `label_ids` names the foreground values. Masks are checked once, up front, in a
+cached `datasets.map`: a corrupt, non-binary or empty mask stops the run with its row named, rather than being
+skipped silently mid-training. Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with
+`with_transform`, in data-loader workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from .prompts import mask_box
+
+METADATA_FILE = "metadata.csv"
+SPLIT_PREFERENCE = ("test", "validation")
+
+
+def load_raw_dataset(source: str, *, image_column: str, mask_column: str) -> datasets.DatasetDict:
+    """Loads `source` as a `DatasetDict` whose image and mask columns decode to PIL images."""
+    path = Path(source)
+    if path.is_dir() and (path / METADATA_FILE).is_file():
+        dataset = _load_metadata_folder(path, image_column=image_column, mask_column=mask_column)
+    elif path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
+        dataset = datasets.load_from_disk(str(path))
+    elif path.exists():
+        raise ValueError(
+            f"{source} is neither a `save_to_disk` folder nor a folder with a {METADATA_FILE} "
+            "(columns file_name,mask_file_name[,split])."
+        )
+    else:
+        dataset = datasets.load_dataset(source)
+    if isinstance(dataset, datasets.Dataset):
+        dataset = datasets.DatasetDict({"train": dataset})
+    for split, part in dataset.items():
+        for column in (image_column, mask_column):
+            if column not in part.column_names:
+                raise ValueError(
+                    f"Split `{split}` of {source} has no column `{column}` (columns: {part.column_names}); "
+                    "set --image_column / --mask_column."
+                )
+            if not isinstance(part.features[column], datasets.Image):
+                dataset[split] = dataset[split].cast_column(column, datasets.Image())
+    return dataset
+
+
+def _load_metadata_folder(folder: Path, *, image_column: str, mask_column: str) -> datasets.DatasetDict:
+    with open(folder / METADATA_FILE, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"file_name", "mask_file_name"} <= set(rows[0]):
+        raise ValueError(f"{folder / METADATA_FILE} must have the columns file_name,mask_file_name[,split].")
+    by_split: dict[str, dict[str, list[str]]] = {}
+    for line, row in enumerate(rows, start=2):
+        for key in ("file_name", "mask_file_name"):
+            if not (folder / row[key]).is_file():
+                raise ValueError(f"{folder / METADATA_FILE} line {line}: {row[key]} does not exist.")
+        split = by_split.setdefault(row.get("split") or "train", {image_column: [], mask_column: []})
+        split[image_column].append(str(folder / row["file_name"]))
+        split[mask_column].append(str(folder / row["mask_file_name"]))
+    features = datasets.Features({image_column: datasets.Image(), mask_column: datasets.Image()})
+    return datasets.DatasetDict(
+        {name: datasets.Dataset.from_dict(columns, features=features) for name, columns in by_split.items()}
+    )
+
+
+def select_splits(
+    dataset: datasets.DatasetDict,
+    *,
+    train_split: str,
+    eval_split: str | None,
+    validation_fraction: float,
+    seed: int,
+) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Train and eval splits: `eval_split`, else `test`, else `validation`, else a seeded hold-out of train."""
+    if train_split not in dataset:
+        raise ValueError(f"No split `{train_split}` in the dataset (splits: {list(dataset)}).")
+    if eval_split is not None:
+        if eval_split not in dataset:
+            raise ValueError(f"No split `{eval_split}` in the dataset (splits: {list(dataset)}).")
+        return dataset[train_split], dataset[eval_split], eval_split
+    for name in SPLIT_PREFERENCE:
+        if name in dataset and name != train_split:
+            return dataset[train_split], dataset[name], name
+    held_out = dataset[train_split].train_test_split(test_size=validation_fraction, seed=seed)
+    return held_out["train"], held_out["test"], f"{train_split}[held-out {validation_fraction:g}, seed {seed}]"
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """Any common image (grayscale, RGB, RGBA, 8/16-bit, float) as an (H, W, 3) uint8 array.
+
+    8-bit images keep their values; 16-bit, integer and float images are min-max scaled per image, since their
+    ranges (CT units, raw microscopy counts) carry no fixed meaning for SAM's 8-bit statistics.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    else:
+        array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise ValueError(f"Expected a 2-D grayscale or (H, W, 3) image, got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("The image contains NaN or infinite values.")
+        low, high = array.min(), array.max()
+        array = ((array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)).round()
+        array = array.astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return array
+
+
+def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
+    """A mask as a 2-D bool array: {0,1}, {0,255} or bool, or membership of `label_ids` when given."""
+    array = np.asarray(mask)
+    if array.ndim == 3:
+        if not (array == array[..., :1]).all():
+            raise ValueError(f"Masks must be single-channel; got shape {array.shape} with differing channels.")
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"Masks must be 2-D, got shape {array.shape}.")
+    if label_ids is not None:
+        return np.isin(array, label_ids)
+    if array.dtype == bool:
+        return array
+    values = np.unique(array)
+    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+        return array > 0
+    raise ValueError(
+        f"Mask values {values[:8].tolist()}{' ...' if len(values) > 8 else ''} are not binary ({{0,1}}, {{0,255}} "
+        "or bool); pass --label_ids to choose the foreground values."
+    )
+
+
+def check_masks(
+    dataset: datasets.Dataset, *, image_column: str, mask_column: str, label_ids: list[int] | None, name: str
+) -> datasets.Dataset:
+    """Checks every (image, mask) pair once (cached by `datasets`); raises naming the first bad row."""
+
+    def check(batch, indices):
+        areas = []
+        for index, image, mask in zip(indices, batch[image_column], batch[mask_column]):
+            try:
+                array = binary_mask(mask, label_ids)
+                if (image.height, image.width) != array.shape:
+                    raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
+                if not array.any():
+                    raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
+            except (ValueError, OSError) as err:
+                raise ValueError(f"{name} row {index}: {err}") from err
+            areas.append(int(array.sum()))
+        return {"mask_area": areas}
+
+    return dataset.map(check, batched=True, with_indices=True, desc=f"Checking {name} masks")
+
+
+@dataclass
+class SamPairTransform:
+    """`with_transform` function: SAM inputs for a batch of rows, with the exact box of each mask as prompt."""
+
+    processor: object
+    image_column: str
+    mask_column: str
+    label_ids: list[int] | None = None
+    keep_masks: bool = False
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {
+            key: [] for key in ("pixel_values", "input_boxes", "labels", "original_sizes", "reshaped_input_sizes")
+        }
+        if self.keep_masks:
+            out["gt_masks"] = []
+        for image, mask in zip(batch[self.image_column], batch[self.mask_column]):
+            rgb = to_rgb_uint8(image)
+            binary = binary_mask(mask, self.label_ids)
+            encoded = self.processor(
+                images=rgb,
+                input_boxes=[[mask_box(binary)]],
+                segmentation_maps=binary.astype(np.uint8),
+                return_tensors="pt",
+            )
+            out["pixel_values"].append(encoded["pixel_values"][0])
+            out["input_boxes"].append(encoded["input_boxes"][0].float())  # (1, 4)
+            out["labels"].append(encoded["labels"].to(torch.uint8))  # (1, h, w)
+            out["original_sizes"].append(encoded["original_sizes"][0])
+            out["reshaped_input_sizes"].append(encoded["reshaped_input_sizes"][0])
+            if self.keep_masks:
+                out["gt_masks"].append(binary)
+        return out
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key != "gt_masks"}
+    if "gt_masks" in examples[0]:
+        batch["gt_masks"] = [e["gt_masks"] for e in examples]
+    return batch
+
+
+def default_num_workers(num_processes: int) -> int:
+    """Workers per process: the cores left after one per training process, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) // max(1, num_processes) - 1))

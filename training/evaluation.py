@@ -1,0 +1,92 @@
+"""Evaluation: masks at the original resolution, gathered across processes, scored by the repository's metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from modeling_icmoe import IcMoeSamModel
+
+from .methods import sam_of
+from .metrics import load_segmentation_metric
+from .prompts import jitter_boxes, sample_points
+
+
+def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: float, generator) -> dict:
+    """Model inputs for `batch` under the chosen prompt kind. `generator=None` means evaluation: exact boxes and
+    the most interior point; otherwise boxes are jittered and points drawn at random inside the mask."""
+    inputs = {"pixel_values": batch["pixel_values"], "multimask_output": prompt == "point"}
+    if "box" in prompt:
+        boxes = batch["input_boxes"]
+        if generator is not None:
+            boxes = jitter_boxes(
+                boxes, fraction=box_jitter, image_sizes=batch["reshaped_input_sizes"], generator=generator
+            )
+        inputs["input_boxes"] = boxes
+    if "point" in prompt:
+        points = sample_points(
+            batch["labels"], num_points=num_points, input_size=batch["pixel_values"].shape[-1], generator=generator
+        )
+        inputs["input_points"] = points
+        inputs["input_labels"] = torch.ones(points.shape[:3], dtype=torch.long, device=points.device)
+    return inputs
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_points: int, num_examples: int = 0):
+    """Scores `model` on `loader`; returns (metrics on the main process else {}, expert load, examples).
+
+    The expert load is the share of each layer's tokens routed to each expert, over the whole split and all
+    processes, shape (layers, experts) (None for models without IC-MoE). Examples are up to `num_examples`
+    tuples (image, target, prediction, winning expert per token) from this process's first batches.
+    """
+    model.eval()
+    is_icmoe = isinstance(sam_of(accelerator.unwrap_model(model)), IcMoeSamModel)
+    predictions, references, examples = [], [], []
+    load = None
+    for batch in loader:
+        inputs = prompt_inputs(batch, prompt=prompt, num_points=num_points, box_jitter=0.0, generator=None)
+        outputs = model(**inputs, output_router_probs=True) if is_icmoe else model(**inputs)
+        best = outputs.iou_scores.argmax(dim=-1)  # (B, P)
+        masks = processor.post_process_masks(
+            outputs.pred_masks.float().cpu(), batch["original_sizes"].cpu(), batch["reshaped_input_sizes"].cpu()
+        )
+        local = [m[0, int(b[0])].numpy().astype(bool) for m, b in zip(masks, best.cpu())]
+        predictions += accelerator.gather_for_metrics(local, use_gather_object=True)
+        references += accelerator.gather_for_metrics(list(batch["gt_masks"]), use_gather_object=True)
+        if is_icmoe:
+            counts = torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in outputs.router_probs])
+            load = counts if load is None else load + counts  # (L, E)
+        if len(examples) < num_examples:
+            examples += _examples(batch, outputs, best, processor, num_examples - len(examples))
+    if load is not None:
+        load = accelerator.reduce(load, reduction="sum")
+        load = (load / load.sum(dim=1, keepdim=True)).cpu().numpy()
+    metrics = {}
+    if accelerator.is_main_process:
+        metrics = load_segmentation_metric().compute(predictions=predictions, references=references)
+    return metrics, load, examples
+
+
+def _examples(batch, outputs, best, processor, count: int) -> list[tuple[np.ndarray, ...]]:
+    """(image, target, prediction, winning expert) in the resized frame, cropped to the unpadded image."""
+    image_processor = processor.image_processor
+    mean = torch.tensor(image_processor.image_mean)[:, None, None]
+    std = torch.tensor(image_processor.image_std)[:, None, None]
+    side = batch["pixel_values"].shape[-1]
+    result = []
+    for i in range(min(count, batch["pixel_values"].shape[0])):
+        height, width = (int(v) for v in batch["reshaped_input_sizes"][i])
+        image = (batch["pixel_values"][i].float().cpu() * std + mean).clamp(0, 1)[:, :height, :width]
+        low = outputs.pred_masks.shape[-1]
+        crop = (max(1, round(height * low / side)), max(1, round(width * low / side)))
+        prediction = outputs.pred_masks[i, 0, int(best[i, 0])].float().cpu()[: crop[0], : crop[1]] > 0
+        target = batch["labels"][i, 0].cpu()[: crop[0], : crop[1]] > 0
+        winner = None
+        if getattr(outputs, "router_probs", None):
+            votes = outputs.router_probs[-1][i].float().cpu()  # (Hg, Wg, E) of the last IC-MoE layer
+            grid = votes.shape[0]
+            winner = votes.argmax(dim=-1)[: max(1, round(height * grid / side)), : max(1, round(width * grid / side))]
+            winner = winner.numpy()
+        result.append((image.permute(1, 2, 0).numpy(), target.numpy(), prediction.numpy(), winner))
+    return result

@@ -1,0 +1,122 @@
+"""The fine-tuning methods compared by `run.py`, each built from the same base SAM checkpoint.
+
+- `icmoe`:    IC-MoE adapters in the image encoder, mask decoder trained (this project's method).
+- `lora`:     PEFT LoRA on the image encoder's fused `qkv` projections, mask decoder trained (SAMed-style).
+- `adapter`:  one plain parallel bottleneck adapter per encoder block, mask decoder trained (SAM-Adapter style).
+              Built as an IC-MoE with a single basic expert and no routing, voting or contrastive losses.
+- `decoder`:  mask decoder only (the Hugging Face SAM fine-tuning tutorial's recipe).
+- `full`:     every SAM weight.
+- `zeroshot`: the base model, evaluated without training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import SamModel
+
+from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, save_icmoe_adapter
+from modeling_icmoe.losses import segmentation_losses
+
+METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
+
+
+def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
+    """A plain bottleneck adapter: one basic expert, top-1 (so its vote is always 1), no IC-MoE losses."""
+    return IcMoeAdapterConfig(
+        num_basic_experts=1,
+        num_semantic_experts=0,
+        num_adaptive_experts=0,
+        num_experts_per_tok=1,
+        expert_rank=rank,
+        router_jitter_noise=0.0,
+        router_aux_loss_coef=0.0,
+        vote_loss_coef=0.0,
+        contrastive_loss_coef=0.0,
+    )
+
+
+def load_icmoe_config(path: str | None, overrides: dict) -> IcMoeAdapterConfig:
+    """An adapter config from a JSON preset (or the defaults), with command-line overrides applied."""
+    config = IcMoeAdapterConfig.from_json_file(path) if path else IcMoeAdapterConfig()
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int, adapter_rank: int):
+    """The model of `method`, with exactly its trainable parameters requiring grad."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    if method == "icmoe":
+        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=icmoe_config)
+    if method == "adapter":
+        config = adapter_baseline_config(adapter_rank)
+        config.train_mask_decoder = True
+        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=config)
+    model = SamModel.from_pretrained(base_model)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_rank,
+            target_modules=r"vision_encoder\.layers\.\d+\.attn\.qkv",
+            modules_to_save=["mask_decoder"],
+        )
+        return get_peft_model(model, lora)
+    model.requires_grad_(method == "full")
+    if method == "decoder":
+        model.mask_decoder.requires_grad_(True)
+    return model
+
+
+def sam_of(model: nn.Module) -> SamModel:
+    """The `SamModel` inside a model built by `build_model` (PEFT wraps it)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def model_loss(model: nn.Module, inputs: dict, labels: torch.Tensor, *, output_router_probs: bool = False):
+    """Forward pass and training loss. IC-MoE models compute their own objective (for the `adapter` baseline it
+    reduces to the segmentation loss); the other methods get the same Dice + BCE + IoU segmentation loss."""
+    if isinstance(sam_of(model), IcMoeSamModel):
+        outputs = model(**inputs, labels=labels, output_router_probs=output_router_probs)
+        return outputs, outputs.loss, outputs.loss_terms
+    outputs = model(**inputs)
+    low_res = nn.functional.interpolate(labels.float(), size=outputs.pred_masks.shape[-2:], mode="nearest") > 0.5
+    terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, low_res)
+    loss = terms["dice"] + terms["bce"] + terms["iou"]
+    return outputs, loss, {name: value.detach() for name, value in terms.items()}
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_trained(model: nn.Module, output_dir: Path) -> None:
+    """Writes the full checkpoint into `output_dir` and an adapter-only one into `output_dir/adapter`."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(output_dir / "adapter")
+        model = model.merge_and_unload()
+        model.save_pretrained(output_dir)
+        return
+    model.save_pretrained(output_dir)
+    if isinstance(model, IcMoeSamModel):
+        save_icmoe_adapter(model, output_dir / "adapter")
+
+
+def describe_method(model: nn.Module) -> dict:
+    """What the card and `eval_results.json` say about the method's configuration."""
+    sam = sam_of(model)
+    if isinstance(sam, IcMoeSamModel):
+        return {"icmoe_config": sam.config.icmoe_config.to_dict()}
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        return {"lora_config": json.loads(json.dumps(peft_config["default"].to_dict(), default=str))}
+    return {}

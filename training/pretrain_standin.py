@@ -1,0 +1,477 @@
+# Pretrains the offline SAM stand-in `training/standin/sam-standin/` from scratch, on procedurally generated
+# "segment anything" scenes: textured ellipses, convex polygons and star-shaped blobs over fractal-noise, gradient
+# and stripe backgrounds, occluding one another, each object prompted by a jittered box or a point. No medical
+# images are used, so the stand-in plays the part of a general-purpose SAM (facebook/sam-vit-base when online) that
+# IC-MoE then adapts. Plain torch loop on CPU (2 cores, about 15 minutes): Dice + BCE on the best of the three
+# multimask outputs, the same on the single-mask output for box prompts, MSE of the IoU head; AdamW, warmup +
+# cosine, seeded. Saves `SamModel.save_pretrained` + a matching `SamProcessor` and checks that both reload.
+#
+#   python training/pretrain_standin.py
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from transformers import (
+    AutoProcessor,
+    SamConfig,
+    SamImageProcessor,
+    SamMaskDecoderConfig,
+    SamModel,
+    SamProcessor,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+    get_cosine_schedule_with_warmup,
+    set_seed,
+)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from modeling_icmoe.losses import resize_masks, segmentation_losses
+from training.sam_init import init_sam_from_scratch
+
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "standin" / "sam-standin"
+# SAM upsamples its image embedding 4x into the low-resolution masks it predicts.
+MASK_UPSCALE = 4
+# Fractal noise is built coarse to fine: white noise at each of these grid sizes, upsampled and summed.
+NOISE_OCTAVES = (4, 8, 16, 32, 64)
+MAX_POLYGON_VERTICES = 8
+SHAPE_KINDS = ("ellipse", "polygon", "blob")
+BLOB_HARMONICS = (2, 3, 4, 5)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Pretrain the small offline SAM stand-in on procedural scenes.")
+    parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_threads", type=int, default=2, help="torch intra-op threads (the CPU cores to use).")
+    # Model.
+    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--patch_size", type=int, default=16)
+    parser.add_argument("--hidden_size", type=int, default=128, help="Vision transformer width.")
+    parser.add_argument("--num_hidden_layers", type=int, default=4)
+    parser.add_argument("--num_attention_heads", type=int, default=4)
+    parser.add_argument("--window_size", type=int, default=8, help="Windowed attention; must divide the patch grid.")
+    parser.add_argument(
+        "--global_attn_indexes", type=int, nargs="+", default=[1, 3], help="Blocks with global attention."
+    )
+    parser.add_argument("--output_channels", type=int, default=64, help="Embedding / prompt / decoder width.")
+    # Optimisation.
+    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--batch_size", type=int, default=8, help="Images per step.")
+    parser.add_argument("--prompts_per_image", type=int, default=4, help="Objects prompted per image and step.")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--iou_loss_weight", type=float, default=1.0)
+    parser.add_argument(
+        "--point_prompt_prob", type=float, default=0.3, help="Share of steps prompted by one point, not a box."
+    )
+    parser.add_argument("--log_every", type=int, default=50)
+    # Scenes.
+    parser.add_argument("--max_objects", type=int, default=5, help="Objects per scene, drawn from 1..max.")
+    parser.add_argument("--object_radius", type=float, nargs=2, default=(0.06, 0.32), help="Fraction of the side.")
+    parser.add_argument("--min_visible_fraction", type=float, default=0.5, help="Prompt only objects this visible.")
+    parser.add_argument("--min_object_pixels", type=int, default=150, help="Prompt only objects this large.")
+    parser.add_argument("--min_fill_contrast", type=float, default=0.12, help="Colour distance object-background.")
+    parser.add_argument("--box_noise", type=float, default=0.1, help="Box jitter std as a fraction of its side.")
+    parser.add_argument("--box_noise_max", type=float, default=8.0, help="Box jitter limit in pixels.")
+    parser.add_argument("--pad_prob", type=float, default=0.25, help="Scenes shorter than square, padded as SAM pads.")
+    parser.add_argument("--grayscale_prob", type=float, default=0.3)
+    parser.add_argument("--blur_prob", type=float, default=0.3, help="Scenes rendered at half size and upsampled.")
+    parser.add_argument("--max_noise_std", type=float, default=0.06)
+    # Held-out evaluation on scenes from another seed, prompted by tight boxes.
+    parser.add_argument("--eval_images", type=int, default=96)
+    parser.add_argument("--eval_seed", type=int, default=12345)
+    args = parser.parse_args()
+
+    grid, remainder = divmod(args.image_size, args.patch_size)
+    if remainder:
+        parser.error(f"--patch_size {args.patch_size} must divide --image_size {args.image_size}")
+    if grid % args.window_size:
+        parser.error(f"--window_size {args.window_size} must divide the {grid} x {grid} patch grid")
+    if any(not 0 <= index < args.num_hidden_layers for index in args.global_attn_indexes):
+        parser.error(f"--global_attn_indexes must lie in [0, {args.num_hidden_layers}), got {args.global_attn_indexes}")
+    if args.hidden_size % args.num_attention_heads or args.output_channels % 2:
+        parser.error("--hidden_size must divide by --num_attention_heads and --output_channels must be even")
+    low, high = args.object_radius
+    if not 0 < low < high < 0.5:
+        parser.error(f"--object_radius must satisfy 0 < low < high < 0.5, got {low} {high}")
+    for name in ("point_prompt_prob", "pad_prob", "grayscale_prob", "blur_prob", "min_visible_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name} must be a probability, got {getattr(args, name)}")
+    if min(args.max_steps, args.batch_size, args.prompts_per_image, args.max_objects, args.eval_images) < 1:
+        parser.error("--max_steps, --batch_size, --prompts_per_image, --max_objects and --eval_images must be >= 1")
+    if not 0 <= args.warmup_steps < args.max_steps:
+        parser.error(f"--warmup_steps must be in [0, --max_steps), got {args.warmup_steps}")
+    return args
+
+
+def standin_config(args: argparse.Namespace) -> SamConfig:
+    """A small SamConfig whose shared fields (widths, image and patch size) agree across the three parts."""
+    vision = SamVisionConfig(
+        hidden_size=args.hidden_size,
+        output_channels=args.output_channels,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        window_size=args.window_size,
+        global_attn_indexes=args.global_attn_indexes,
+        num_pos_feats=args.output_channels // 2,
+        mlp_dim=args.hidden_size * 4,
+    )
+    prompt = SamPromptEncoderConfig(
+        hidden_size=args.output_channels, image_size=args.image_size, patch_size=args.patch_size
+    )
+    decoder = SamMaskDecoderConfig(
+        hidden_size=args.output_channels,
+        mlp_dim=args.output_channels * 4,
+        num_attention_heads=args.num_attention_heads,
+        iou_head_hidden_dim=args.output_channels,
+    )
+    return SamConfig(
+        vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()
+    )
+
+
+@dataclass
+class SceneBatch:
+    """Procedural scenes and their prompts. `pixel_values` are normalised as SamProcessor normalises."""
+
+    pixel_values: torch.Tensor  # (B, 3, S, S), zero where padded
+    masks: torch.Tensor  # (B, P, S, S) bool, visible part of each prompted object
+    boxes: torch.Tensor  # (B, P, 4) xyxy, jittered
+    tight_boxes: torch.Tensor  # (B, P, 4) xyxy
+    points: torch.Tensor  # (B, P, 1, 2) xy, one positive point inside the mask
+
+
+class ProceduralScenes:
+    """Random textured shapes over random textured backgrounds; everything is drawn with an explicit generator."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.size = args.image_size
+        coords = torch.arange(self.size, dtype=torch.float32) + 0.5
+        self.ys, self.xs = torch.meshgrid(coords, coords, indexing="ij")  # (S, S) each
+        self.mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+
+    def _uniform(self, shape: tuple[int, ...], low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=gen)
+
+    def noise_fields(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """`n` fractal-noise fields (n, 3, S, S) of unit standard deviation, mostly luminance with some colour."""
+        persistence = self._uniform((n, 1, 1, 1), 0.35, 0.85, gen)
+        noise = torch.zeros(n, 3, NOISE_OCTAVES[0], NOISE_OCTAVES[0])
+        for octave, grid in enumerate(NOISE_OCTAVES):
+            noise = F.interpolate(noise, size=(grid, grid), mode="bilinear", align_corners=False)
+            mono = torch.randn(n, 1, grid, grid, generator=gen)
+            colour = 0.4 * torch.randn(n, 3, grid, grid, generator=gen)
+            noise = noise + persistence**octave * (mono + colour)
+        # Normalised on the coarse grid (cheap); the final smooth upsampling keeps the scale close.
+        noise = noise / noise.flatten(1).std(dim=1).view(n, 1, 1, 1).clamp(min=1e-6)
+        return F.interpolate(noise, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def patterns(self, n: int, gen: torch.Generator, *, stripes_prob: float) -> torch.Tensor:
+        """A linear intensity ramp plus, with `stripes_prob`, sinusoidal stripes; (n, 1, S, S)."""
+        angle = self._uniform((n, 1, 1), 0.0, 2 * math.pi, gen)
+        ramp = (torch.cos(angle) * self.xs + torch.sin(angle) * self.ys) / self.size - 0.5  # (n, S, S)
+        pattern = self._uniform((n, 1, 1), -0.3, 0.3, gen) * ramp
+        stripes_on = (torch.rand(n, 1, 1, generator=gen) < stripes_prob).float()
+        frequency = self._uniform((n, 1, 1), 2.0, 24.0, gen)
+        phase = self._uniform((n, 1, 1), 0.0, 2 * math.pi, gen)
+        direction = self._uniform((n, 1, 1), 0.0, math.pi, gen)
+        along = (torch.cos(direction) * self.xs + torch.sin(direction) * self.ys) / self.size
+        amplitude = stripes_on * self._uniform((n, 1, 1), 0.03, 0.15, gen)
+        return (pattern + amplitude * torch.sin(2 * math.pi * frequency * along + phase)).unsqueeze(1)
+
+    def shapes(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """`n` random shape masks (n, S, S) bool: ellipses, convex polygons and star-shaped blobs."""
+        low, high = self.args.object_radius
+        radius = self._uniform((n, 1, 1), low, high, gen) * self.size
+        centre_x = self._uniform((n, 1, 1), 0.05, 0.95, gen) * self.size
+        centre_y = self._uniform((n, 1, 1), 0.05, 0.95, gen) * self.size
+        aspect = self._uniform((n, 1, 1), 0.35, 1.0, gen)
+        rotation = self._uniform((n, 1, 1), 0.0, math.pi, gen)
+        dx, dy = self.xs - centre_x, self.ys - centre_y  # (n, S, S)
+        u = dx * torch.cos(rotation) + dy * torch.sin(rotation)
+        v = (dy * torch.cos(rotation) - dx * torch.sin(rotation)) / aspect
+        rho = torch.sqrt(u**2 + v**2)
+
+        kind = torch.randint(len(SHAPE_KINDS), (n,), generator=gen)
+        # Parameters are drawn for every shape so that the random stream does not depend on the kinds drawn.
+        amplitude = self._uniform((n, len(BLOB_HARMONICS), 1, 1), 0.0, 0.22, gen)
+        offset = self._uniform((n, len(BLOB_HARMONICS), 1, 1), 0.0, 2 * math.pi, gen)
+        num_vertices = torch.randint(3, MAX_POLYGON_VERTICES + 1, (n, 1), generator=gen)
+        angles = torch.sort(self._uniform((n, MAX_POLYGON_VERTICES), 0.0, 2 * math.pi, gen), dim=1).values
+
+        masks = rho <= radius  # ellipses; the other kinds overwrite their rows
+        blob = (kind == SHAPE_KINDS.index("blob")).nonzero().flatten()
+        if blob.numel():
+            # The radius wobbles with a few low angular harmonics.
+            phi = torch.atan2(v[blob], u[blob]).unsqueeze(1)  # (nb, 1, S, S)
+            harmonics = torch.tensor(BLOB_HARMONICS, dtype=torch.float32).view(1, -1, 1, 1)
+            wobble = 1.0 + (amplitude[blob] * torch.cos(harmonics * phi + offset[blob])).sum(dim=1)  # (nb, S, S)
+            masks[blob] = rho[blob] <= radius[blob] * wobble
+        polygon = (kind == SHAPE_KINDS.index("polygon")).nonzero().flatten()
+        if polygon.numel():
+            # Vertices at sorted angles on the ellipse make a convex polygon: inside = left of every edge. Polygons
+            # with fewer vertices repeat their last one, and a zero-length edge leaves every pixel on its left.
+            count = num_vertices[polygon]
+            corner = angles[polygon]
+            corner = torch.where(torch.arange(MAX_POLYGON_VERTICES) < count, corner, corner.gather(1, count - 1))
+            vx = radius[polygon].view(-1, 1) * torch.cos(corner)  # (np, V)
+            vy = radius[polygon].view(-1, 1) * torch.sin(corner)
+            ex, ey = vx.roll(-1, dims=1) - vx, vy.roll(-1, dims=1) - vy  # edge vectors (np, V)
+            pu, pv = u[polygon], v[polygon]
+            inside = torch.ones_like(pu, dtype=torch.bool)
+            for edge in range(MAX_POLYGON_VERTICES):
+                e_x, e_y = ex[:, edge, None, None], ey[:, edge, None, None]
+                o_x, o_y = vx[:, edge, None, None], vy[:, edge, None, None]
+                inside &= e_x * (pv - o_y) >= e_y * (pu - o_x)
+            masks[polygon] = inside
+        return masks
+
+    def sample(self, batch_size: int, gen: torch.Generator, *, jitter_boxes: bool = True) -> SceneBatch:
+        args, size, k = self.args, self.size, self.args.max_objects
+        background_colour = torch.rand(batch_size, 3, generator=gen)
+        # Each object's colour lies at least `min_fill_contrast` from its background colour.
+        direction = F.normalize(torch.randn(batch_size, k, 3, generator=gen), dim=-1)
+        distance = self._uniform((batch_size, k, 1), args.min_fill_contrast, 0.6, gen)
+        object_colour = (background_colour.unsqueeze(1) + direction * distance).clamp(0.0, 1.0)  # (B, K, 3)
+        contrast = self._uniform((batch_size, k + 1, 1, 1, 1), 0.02, 0.2, gen)
+        # Objects share one bank of noise fields, each image's objects taking different ones, so a batch builds two
+        # fractal pyramids per image rather than one per object.
+        background_noise, object_noise = self.noise_fields(2 * batch_size, gen).split(batch_size)
+        image = background_colour[..., None, None] + contrast[:, 0] * background_noise
+        image = image + self.patterns(batch_size, gen, stripes_prob=0.3)  # (B, 3, S, S)
+
+        num_objects = torch.randint(1, k + 1, (batch_size, 1), generator=gen)
+        active = torch.arange(k) < num_objects  # (B, K)
+        masks = self.shapes(batch_size * k, gen).view(batch_size, k, size, size) & active[..., None, None]
+        for index in range(k):
+            fill = object_colour[:, index, :, None, None] + contrast[:, index + 1] * object_noise.roll(index, dims=0)
+            fill = fill + self.patterns(batch_size, gen, stripes_prob=0.2)
+            image = torch.where(masks[:, index].unsqueeze(1), fill, image)
+        # An object is hidden where any object drawn after it lies.
+        visible = torch.empty_like(masks)  # (B, K, S, S)
+        covered = torch.zeros_like(masks[:, 0])
+        for index in reversed(range(k)):
+            visible[:, index] = masks[:, index] & ~covered
+            covered |= masks[:, index]
+
+        image = self._photometric(image, gen)
+        pixel_values = (image - self.mean) / self.std
+        content = torch.ones(batch_size, 1, size, size, dtype=torch.bool)
+        padded = torch.rand(batch_size, generator=gen) < args.pad_prob
+        for b in padded.nonzero().flatten().tolist():
+            # SamProcessor pads a non-square image at the bottom or right, after normalising, with zeros.
+            short = int(size * self._uniform((1,), 0.5, 0.95, gen))
+            if torch.rand(1, generator=gen) < 0.5:
+                content[b, :, short:, :] = False
+            else:
+                content[b, :, :, short:] = False
+        pixel_values = pixel_values * content
+        visible = visible & content
+
+        area = visible.flatten(2).sum(-1)  # (B, K)
+        full_area = masks.flatten(2).sum(-1).clamp(min=1)
+        valid = (area >= args.min_object_pixels) & (area >= args.min_visible_fraction * full_area)
+        # Valid objects first, in random order; slots beyond the valid ones repeat the first pick, and a scene with
+        # no valid object prompts its largest visible one.
+        fallback = torch.zeros_like(valid).scatter_(1, area.argmax(dim=1, keepdim=True), True)
+        valid = torch.where(valid.any(dim=1, keepdim=True), valid, fallback)
+        order = (torch.rand(batch_size, k, generator=gen) + 2.0 * valid).argsort(dim=1, descending=True)
+        picks = order[:, : min(args.prompts_per_image, k)]
+        picks = torch.where(valid.gather(1, picks), picks, picks[:, :1])
+        if picks.shape[1] < args.prompts_per_image:
+            picks = picks[:, torch.arange(args.prompts_per_image) % picks.shape[1]]
+        target = visible[torch.arange(batch_size)[:, None], picks]  # (B, P, S, S)
+
+        tight = masks_to_boxes(target)
+        boxes = self._jitter(tight, gen) if jitter_boxes else tight
+        # One pixel drawn uniformly from each mask: the r-th foreground pixel in raster order.
+        cumulative = target.flatten(2).cumsum(-1)  # (B, P, S*S)
+        rank = (torch.rand(cumulative.shape[:2], generator=gen) * cumulative[..., -1]).long()
+        point_index = (cumulative <= rank.unsqueeze(-1)).sum(-1).clamp(max=size * size - 1)
+        points = torch.stack([point_index % size, point_index // size], dim=-1).float() + 0.5
+        return SceneBatch(pixel_values, target, boxes, tight, points.unsqueeze(2))
+
+    def _photometric(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        args, batch = self.args, image.shape[0]
+        image = image.clamp(0.0, 1.0)
+        gray = (torch.rand(batch, 1, 1, 1, generator=gen) < args.grayscale_prob).float()
+        luminance = (image * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        image = torch.lerp(image, luminance.expand_as(image), gray)
+        blur = torch.rand(batch, generator=gen) < args.blur_prob
+        if blur.any():
+            # Upsampled low-resolution images (like small medical tiles through SamProcessor) look like this.
+            half = F.interpolate(image[blur], scale_factor=0.5, mode="bilinear", antialias=True)
+            image[blur] = F.interpolate(half, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        image = image ** self._uniform((batch, 1, 1, 1), 0.7, 1.4, gen)
+        noise_std = self._uniform((batch, 1, 1, 1), 0.0, args.max_noise_std, gen)
+        return (image + noise_std * torch.randn(image.shape, generator=gen)).clamp(0.0, 1.0)
+
+    def _jitter(self, boxes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """SAM's box noise: each coordinate moves by N(0, box_noise * side), at most `box_noise_max` pixels."""
+        sides = torch.cat([boxes[..., 2:] - boxes[..., :2]] * 2, dim=-1).clamp(min=1.0)
+        noise = (torch.randn(boxes.shape, generator=gen) * self.args.box_noise * sides).clamp(
+            -self.args.box_noise_max, self.args.box_noise_max
+        )
+        jittered = (boxes + noise).clamp(0.0, self.size - 1.0)
+        low = torch.minimum(jittered[..., :2], jittered[..., 2:])
+        high = torch.maximum(jittered[..., :2], jittered[..., 2:])
+        return torch.cat([low, high], dim=-1)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight xyxy boxes (inclusive pixel indices) of masks `(..., H, W)`; an empty mask gives the whole image."""
+    height, width = masks.shape[-2:]
+    cols, rows = masks.any(dim=-2), masks.any(dim=-1)  # (..., W), (..., H)
+    x1 = torch.where(cols.any(-1), cols.float().argmax(-1), 0)
+    x2 = torch.where(cols.any(-1), width - 1 - cols.flip(-1).float().argmax(-1), width - 1)
+    y1 = torch.where(rows.any(-1), rows.float().argmax(-1), 0)
+    y2 = torch.where(rows.any(-1), height - 1 - rows.flip(-1).float().argmax(-1), height - 1)
+    return torch.stack([x1, y1, x2, y2], dim=-1).float()
+
+
+def dice_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice of `logits > 0`, upsampled to the target size, against binary targets; one value per mask."""
+    logits = F.interpolate(logits.flatten(0, -3).unsqueeze(1), size=targets.shape[-2:], mode="bilinear")
+    predicted = logits.squeeze(1) > 0
+    truth = targets.flatten(0, -3)
+    intersection = (predicted & truth).flatten(1).sum(-1).float()
+    total = (predicted.flatten(1).sum(-1) + truth.flatten(1).sum(-1)).float()
+    return torch.where(total > 0, 2 * intersection / total.clamp(min=1), torch.ones_like(total))
+
+
+@torch.no_grad()
+def evaluate(model: SamModel, scenes: ProceduralScenes, args: argparse.Namespace) -> dict[str, float]:
+    """Box-prompt Dice on held-out scenes (tight boxes), single-mask output and best-predicted-IoU multimask output."""
+    model.eval()
+    gen = torch.Generator().manual_seed(args.eval_seed)
+    totals = {"dice_single": 0.0, "dice_multimask_best_iou": 0.0, "dice_point_best_iou": 0.0}
+    count = 0
+    for start in range(0, args.eval_images, args.batch_size):
+        batch = scenes.sample(min(args.batch_size, args.eval_images - start), gen, jitter_boxes=False)
+        embeddings = model.get_image_embeddings(batch.pixel_values)
+        single = model(image_embeddings=embeddings, input_boxes=batch.tight_boxes, multimask_output=False)
+        totals["dice_single"] += dice_scores(single.pred_masks[:, :, 0], batch.masks).sum().item()
+        for key, prompts in (
+            ("dice_multimask_best_iou", {"input_boxes": batch.tight_boxes}),
+            ("dice_point_best_iou", {"input_points": batch.points}),
+        ):
+            multi = model(image_embeddings=embeddings, multimask_output=True, **prompts)
+            best = multi.iou_scores.argmax(dim=-1)[..., None, None, None]  # (B, P, 1, 1, 1)
+            chosen = multi.pred_masks.gather(2, best.expand(-1, -1, 1, *multi.pred_masks.shape[-2:]))[:, :, 0]
+            totals[key] += dice_scores(chosen, batch.masks).sum().item()
+        count += batch.masks.shape[0] * batch.masks.shape[1]
+    model.train()
+    return {key: value / count for key, value in totals.items()}
+
+
+def training_loss(model: SamModel, batch: SceneBatch, use_points: bool, args: argparse.Namespace) -> dict:
+    embeddings = model.vision_encoder(batch.pixel_values).last_hidden_state
+    mask_size = embeddings.shape[-1] * MASK_UPSCALE
+    targets = resize_masks(batch.masks, (mask_size, mask_size))
+    prompts = {"input_points": batch.points} if use_points else {"input_boxes": batch.boxes}
+    multi = model(image_embeddings=embeddings, multimask_output=True, **prompts)
+    terms = segmentation_losses(multi.pred_masks, multi.iou_scores, targets)
+    loss = terms["dice"] + terms["bce"] + args.iou_loss_weight * terms["iou"]
+    if not use_points:
+        # Box prompts are unambiguous enough for SAM's single-mask token, which fine-tuning recipes often use.
+        single = model(image_embeddings=embeddings, multimask_output=False, **prompts)
+        single_terms = segmentation_losses(single.pred_masks, single.iou_scores, targets)
+        loss = loss + single_terms["dice"] + single_terms["bce"] + args.iou_loss_weight * single_terms["iou"]
+    return {"loss": loss, **{key: value.detach() for key, value in terms.items()}}
+
+
+def build_processor(config: SamConfig) -> SamProcessor:
+    image_size = config.vision_config.image_size
+    mask_size = config.prompt_encoder_config.image_embedding_size * MASK_UPSCALE
+    image_processor = SamImageProcessor(
+        size={"longest_edge": image_size},
+        pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": mask_size},
+        mask_pad_size={"height": mask_size, "width": mask_size},
+    )
+    return SamProcessor(image_processor=image_processor)
+
+
+@torch.no_grad()
+def verify_saved(model: SamModel, folder: Path, scenes: ProceduralScenes) -> None:
+    """Reloads the checkpoint and processor from disk and runs one non-square image through both."""
+    reloaded = SamModel.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    config = reloaded.config
+    mask_size = config.prompt_encoder_config.image_embedding_size * MASK_UPSCALE
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((40, 50), 255, dtype=np.uint8), ((20, 36), (30, 48))))
+    inputs = processor(images=image, input_boxes=[[[30, 20, 79, 59]]], segmentation_maps=mask, return_tensors="pt")
+    size = config.vision_config.image_size
+    if tuple(inputs["pixel_values"].shape) != (1, 3, size, size):
+        raise ValueError(f"pixel_values have shape {tuple(inputs['pixel_values'].shape)}, expected (1, 3, {size}, {size})")
+    if tuple(inputs["labels"].shape) != (1, mask_size, mask_size):
+        raise ValueError(f"labels have shape {tuple(inputs['labels'].shape)}, expected (1, {mask_size}, {mask_size})")
+    outputs = reloaded(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"], multimask_output=True)
+    if tuple(outputs.pred_masks.shape[-2:]) != (mask_size, mask_size):
+        raise ValueError(f"pred_masks are {tuple(outputs.pred_masks.shape[-2:])}, expected {mask_size} x {mask_size}")
+    expected = model.eval()(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"])
+    if not torch.allclose(outputs.pred_masks, expected.pred_masks, atol=1e-4):
+        raise ValueError("the reloaded checkpoint predicts differently from the trained model")
+    print(f"verified {folder}: pixel_values {tuple(inputs['pixel_values'].shape)}, labels {tuple(inputs['labels'].shape)}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.num_threads)
+    set_seed(args.seed)
+    started = time.perf_counter()
+
+    config = standin_config(args)
+    model = init_sam_from_scratch(SamModel(config), seed=args.seed).train()
+    print(f"stand-in SAM: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    scenes = ProceduralScenes(args)
+    gen = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+
+    running: dict[str, float] = {}
+    for step in range(1, args.max_steps + 1):
+        use_points = bool(torch.rand(1, generator=gen) < args.point_prompt_prob)
+        batch = scenes.sample(args.batch_size, gen)
+        terms = training_loss(model, batch, use_points, args)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for key, value in terms.items():
+            running[key] = running.get(key, 0.0) + value.item()
+        if step % args.log_every == 0 or step == args.max_steps:
+            summary = " ".join(f"{key} {value / args.log_every:.4f}" for key, value in running.items())
+            elapsed = time.perf_counter() - started
+            print(f"step {step}/{args.max_steps} {summary} lr {scheduler.get_last_lr()[0]:.2e} {elapsed:.0f}s", flush=True)
+            running = {}
+
+    metrics = evaluate(model, scenes, args)
+    print("held-out procedural scenes: " + " ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output_dir)
+    build_processor(config).save_pretrained(args.output_dir)
+    verify_saved(model, args.output_dir, scenes)
+    size_mb = (args.output_dir / "model.safetensors").stat().st_size / 2**20
+    print(f"saved {args.output_dir} ({size_mb:.1f} MiB) in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Prompts derived from ground-truth masks: boxes (jittered while training, exact at evaluation) and points.
+
+Boxes come exactly from the full-resolution mask in the data pipeline; jitter and point sampling happen here on
+batched tensors with a generator seeded by the training step, so a resumed run draws the same prompts as an
+uninterrupted one whatever the data-loader workers did.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def mask_box(mask) -> list[float]:
+    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy or tensor), in pixel coordinates (x1, y1 exclusive)."""
+    mask = torch.as_tensor(mask)
+    rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+    cols = torch.nonzero(mask.any(dim=0)).squeeze(1)
+    if rows.numel() == 0:
+        raise ValueError("Cannot derive a box prompt from an empty mask.")
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def jitter_boxes(
+    boxes: torch.Tensor, *, fraction: float, image_sizes: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Moves each box edge by up to `fraction` of the box's width/height, clamped to the image.
+
+    Args:
+        boxes (`torch.Tensor` of shape `(B, P, 4)`): `x0, y0, x1, y1` in the model's input frame.
+        image_sizes (`torch.Tensor` of shape `(B, 2)`): `(height, width)` of the resized image in that frame.
+    """
+    if fraction <= 0:
+        return boxes
+    width = (boxes[..., 2] - boxes[..., 0]).clamp(min=1.0)
+    height = (boxes[..., 3] - boxes[..., 1]).clamp(min=1.0)
+    scale = torch.stack([width, height, width, height], dim=-1)  # (B, P, 4)
+    noise = torch.rand(boxes.shape, generator=generator).to(boxes.device) * 2 - 1
+    jittered = boxes + noise.to(boxes.dtype) * fraction * scale
+    limits = image_sizes.flip(-1).to(boxes.dtype)[:, None, :]  # (B, 1, 2): width, height
+    x0y0 = torch.minimum(jittered[..., :2].clamp(min=0), limits - 1)
+    x1y1 = torch.maximum(torch.minimum(jittered[..., 2:], limits), x0y0 + 1)
+    return torch.cat([x0y0, x1y1], dim=-1)
+
+
+def sample_points(
+    masks: torch.Tensor, *, num_points: int, input_size: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Points inside each mask, in the model's input frame.
+
+    Args:
+        masks (`torch.Tensor` of shape `(B, P, h, w)`): binary masks covering the padded input square.
+        input_size: side of the padded input square (the frame of `pixel_values`).
+        generator: random points uniformly inside the mask when given; else the deterministic most interior
+            pixel (largest distance to the background), repeated, for evaluation.
+
+    Returns:
+        `torch.Tensor` of shape `(B, P, num_points, 2)` with `x, y` coordinates.
+    """
+    batch, prompts, height, width = masks.shape
+    flat = masks.reshape(batch * prompts, height * width).float()
+    if flat.sum(dim=1).min() == 0:
+        raise ValueError("Cannot sample a point prompt inside an empty mask.")
+    if generator is not None:
+        index = torch.multinomial(flat.cpu(), num_points, replacement=True, generator=generator).to(masks.device)
+        offsets = torch.rand(batch * prompts, num_points, 2, generator=generator).to(masks.device)
+    else:
+        depth = _interior_depth(masks.reshape(batch * prompts, 1, height, width).float())
+        index = depth.reshape(batch * prompts, -1).argmax(dim=1, keepdim=True).expand(-1, num_points)
+        offsets = torch.full((batch * prompts, num_points, 2), 0.5, device=masks.device)
+    xy = torch.stack([index % width, index // width], dim=-1).float() + offsets  # (B*P, n, 2) in mask pixels
+    return (xy * (input_size / width)).reshape(batch, prompts, num_points, 2)
+
+
+def _interior_depth(masks: torch.Tensor) -> torch.Tensor:
+    """How many 3x3 erosions each foreground pixel survives: a cheap stand-in for the distance transform."""
+    depth = torch.zeros_like(masks)
+    current = masks
+    while current.any():
+        depth += current
+        current = -F.max_pool2d(-current, 3, stride=1, padding=1)
+    return depth
