@@ -68,7 +68,9 @@ def resolve_hub_token(token: str | None = None) -> str:
 def check_hub_push(repo_id: str, token: str | None = None) -> str:
     """Checks, before training, that a push to `repo_id` can happen; returns the token to give `push_output_dir`."""
     if not is_hub_repo_id(repo_id):
-        raise ValueError(f"`repo_id` must look like 'namespace/name' (e.g. 'my-org/icmoe-sam-kvasir'), got {repo_id!r}.")
+        raise ValueError(
+            f"`repo_id` must look like 'namespace/name' (e.g. 'my-org/icmoe-sam-kvasir'), got {repo_id!r}."
+        )
     return resolve_hub_token(token)
 
 
@@ -92,9 +94,7 @@ def _adapter_files(output_dir: Path, *, at_root: bool) -> list[HubUpload]:
     missing = [name for name in ADAPTER_FILES if not (output_dir / ADAPTER_SUBFOLDER / name).is_file()]
     if missing:
         raise ValueError(f"{output_dir / ADAPTER_SUBFOLDER} lacks {missing}: there is no adapter-only checkpoint.")
-    return [
-        _file(output_dir, f"{ADAPTER_SUBFOLDER}/{name}", name if at_root else None) for name in ADAPTER_FILES
-    ]
+    return [_file(output_dir, f"{ADAPTER_SUBFOLDER}/{name}", name if at_root else None) for name in ADAPTER_FILES]
 
 
 def plan_upload(
@@ -127,8 +127,7 @@ def plan_upload(
     root = sorted(
         path.name
         for path in output_dir.iterdir()
-        if path.is_file()
-        and (path.name in CHECKPOINT_FILES or path.suffix == ".py" or path.match(SHARD_PATTERN))
+        if path.is_file() and (path.name in CHECKPOINT_FILES or path.suffix == ".py" or path.match(SHARD_PATTERN))
     )
     files = [_file(output_dir, name) for name in root] + _figures(output_dir)
     if include_adapter:
@@ -201,7 +200,9 @@ def push_output_dir(
     api = HfApi()
     api.create_repo(repo_id, token=token, private=private, repo_type="model", exist_ok=True)
     operations = [
-        CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=card_bytes if f.source is None else str(f.source))
+        CommitOperationAdd(
+            path_in_repo=f.path_in_repo, path_or_fileobj=card_bytes if f.source is None else str(f.source)
+        )
         for f in files
     ]
     api.create_commit(repo_id, operations, commit_message=commit_message, token=token, repo_type="model")

@@ -56,8 +56,15 @@ def _prepare_data(args, processor, accelerator):
     workers = args.dataloader_num_workers
     if workers is None:
         workers = default_num_workers(accelerator.num_processes)
+    # A loader generator of its own: creating an iterator would otherwise draw from the global RNG, so a resumed
+    # run (which creates one more iterator after restoring the RNG states) would drift from an uninterrupted one.
     train_loader = DataLoader(
-        train_set, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate, num_workers=workers
+        train_set,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
     return train_loader, eval_loader, eval_split

@@ -51,7 +51,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Pretrain the small offline SAM stand-in on procedural scenes.")
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=2, help="torch intra-op threads (the CPU cores to use).")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch threads of the training process. One: the scene worker takes the second core, and two OpenMP "
+        "threads on a shared 2-core machine stall each other whenever anything else runs.",
+    )
     # Model.
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--patch_size", type=int, default=16)
@@ -64,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--output_channels", type=int, default=64, help="Embedding / prompt / decoder width.")
     # Optimisation.
-    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--max_steps", type=int, default=1200)
     parser.add_argument("--batch_size", type=int, default=8, help="Images per step.")
     parser.add_argument("--prompts_per_image", type=int, default=4, help="Objects prompted per image and step.")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -303,7 +309,7 @@ class ProceduralScenes:
         cumulative = target.flatten(2).cumsum(-1)  # (B, P, S*S)
         rank = (torch.rand(cumulative.shape[:2], generator=gen) * cumulative[..., -1]).long()
         point_index = (cumulative <= rank.unsqueeze(-1)).sum(-1).clamp(max=size * size - 1)
-        points = torch.stack([point_index % size, point_index // size], dim=-1).float() + 0.5
+        points = torch.stack([point_index % size, point_index // size], dim=-1).float()
         return SceneBatch(pixel_values, target, boxes, tight, points.unsqueeze(2))
 
     def _photometric(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -331,6 +337,19 @@ class ProceduralScenes:
         low = torch.minimum(jittered[..., :2], jittered[..., 2:])
         high = torch.maximum(jittered[..., :2], jittered[..., 2:])
         return torch.cat([low, high], dim=-1)
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of scene batches, drawn in a DataLoader worker so that drawing overlaps training."""
+
+    def __init__(self, args: argparse.Namespace, seed: int) -> None:
+        super().__init__()
+        self.args, self.seed = args, seed
+
+    def __iter__(self):
+        scenes, gen = ProceduralScenes(self.args), torch.Generator().manual_seed(self.seed)
+        while True:
+            yield scenes.sample(self.args.batch_size, gen)
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -442,13 +461,15 @@ def main() -> None:
     print(f"stand-in SAM: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     scenes = ProceduralScenes(args)
     gen = torch.Generator().manual_seed(args.seed)
+    # One worker: a single stream keeps the batches reproducible, and it takes the core the model leaves free.
+    loader = iter(torch.utils.data.DataLoader(SceneStream(args, args.seed), batch_size=None, num_workers=1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
 
     running: dict[str, float] = {}
     for step in range(1, args.max_steps + 1):
         use_points = bool(torch.rand(1, generator=gen) < args.point_prompt_prob)
-        batch = scenes.sample(args.batch_size, gen)
+        batch = next(loader)
         terms = training_loss(model, batch, use_points, args)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
