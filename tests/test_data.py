@@ -1,0 +1,149 @@
+"""The data pipeline and prompts: sources, splits, image and mask handling, clear errors on bad rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import binary_mask, check_masks, load_raw_dataset, select_splits, to_rgb_uint8
+from training.prompts import jitter_boxes, mask_box, sample_points
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(np.arange(48 * 40, dtype=np.uint8).reshape(48, 40)),
+        Image.fromarray((np.arange(48 * 40, dtype=np.uint16) * 30).reshape(48, 40)),
+        Image.fromarray(np.zeros((48, 40, 4), np.uint8), mode="RGBA"),
+        np.linspace(-1000.0, 3000.0, 48 * 40).reshape(48, 40),  # CT-like float
+        np.zeros((48, 40, 1), np.float32),
+    ],
+)
+def test_images_become_rgb_uint8(image):
+    array = to_rgb_uint8(image)
+    assert array.shape == (48, 40, 3) and array.dtype == np.uint8
+
+
+def test_wide_range_images_are_rescaled():
+    array = to_rgb_uint8(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
+    assert array[..., 0].tolist() == [[0, 64], [128, 255]]
+
+
+def test_bad_images_raise():
+    with pytest.raises(ValueError, match="NaN"):
+        to_rgb_uint8(np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="2-D grayscale or \\(H, W, 3\\)"):
+        to_rgb_uint8(np.zeros((4, 4, 5), np.uint8))
+
+
+@pytest.mark.parametrize("scale", [1, 255])
+def test_binary_masks_accepted(scale):
+    mask = np.zeros((5, 5), np.uint8)
+    mask[1:3, 1:4] = scale
+    assert binary_mask(mask).sum() == 6
+
+
+def test_non_binary_mask_needs_label_ids():
+    mask = np.array([[0, 1], [2, 2]])
+    with pytest.raises(ValueError, match="not binary.*--label_ids"):
+        binary_mask(mask)
+    assert binary_mask(mask, [2]).tolist() == [[False, False], [True, True]]
+
+
+def test_metadata_folder_and_splits(blob_dataset_dir):
+    dataset = load_raw_dataset(str(blob_dataset_dir), image_column="image", mask_column="mask")
+    assert sorted(dataset) == ["test", "train"] and len(dataset["train"]) == 8
+    train, evaluation, name = select_splits(dataset, train_split="train", eval_split=None, validation_fraction=0.25, seed=0)
+    assert name == "test" and len(evaluation) == 4
+
+
+def test_hold_out_when_only_train(blob_dataset_dir, tmp_path):
+    dataset = load_raw_dataset(str(blob_dataset_dir), image_column="image", mask_column="mask")
+    only_train = type(dataset)({"train": dataset["train"]})
+    only_train.save_to_disk(str(tmp_path / "saved"))
+    reloaded = load_raw_dataset(str(tmp_path / "saved"), image_column="image", mask_column="mask")
+    train, evaluation, name = select_splits(reloaded, train_split="train", eval_split=None, validation_fraction=0.25, seed=0)
+    assert (len(train), len(evaluation)) == (6, 2) and "held-out" in name
+    again = select_splits(reloaded, train_split="train", eval_split=None, validation_fraction=0.25, seed=0)[1]
+    assert np.array_equal(np.asarray(evaluation[0]["mask"]), np.asarray(again[0]["mask"]))
+
+
+def test_missing_split_and_column_errors(blob_dataset_dir, tmp_path):
+    dataset = load_raw_dataset(str(blob_dataset_dir), image_column="image", mask_column="mask")
+    with pytest.raises(ValueError, match="No split `valid`"):
+        select_splits(dataset, train_split="train", eval_split="valid", validation_fraction=0.2, seed=0)
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match="no column `label`"):
+        load_raw_dataset(str(tmp_path / "saved"), image_column="image", mask_column="label")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither a `save_to_disk` folder nor a folder with a metadata.csv"):
+        load_raw_dataset(str(tmp_path / "empty"), image_column="image", mask_column="mask")
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (np.zeros((48, 40), np.uint8), "row 1: the mask is empty"),
+        (np.full((48, 40), 7, np.uint8), "row 1: Mask values \\[7\\] are not binary"),
+        (np.full((20, 20), 255, np.uint8), "row 1: image is 48x40 but mask is 20x20"),
+    ],
+)
+def test_bad_rows_are_named(blob_dataset_dir, tmp_path, mask, message):
+    import datasets
+
+    good = load_raw_dataset(str(blob_dataset_dir), image_column="image", mask_column="mask")["train"]
+    path = tmp_path / "bad.png"
+    Image.fromarray(mask).save(path)
+    bad = datasets.Dataset.from_dict(
+        {"image": [good[0]["image"], good[1]["image"]], "mask": [good[0]["mask"], Image.open(path)]},
+        features=good.features,
+    )
+    with pytest.raises(ValueError, match=message):
+        check_masks(bad, image_column="image", mask_column="mask", label_ids=None, name="train")
+
+
+def test_corrupt_image_file_is_named(blob_dataset_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(blob_dataset_dir, copy)
+    (copy / "masks" / "3.png").write_bytes(b"not a png")
+    dataset = load_raw_dataset(str(copy), image_column="image", mask_column="mask")
+    with pytest.raises(Exception, match="3.png|cannot identify"):
+        check_masks(dataset["train"], image_column="image", mask_column="mask", label_ids=None, name="train")
+
+
+def test_mask_box_and_empty_mask():
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:9] = True
+    assert mask_box(mask) == [3.0, 2.0, 9.0, 5.0]
+    with pytest.raises(ValueError, match="empty mask"):
+        mask_box(np.zeros((3, 3), bool))
+
+
+def test_jitter_stays_inside_image_and_is_seeded():
+    boxes = torch.tensor([[[10.0, 10.0, 30.0, 40.0]]])
+    sizes = torch.tensor([[50, 35]])
+    first = jitter_boxes(boxes, fraction=0.5, image_sizes=sizes, generator=torch.Generator().manual_seed(0))
+    second = jitter_boxes(boxes, fraction=0.5, image_sizes=sizes, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, second) and not torch.equal(first, boxes)
+    assert (first[..., 0] >= 0).all() and (first[..., 2] <= 35).all() and (first[..., 3] <= 50).all()
+    assert (first[..., 2] > first[..., 0]).all() and (first[..., 3] > first[..., 1]).all()
+    assert ((first - boxes).abs() <= 0.5 * torch.tensor([20.0, 30.0, 20.0, 30.0])).all()
+
+
+def test_points_fall_inside_the_mask():
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, 0, 2:6, 3:9] = 1
+    masks[1, 0, 10:15, 1:4] = 1
+    for generator in (torch.Generator().manual_seed(0), None):
+        points = sample_points(masks, num_points=3, input_size=64, generator=generator)
+        assert points.shape == (2, 1, 3, 2)
+        cells = (points / 4).floor().long()  # back to mask pixels
+        for b in range(2):
+            assert masks[b, 0, cells[b, 0, :, 1], cells[b, 0, :, 0]].all()
+    central = sample_points(masks, num_points=1, input_size=64, generator=None)
+    # The most interior pixel of the 4x6 block at rows 2-5, cols 3-8 is first found at row 3, col 4 (its centre).
+    assert central[0, 0, 0].tolist() == [4 * 4.5, 4 * 3.5]
