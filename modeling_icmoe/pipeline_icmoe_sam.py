@@ -84,8 +84,7 @@ def to_uint8_rgb(
         array = array[..., :3]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))):
         raise ValueError(
-            "An image must have shape (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}, got "
-            f"{tuple(array.shape)}."
+            f"An image must have shape (H, W), (H, W, C) or (C, H, W) with C in {{1, 3, 4}}, got {tuple(array.shape)}."
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"The image is empty: shape {tuple(array.shape)}.")
@@ -279,6 +278,8 @@ class IcMoeSamSegmentationPipeline(Pipeline):
     ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
         prompts = {"input_boxes": input_boxes, "input_points": input_points, "input_labels": input_labels}
         given = {key: value for key, value in prompts.items() if value is not None}
+        if isinstance(images, (list, tuple)) and not images:
+            raise ValueError("Got an empty list of images.")
         if isinstance(images, dict) or (isinstance(images, (list, tuple)) and images and isinstance(images[0], dict)):
             if given:
                 raise ValueError("Pass prompts either inside the input dicts or as arguments, not both.")
@@ -311,9 +312,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         image = load_medical_image(inputs["image"], timeout=timeout, intensity_percentiles=intensity_percentiles)
         encoding = self.processor(images=image, **_check_prompts(inputs), return_tensors="pt")
         # The processor gives float64 coordinates; the model computes in its own dtype.
-        return {
-            key: value.to(self.dtype) if value.is_floating_point() else value for key, value in encoding.items()
-        }
+        return {key: value.to(self.dtype) if value.is_floating_point() else value for key, value in encoding.items()}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], multimask_output: bool = False) -> dict[str, Any]:
         original_sizes = model_inputs.pop("original_sizes")
