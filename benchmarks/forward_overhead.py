@@ -34,6 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--train", action="store_true", help="Also time training steps of IC-MoE, LoRA, decoder.")
     parser.add_argument("--sdpa", action="store_true", help="Use SDPA attention in the encoder (default eager).")
+    parser.add_argument("--compile", action="store_true",
+                        help="Also time both models under torch.compile(mode='reduce-overhead') (CUDA graphs).")
+    parser.add_argument("--profile", action="store_true", help="Print the top kernels of one IC-MoE forward.")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.iters < 1 or args.warmup < 0:
@@ -108,6 +111,23 @@ def main() -> None:
         "icmoe_encoder_side_trainable_params": adapter_params,
         "icmoe_encoder_side_share_of_sam": adapter_params / sam_params,
     }
+    if args.compile:
+        compiled = _interleaved(
+            {"sam": forward(torch.compile(base, mode="reduce-overhead")),
+             "icmoe": forward(torch.compile(icmoe, mode="reduce-overhead"))},
+            iters=args.iters, warmup=max(3, args.warmup), device=device,
+        )
+        report["compiled_forward_seconds"] = compiled
+        report["compiled_forward_ratio_icmoe_over_sam"] = compiled["icmoe"] / compiled["sam"]
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            forward(icmoe)()
+            _sync(device)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
     if args.train:
         report["train_step"] = _train_steps(base, icmoe, pixel_values, boxes, args, device)
     text = json.dumps(report, indent=2)

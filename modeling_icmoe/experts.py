@@ -25,7 +25,11 @@ from transformers import initialization as init
 
 
 class IcMoeExperts(nn.Module):
-    """Stacked IC-MoE experts of the three kinds, ordered basic, semantic, adaptive along the expert axis."""
+    """Stacked IC-MoE experts of the three kinds, ordered basic, semantic, adaptive along the expert axis.
+
+    Projections are stored `(E, r, C)` so that the flattened `(E * r, C)` views feed `F.linear` and `addmm`
+    without a copy: the forward pass is a handful of kernels whatever the number of experts.
+    """
 
     def __init__(
         self,
@@ -45,29 +49,25 @@ class IcMoeExperts(nn.Module):
         self.num_adaptive = num_adaptive
         self.num_experts = num_basic + num_semantic + num_adaptive
 
-        self.down_proj = nn.Parameter(torch.empty(self.num_experts, hidden_size, rank))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
         self.down_bias = nn.Parameter(torch.empty(self.num_experts, rank))
         self.up_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
         self.pixel_head = nn.Parameter(torch.empty(self.num_experts, rank))
         self.pixel_bias = nn.Parameter(torch.empty(self.num_experts))
 
         # Semantic experts: one 3x3 depthwise kernel per expert channel, placed at its dilation inside one
-        # (2 * max_dilation + 1)^2 kernel when the forward pass builds the grouped convolution.
+        # (2 * max_dilation + 1)^2 kernel, so that all semantic experts run as one grouped convolution.
         self.max_dilation = max(semantic_dilations, default=1)
+        self.semantic_dilations = list(semantic_dilations)
         self.semantic_kernel = nn.Parameter(torch.empty(num_semantic, rank, 3, 3))
         self.semantic_bias = nn.Parameter(torch.empty(num_semantic, rank))
-        # Flat positions of each semantic expert's 9 taps inside the large kernel. Kept as a Python list, not a
-        # buffer: a non-persistent buffer would come back uninitialised from a meta-device load.
-        size = 2 * self.max_dilation + 1
-        self.semantic_taps = [
-            [(self.max_dilation + d * dy) * size + (self.max_dilation + d * dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-            for d in semantic_dilations
-        ]
-        self._tap_index_cache: dict[torch.device, torch.Tensor] = {}
+        # Kept out of the state dict and rebuilt per device: a non-persistent buffer would come back uninitialised
+        # from a meta-device load.
+        self._placement_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
-        # Adaptive experts: modulation m = 1 + tanh(pool(a) W + b), zero-initialised so it starts as identity.
+        # Adaptive experts: modulation a * (1 + tanh(pool(a) W + b)), zero-initialised so it starts as identity.
         self.adaptive_weight = nn.Parameter(torch.empty(num_adaptive, rank, rank))
-        self.adaptive_bias = nn.Parameter(torch.empty(num_adaptive, rank))
+        self.adaptive_bias = nn.Parameter(torch.empty(num_adaptive, 1, rank))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -87,68 +87,78 @@ class IcMoeExperts(nn.Module):
         init.zeros_(self.adaptive_weight)
         init.zeros_(self.adaptive_bias)
 
-    def _tap_index(self, device: torch.device) -> torch.Tensor:
-        # A per-device cache of a constant: building it on every call would copy host to device in each forward.
-        # Built outside inference mode: an inference tensor cached during evaluation would break later training.
-        if device not in self._tap_index_cache:
+    def _placement(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(S, 9, K*K) 0/1 matrix placing each semantic expert's 3x3 taps at its dilation in the K x K kernel."""
+        key = (device, dtype)
+        if key not in self._placement_cache:
+            size = 2 * self.max_dilation + 1
+            # Built outside inference mode: an inference tensor cached during evaluation would break training.
             with torch.inference_mode(False):
-                self._tap_index_cache[device] = torch.tensor(self.semantic_taps, dtype=torch.long, device=device)
-        return self._tap_index_cache[device]
+                placement = torch.zeros(self.num_semantic, 9, size * size, dtype=dtype, device=device)
+                for expert, d in enumerate(self.semantic_dilations):
+                    for tap, (dy, dx) in enumerate((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
+                        placement[expert, tap, (self.max_dilation + d * dy) * size + self.max_dilation + d * dx] = 1
+            self._placement_cache[key] = placement
+        return self._placement_cache[key]
 
     def _semantic(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Dilated depthwise 3x3 conv of (B, H, W, S, r) on the H x W grid, all semantic experts in one conv."""
-        batch, height, width, num_semantic, rank = hidden.shape
+        """Dilated depthwise 3x3 conv of (B, H, W, S*r) on the H x W grid, all semantic experts in one conv."""
+        channels = self.num_semantic * self.rank
         size = 2 * self.max_dilation + 1
-        kernel = self.semantic_kernel.new_zeros(num_semantic, rank, size * size)  # (S, r, K*K)
-        index = self._tap_index(kernel.device)[:, None, :].expand(num_semantic, rank, 9)  # (S, r, 9)
-        kernel = kernel.scatter(2, index, self.semantic_kernel.reshape(num_semantic, rank, 9))
-        kernel = kernel.reshape(num_semantic * rank, 1, size, size)  # (S*r, 1, K, K)
-        grid = hidden.reshape(batch, height, width, num_semantic * rank).permute(0, 3, 1, 2)  # (B, S*r, H, W)
+        taps = self.semantic_kernel.reshape(self.num_semantic, self.rank, 9)
+        kernel = torch.bmm(taps, self._placement(taps.device, taps.dtype))  # (S, r, K*K)
+        # Channels-last keeps the token layout (no transpose) and selects the fast NHWC depthwise kernels on GPUs.
+        grid = hidden.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (B, S*r, H, W)
         grid = F.conv2d(
-            grid, kernel, self.semantic_bias.reshape(-1), padding=self.max_dilation, groups=num_semantic * rank
+            grid, kernel.reshape(channels, 1, size, size), self.semantic_bias.reshape(-1),
+            padding=self.max_dilation, groups=channels,
         )
-        return grid.permute(0, 2, 3, 1).reshape(batch, height, width, num_semantic, rank)  # (B, H, W, S, r)
+        return grid.permute(0, 2, 3, 1)  # (B, H, W, S*r)
 
     def _adaptive(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Per-image channel modulation of (B, H, W, A, r) from the image's pooled bottleneck features."""
-        pooled = hidden.mean(dim=(1, 2))  # (B, A, r)
-        modulation = torch.einsum("bar,ars->bas", pooled, self.adaptive_weight) + self.adaptive_bias  # (B, A, r)
-        return hidden * (1.0 + torch.tanh(modulation))[:, None, None]  # (B, H, W, A, r)
+        """Per-image channel modulation of (B, H, W, A*r) from the image's pooled bottleneck features."""
+        hidden = hidden.unflatten(-1, (self.num_adaptive, self.rank))  # (B, H, W, A, r), a view
+        pooled = hidden.mean(dim=(1, 2)).transpose(0, 1)  # (A, B, r)
+        gate = torch.tanh(torch.baddbmm(self.adaptive_bias, pooled, self.adaptive_weight))  # (A, B, r)
+        modulated = torch.addcmul(hidden, hidden, gate.transpose(0, 1)[:, None, None])  # a * (1 + gate)
+        return modulated.flatten(-2)  # (B, H, W, A*r)
 
-    def bottleneck(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs every expert up to its bottleneck.
+    def bottleneck(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Runs every expert up to its activated bottleneck.
 
         Args:
             hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the normalised block input.
 
         Returns:
-            activations (`torch.Tensor` of shape `(B, H, W, E, r)`): each expert's activated bottleneck.
-            pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`): each expert's foreground logit per token.
+            `torch.Tensor` of shape `(B, H, W, E, r)`.
         """
-        batch, height, width, channels = hidden_states.shape
-        down = self.down_proj.permute(1, 0, 2).reshape(channels, self.num_experts * self.rank)  # (C, E*r)
-        hidden = hidden_states @ down + self.down_bias.reshape(-1)  # (B, H, W, E*r)
-        hidden = hidden.reshape(batch, height, width, self.num_experts, self.rank)  # (B, H, W, E, r)
-        basic, semantic, adaptive = hidden.split([self.num_basic, self.num_semantic, self.num_adaptive], dim=3)
+        down = self.down_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
+        hidden = F.linear(hidden_states, down, self.down_bias.reshape(-1))  # (B, H, W, E*r)
+        sizes = [n * self.rank for n in (self.num_basic, self.num_semantic, self.num_adaptive)]
+        basic, semantic, adaptive = hidden.split(sizes, dim=-1)
         parts = [basic]
         if self.num_semantic:
             parts.append(self._semantic(semantic))
         if self.num_adaptive:
             parts.append(self._adaptive(adaptive))
-        activations = F.gelu(torch.cat(parts, dim=3) if len(parts) > 1 else basic)  # (B, H, W, E, r)
-        pixel_logits = torch.einsum("bhwer,er->bhwe", activations, self.pixel_head) + self.pixel_bias  # (B, H, W, E)
-        return activations, pixel_logits
+        activations = F.gelu(torch.cat(parts, dim=-1) if len(parts) > 1 else hidden)  # (B, H, W, E*r)
+        return activations.unflatten(-1, (self.num_experts, self.rank))  # (B, H, W, E, r)
 
-    def combine(self, activations: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
-        """The routed mixture `sum_e votes_e * up_e(activations_e)` as one matmul.
+    def pixel_logits(self, activations: torch.Tensor) -> torch.Tensor:
+        """Each expert's foreground logit per token, `(B, H, W, E)`, from its activated bottleneck."""
+        return (activations * self.pixel_head).sum(dim=-1) + self.pixel_bias
+
+    def combine(self, activations: torch.Tensor, votes: torch.Tensor, base: torch.Tensor, scale: float) -> torch.Tensor:
+        """`base + scale * sum_e votes_e * up_e(activations_e)` as one fused matmul.
 
         Args:
             activations (`torch.Tensor` of shape `(B, H, W, E, r)`)
             votes (`torch.Tensor` of shape `(B, H, W, E)`): zero for experts outside a token's top-k.
+            base (`torch.Tensor` of shape `(B, H, W, C)`): what the mixture is added to (the block MLP's output).
 
         Returns:
             `torch.Tensor` of shape `(B, H, W, C)`.
         """
-        batch, height, width, num_experts, rank = activations.shape
-        weighted = (activations * votes.unsqueeze(-1)).reshape(batch, height, width, num_experts * rank)
-        return weighted @ self.up_proj.reshape(num_experts * rank, self.hidden_size)  # (B, H, W, C)
+        weighted = (activations * votes.unsqueeze(-1)).flatten(0, 2).flatten(1)  # (B*H*W, E*r)
+        up = self.up_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
+        return torch.addmm(base.reshape(-1, self.hidden_size), weighted, up, alpha=scale).view_as(base)

@@ -69,8 +69,8 @@ class IcMoeMLPBlock(SamMLPBlock):
         self.icmoe = IcMoeLayer(hidden_size=vision_config.hidden_size, config=adapter_config)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        moe_output, _ = self.icmoe(hidden_states)  # the routing is read by a hook while a loss needs it
-        return super().forward(hidden_states) + moe_output
+        output, _ = self.icmoe(hidden_states, super().forward(hidden_states))  # routing: read by a hook if needed
+        return output
 
 
 class IcMoeProjectionHead(nn.Module):
@@ -95,6 +95,17 @@ class IcMoeProjectionHead(nn.Module):
         hidden = torch.einsum("bchw,dc->bdhw", image_embeddings, self.dense) + self.dense_bias[:, None, None]
         hidden = torch.einsum("bchw,dc->bdhw", F.gelu(hidden), self.projection) + self.projection_bias[:, None, None]
         return F.normalize(hidden, dim=1)  # (B, D, h, w)
+
+
+def _record_into(records: list[IcMoeRouting]):
+    """A forward hook that stores a layer's routing, with the experts' pixel votes that only losses need."""
+
+    def hook(module: IcMoeLayer, _inputs, output) -> None:
+        routing = output[1]
+        routing.pixel_logits = module.experts.pixel_logits(routing.expert_activations)
+        records.append(routing)
+
+    return hook
 
 
 def _binary_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -220,7 +231,7 @@ class IcMoeSamModel(SamModel):
         if enabled:
             for _, module in self.adapter_modules():
                 if isinstance(module, IcMoeLayer):
-                    handles.append(module.register_forward_hook(lambda _m, _i, output: records.append(output[1])))
+                    handles.append(module.register_forward_hook(_record_into(records)))
         try:
             yield records
         finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -28,16 +29,19 @@ class IcMoeRouting(ModelOutput):
     router_logits (`torch.Tensor` of shape `(B, H, W, E)`):
         Router scores per token and expert.
     votes (`torch.Tensor` of shape `(B, H, W, E)`):
-        Fused votes: renormalised top-k probabilities, zero outside each token's top-k; each token's votes sum to 1.
+        Fused votes: top-k softmax probabilities, zero outside each token's top-k; each token's votes sum to 1.
     top_k_indices (`torch.LongTensor` of shape `(B, H, W, k)`):
         The experts each token is routed to.
-    pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`):
-        Each expert's foreground logit per token (its pixel-probability vote).
+    expert_activations (`torch.Tensor` of shape `(B, H, W, E, r)`):
+        Each expert's activated bottleneck, from which its pixel-probability vote is read.
+    pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`, *optional*):
+        Each expert's foreground logit per token; filled in only where a loss needs it.
     """
 
     router_logits: torch.Tensor | None = None
     votes: torch.Tensor | None = None
     top_k_indices: torch.LongTensor | None = None
+    expert_activations: torch.Tensor | None = None
     pixel_logits: torch.Tensor | None = None
 
 
@@ -70,12 +74,14 @@ class IcMoeVotingRouter(nn.Module):
         if self.training and self.jitter_noise > 0:
             noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
             hidden_states = hidden_states * noise
-        router_logits = hidden_states @ self.weight.t()  # (B, H, W, E)
-        probs = torch.softmax(router_logits.float() / self.temperature, dim=-1)  # (B, H, W, E)
-        top_values, top_k_indices = probs.topk(self.top_k, dim=-1)  # (B, H, W, k)
-        top_values = top_values / top_values.sum(dim=-1, keepdim=True)
-        votes = torch.zeros_like(probs).scatter(-1, top_k_indices, top_values)  # (B, H, W, E)
-        return router_logits, votes.to(hidden_states.dtype), top_k_indices
+        router_logits = F.linear(hidden_states, self.weight)  # (B, H, W, E)
+        top_logits, top_k_indices = router_logits.topk(self.top_k, dim=-1)  # (B, H, W, k)
+        # The softmax of the top-k logits equals the full softmax renormalised over the top-k.
+        if self.temperature != 1.0:
+            top_logits = top_logits / self.temperature
+        top_votes = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(router_logits.dtype)
+        votes = torch.zeros_like(router_logits).scatter(-1, top_k_indices, top_votes)  # (B, H, W, E)
+        return router_logits, votes, top_k_indices
 
 
 class IcMoeLayer(nn.Module):
@@ -104,17 +110,18 @@ class IcMoeLayer(nn.Module):
         self.experts.reset_parameters()
         self.router.reset_parameters()
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, IcMoeRouting]:
+    def forward(self, hidden_states: torch.Tensor, base_output: torch.Tensor) -> tuple[torch.Tensor, IcMoeRouting]:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the block's normalised input (LN2 output).
+            base_output (`torch.Tensor` of shape `(B, H, W, C)`): the block MLP's output, which the mixture joins.
 
         Returns:
-            The scaled mixture output `(B, H, W, C)` and the layer's [`IcMoeRouting`].
+            `base_output + scale * MoE(hidden_states)` and the layer's [`IcMoeRouting`].
         """
-        activations, pixel_logits = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r), (B, H, W, E)
+        activations = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r)
         router_logits, votes, top_k_indices = self.router(hidden_states)
-        output = self.experts.combine(activations, votes) * self.scale  # (B, H, W, C)
+        output = self.experts.combine(activations, votes, base_output, self.scale)  # (B, H, W, C)
         return output, IcMoeRouting(
-            router_logits=router_logits, votes=votes, top_k_indices=top_k_indices, pixel_logits=pixel_logits
+            router_logits=router_logits, votes=votes, top_k_indices=top_k_indices, expert_activations=activations
         )

@@ -7,35 +7,25 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import binary_mask, check_masks, load_raw_dataset, select_splits, to_rgb_uint8
+from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from training.data import binary_mask, check_masks, load_raw_dataset, select_splits
 from training.prompts import jitter_boxes, mask_box, sample_points
 
 
-@pytest.mark.parametrize(
-    "image",
-    [
-        Image.fromarray(np.arange(48 * 40, dtype=np.uint8).reshape(48, 40)),
-        Image.fromarray((np.arange(48 * 40, dtype=np.uint16) * 30).reshape(48, 40)),
-        Image.fromarray(np.zeros((48, 40, 4), np.uint8), mode="RGBA"),
-        np.linspace(-1000.0, 3000.0, 48 * 40).reshape(48, 40),  # CT-like float
-        np.zeros((48, 40, 1), np.float32),
-    ],
-)
-def test_images_become_rgb_uint8(image):
-    array = to_rgb_uint8(image)
-    assert array.shape == (48, 40, 3) and array.dtype == np.uint8
+def test_training_transform_matches_inference_conversion(tiny_base_dir):
+    """A 16-bit image reaches the model exactly as the inference pipeline would prepare it."""
+    from transformers import AutoProcessor
 
+    from training.data import SamPairTransform
 
-def test_wide_range_images_are_rescaled():
-    array = to_rgb_uint8(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
-    assert array[..., 0].tolist() == [[0, 64], [128, 255]]
-
-
-def test_bad_images_raise():
-    with pytest.raises(ValueError, match="NaN"):
-        to_rgb_uint8(np.array([[0.0, np.nan]]))
-    with pytest.raises(ValueError, match="2-D grayscale or \\(H, W, 3\\)"):
-        to_rgb_uint8(np.zeros((4, 4, 5), np.uint8))
+    processor = AutoProcessor.from_pretrained(tiny_base_dir)
+    image = (np.arange(48 * 40, dtype=np.uint16) * 30).reshape(48, 40)
+    mask = np.zeros((48, 40), np.uint8)
+    mask[5:20, 6:30] = 255
+    out = SamPairTransform(processor, image_column="image", mask_column="mask")({"image": [image], "mask": [mask]})
+    expected = processor(images=to_uint8_rgb(image), return_tensors="pt")["pixel_values"][0]
+    assert torch.equal(out["pixel_values"][0], expected)
+    assert out["input_boxes"][0].shape == (1, 4) and out["labels"][0].max() == 1
 
 
 @pytest.mark.parametrize("scale", [1, 255])

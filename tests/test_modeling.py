@@ -207,7 +207,7 @@ def test_get_icmoe_model_rejects_wrong_inputs(model):
 
 def test_experts_are_stacked_not_module_lists(model):
     layer = next(m for _, m in model.adapter_modules() if isinstance(m, IcMoeLayer))
-    assert layer.experts.down_proj.shape == (6, 32, 4)
+    assert layer.experts.down_proj.shape == (6, 4, 32)
     assert layer.experts.up_proj.shape == (6, 4, 32)
     assert not any(isinstance(m, torch.nn.ModuleList) for m in layer.modules())
 

@@ -1,7 +1,7 @@
 """The `datasets` pipeline: loading, checking, SAM preprocessing and batching of (image, mask) pairs.
 
 Sources: a Hub dataset id, a `save_to_disk` folder, or a folder of images and masks with a `metadata.csv`
-(`file_name,mask_file_name[,split]`). Images of any common kind become 8-bit RGB; masks must be binary
+(`file_name,mask_file_name[,split]`). Images of any common kind become 8-bit RGB exactly as the inference pipeline converts them; masks must be binary
 ({0,1}, {0,255}, bool) unless `label_ids` names the foreground values. Masks are checked once, up front, in a
 cached `datasets.map`: a corrupt, non-binary or empty mask stops the run with its row named, rather than being
 skipped silently mid-training. Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with
@@ -18,7 +18,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+
+from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
 
 from .prompts import mask_box
 
@@ -95,36 +96,6 @@ def select_splits(
     return held_out["train"], held_out["test"], f"{train_split}[held-out {validation_fraction:g}, seed {seed}]"
 
 
-def to_rgb_uint8(image) -> np.ndarray:
-    """Any common image (grayscale, RGB, RGBA, 8/16-bit, float) as an (H, W, 3) uint8 array.
-
-    8-bit images keep their values; 16-bit, integer and float images are min-max scaled per image, since their
-    ranges (CT units, raw microscopy counts) carry no fixed meaning for SAM's 8-bit statistics.
-    """
-    if isinstance(image, Image.Image):
-        if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
-            image = image.convert("RGB")
-        array = np.asarray(image)
-    else:
-        array = np.asarray(image)
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-        raise ValueError(f"Expected a 2-D grayscale or (H, W, 3) image, got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        array = array.astype(np.float64)
-        if not np.isfinite(array).all():
-            raise ValueError("The image contains NaN or infinite values.")
-        low, high = array.min(), array.max()
-        array = ((array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)).round()
-        array = array.astype(np.uint8)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    return array
-
-
 def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
     """A mask as a 2-D bool array: {0,1}, {0,255} or bool, or membership of `label_ids` when given."""
     array = np.asarray(mask)
@@ -186,7 +157,8 @@ class SamPairTransform:
         if self.keep_masks:
             out["gt_masks"] = []
         for image, mask in zip(batch[self.image_column], batch[self.mask_column]):
-            rgb = to_rgb_uint8(image)
+            # The same conversion as the inference pipeline, so that training sees what inference will see.
+            rgb = to_uint8_rgb(image)
             binary = binary_mask(mask, self.label_ids)
             encoded = self.processor(
                 images=rgb,

@@ -253,8 +253,9 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, comparisons: dict
 def _write_outputs(args, model, processor, metrics, load, examples, comparisons, *, eval_split, steps, trainable, seconds):
     output_dir = Path(args.output_dir)
     if args.method != "zeroshot":
-        save_trained(model, output_dir)
-    processor.save_pretrained(output_dir)
+        save_trained(model, processor, output_dir)
+    else:
+        processor.save_pretrained(output_dir)
     results = {
         "method": args.method,
         "base_model": args.base_model,

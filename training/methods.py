@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import SamModel
 
-from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, save_icmoe_adapter
+from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, save_icmoe_adapter, save_pretrained_with_pipeline
 from modeling_icmoe.losses import segmentation_losses
 
 METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
@@ -97,16 +97,15 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_trained(model: nn.Module, output_dir: Path) -> None:
-    """Writes the full checkpoint into `output_dir` and an adapter-only one into `output_dir/adapter`."""
+def save_trained(model: nn.Module, processor, output_dir: Path) -> None:
+    """Writes the full checkpoint (with the processor and the segmentation pipeline) into `output_dir`, and an
+    adapter-only checkpoint into `output_dir/adapter`."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir / "adapter")
         model = model.merge_and_unload()
-        model.save_pretrained(output_dir)
-        return
-    model.save_pretrained(output_dir)
+    save_pretrained_with_pipeline(model, processor, output_dir)
     if isinstance(model, IcMoeSamModel):
         save_icmoe_adapter(model, output_dir / "adapter")
 
