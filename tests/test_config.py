@@ -78,3 +78,14 @@ def test_every_field_has_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(IcMoeAdapterConfig))
+
+
+@pytest.mark.parametrize("name", ["default", "light", "large"])
+def test_presets_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configuration" / "icmoe" / f"{name}.json"
+    config = IcMoeAdapterConfig.from_json_file(path)
+    assert config.num_experts >= config.num_experts_per_tok
+    if name == "default":
+        assert config == IcMoeAdapterConfig()
