@@ -24,8 +24,14 @@ ADAPTER_WEIGHTS_NAME = "icmoe_adapter_model.safetensors"
 FORMAT_VERSION = 1
 
 
-def save_icmoe_adapter(model: IcMoeSamModel, save_directory: str | os.PathLike) -> list[Path]:
+def save_icmoe_adapter(
+    model: IcMoeSamModel, save_directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+) -> list[Path]:
     """Writes the adapter-only checkpoint of `model` (adapters, and the mask decoder when it is trained).
+
+    Args:
+        state_dict: the model's full state when its own tensors are sharded (FSDP); the adapter keys are taken
+            from it.
 
     Returns the paths written: `icmoe_adapter_config.json` and `icmoe_adapter_model.safetensors`.
     """
@@ -33,7 +39,10 @@ def save_icmoe_adapter(model: IcMoeSamModel, save_directory: str | os.PathLike) 
         raise ValueError(f"save_icmoe_adapter needs an IcMoeSamModel, got {type(model).__name__}.")
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
-    state = {key: tensor.detach().contiguous().cpu() for key, tensor in model.trainable_state_dict().items()}
+    trainable = model.trainable_state_dict()
+    if state_dict is not None:
+        trainable = {key: state_dict[key] for key in trainable}
+    state = {key: tensor.detach().contiguous().cpu() for key, tensor in trainable.items()}
     weights_path = save_directory / ADAPTER_WEIGHTS_NAME
     save_file(state, weights_path, metadata={"format": "pt", "icmoe_format_version": str(FORMAT_VERSION)})
     config_path = save_directory / ADAPTER_CONFIG_NAME

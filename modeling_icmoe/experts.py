@@ -59,15 +59,17 @@ class IcMoeExperts(nn.Module):
         # (2 * max_dilation + 1)^2 kernel, so that all semantic experts run as one grouped convolution.
         self.max_dilation = max(semantic_dilations, default=1)
         self.semantic_dilations = list(semantic_dilations)
-        self.semantic_kernel = nn.Parameter(torch.empty(num_semantic, rank, 3, 3))
-        self.semantic_bias = nn.Parameter(torch.empty(num_semantic, rank))
+        # Kinds with no expert get no parameters: a zero-size trainable tensor never gets a gradient, which DDP
+        # reports as an unused parameter.
+        self.semantic_kernel = nn.Parameter(torch.empty(num_semantic, rank, 3, 3)) if num_semantic else None
+        self.semantic_bias = nn.Parameter(torch.empty(num_semantic, rank)) if num_semantic else None
         # Kept out of the state dict and rebuilt per device: a non-persistent buffer would come back uninitialised
         # from a meta-device load.
         self._placement_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
         # Adaptive experts: modulation a * (1 + tanh(pool(a) W + b)), zero-initialised so it starts as identity.
-        self.adaptive_weight = nn.Parameter(torch.empty(num_adaptive, rank, rank))
-        self.adaptive_bias = nn.Parameter(torch.empty(num_adaptive, 1, rank))
+        self.adaptive_weight = nn.Parameter(torch.empty(num_adaptive, rank, rank)) if num_adaptive else None
+        self.adaptive_bias = nn.Parameter(torch.empty(num_adaptive, 1, rank)) if num_adaptive else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -82,10 +84,12 @@ class IcMoeExperts(nn.Module):
         init.zeros_(self.up_proj)
         init.normal_(self.pixel_head, std=1.0 / math.sqrt(self.rank))
         init.zeros_(self.pixel_bias)
-        init.uniform_(self.semantic_kernel, -1.0 / 3.0, 1.0 / 3.0)
-        init.zeros_(self.semantic_bias)
-        init.zeros_(self.adaptive_weight)
-        init.zeros_(self.adaptive_bias)
+        if self.num_semantic:
+            init.uniform_(self.semantic_kernel, -1.0 / 3.0, 1.0 / 3.0)
+            init.zeros_(self.semantic_bias)
+        if self.num_adaptive:
+            init.zeros_(self.adaptive_weight)
+            init.zeros_(self.adaptive_bias)
 
     def _placement(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(S, 9, K*K) 0/1 matrix placing each semantic expert's 3x3 taps at its dilation in the K x K kernel."""

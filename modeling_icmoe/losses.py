@@ -54,12 +54,15 @@ def segmentation_losses(
     }
 
 
-def load_balancing_loss(router_logits: torch.Tensor, top_k_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+def load_balancing_loss(
+    router_logits: torch.Tensor, top_k_indices: torch.Tensor, num_experts: int, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Switch/Mixtral load-balancing loss `E * sum_e f_e * P_e`; equals 1 for a perfectly balanced router.
 
-    f_e is the share of routed (token, slot) pairs that go to expert e; P_e the mean router probability of e.
+    f_e is the share of routed (token, slot) pairs that go to expert e; P_e the mean vote probability of e,
+    `softmax(g / temperature)`, the distribution the router actually routes by.
     """
-    probs = torch.softmax(router_logits.float(), dim=-1).reshape(-1, num_experts)  # (T, E)
+    probs = torch.softmax(router_logits.float() / temperature, dim=-1).reshape(-1, num_experts)  # (T, E)
     routed = F.one_hot(top_k_indices.reshape(-1), num_experts).float()  # (T*k, E)
     return num_experts * (routed.mean(dim=0) * probs.mean(dim=0)).sum()
 

@@ -97,13 +97,12 @@ class IcMoeProjectionHead(nn.Module):
         return F.normalize(hidden, dim=1)  # (B, D, h, w)
 
 
-def _record_into(records: list[IcMoeRouting]):
-    """A forward hook that stores a layer's routing, with the experts' pixel votes that only losses need."""
+def _record_into(records: list[tuple[IcMoeLayer, IcMoeRouting]]):
+    """A forward hook that stores a layer's routing. It computes nothing: under activation checkpointing the layer
+    is re-run in the backward pass without this hook, and both runs must do the same work."""
 
     def hook(module: IcMoeLayer, _inputs, output) -> None:
-        routing = output[1]
-        routing.pixel_logits = module.experts.pixel_logits(routing.expert_activations)
-        records.append(routing)
+        records.append((module, output[1]))
 
     return hook
 
@@ -184,6 +183,16 @@ class IcMoeSamModel(SamModel):
         for _, module in self.adapter_modules():
             module.reset_parameters()
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        """As in `PreTrainedModel`, non-reentrant only: the router and pixel-vote losses read tensors from inside
+        the blocks, which reentrant checkpointing computes without autograd, so they would get no gradient."""
+        if (activation_checkpointing_kwargs or {}).get("use_reentrant", False):
+            raise ValueError(
+                "IcMoeSamModel supports only non-reentrant activation checkpointing (use_reentrant=False, the "
+                "default): with reentrant checkpointing the IC-MoE router losses would not reach the router."
+            )
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+
     # -------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, icmoe_config=None, **kwargs):
@@ -225,7 +234,7 @@ class IcMoeSamModel(SamModel):
 
     # -------------------------------------------------------------------------------------------- forward
     @contextlib.contextmanager
-    def _record_routing(self, records: list[IcMoeRouting], enabled: bool):
+    def _record_routing(self, records: list[tuple[IcMoeLayer, IcMoeRouting]], enabled: bool):
         """Collects each IC-MoE layer's routing during one forward pass; the hooks go away when it ends."""
         handles = []
         if enabled:
@@ -277,7 +286,7 @@ class IcMoeSamModel(SamModel):
         if labels is not None:
             labels = self._check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes)
 
-        routings: list[IcMoeRouting] = []
+        routings: list[tuple[IcMoeLayer, IcMoeRouting]] = []
         vision_outputs = None
         if pixel_values is not None:
             with self._record_routing(routings, enabled=labels is not None or bool(output_router_probs)):
@@ -307,7 +316,7 @@ class IcMoeSamModel(SamModel):
             mask_decoder_attentions=sam_outputs.mask_decoder_attentions,
             loss=loss,
             loss_terms=loss_terms,
-            router_probs=tuple(r.votes for r in routings) if output_router_probs else None,
+            router_probs=tuple(r.votes for _, r in routings) if output_router_probs else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -344,7 +353,7 @@ class IcMoeSamModel(SamModel):
         self,
         outputs: SamImageSegmentationOutput,
         image_embeddings: torch.Tensor,
-        routings: list[IcMoeRouting],
+        routings: list[tuple[IcMoeLayer, IcMoeRouting]],
         labels: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         adapter_config = self.config.icmoe_config
@@ -355,22 +364,24 @@ class IcMoeSamModel(SamModel):
         terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
         foreground = labels.amax(dim=1)  # (B, H, W): any prompt's target
         if routings:
-            grid = tuple(routings[0].router_logits.shape[1:3])
+            grid = tuple(routings[0][1].router_logits.shape[1:3])
             token_labels = resize_masks(foreground, grid)  # (B, Hg, Wg)
             num_experts = adapter_config.num_experts
             layer_terms = [
                 (
-                    load_balancing_loss(r.router_logits, r.top_k_indices, num_experts),
+                    load_balancing_loss(
+                        r.router_logits, r.top_k_indices, num_experts, temperature=adapter_config.vote_temperature
+                    ),
                     router_z_loss(r.router_logits),
                     *vote_losses(
                         r.router_logits,
-                        r.pixel_logits,
+                        layer.experts.pixel_logits(r.expert_activations),
                         token_labels,
                         temperature=adapter_config.vote_temperature,
                         consistency_weight=adapter_config.label_consistency_weight,
                     ),
                 )
-                for r in routings
+                for layer, r in routings
             ]
             for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms)):
                 terms[name] = torch.stack(values).mean()

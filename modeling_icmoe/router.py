@@ -33,16 +33,14 @@ class IcMoeRouting(ModelOutput):
     top_k_indices (`torch.LongTensor` of shape `(B, H, W, k)`):
         The experts each token is routed to.
     expert_activations (`torch.Tensor` of shape `(B, H, W, E, r)`):
-        Each expert's activated bottleneck, from which its pixel-probability vote is read.
-    pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`, *optional*):
-        Each expert's foreground logit per token; filled in only where a loss needs it.
+        Each expert's activated bottleneck, from which the loss reads its pixel-probability vote
+        (`IcMoeExperts.pixel_logits`).
     """
 
     router_logits: torch.Tensor | None = None
     votes: torch.Tensor | None = None
     top_k_indices: torch.LongTensor | None = None
     expert_activations: torch.Tensor | None = None
-    pixel_logits: torch.Tensor | None = None
 
 
 class IcMoeVotingRouter(nn.Module):

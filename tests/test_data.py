@@ -108,7 +108,7 @@ def test_corrupt_image_file_is_named(blob_dataset_dir, tmp_path):
 def test_mask_box_and_empty_mask():
     mask = np.zeros((10, 12), bool)
     mask[2:5, 3:9] = True
-    assert mask_box(mask) == [3.0, 2.0, 9.0, 5.0]
+    assert mask_box(mask) == [3.0, 2.0, 8.0, 4.0]  # inclusive last column and row
     with pytest.raises(ValueError, match="empty mask"):
         mask_box(np.zeros((3, 3), bool))
 
@@ -137,3 +137,42 @@ def test_points_fall_inside_the_mask():
     central = sample_points(masks, num_points=1, input_size=64, generator=None)
     # The most interior pixel of the 4x6 block at rows 2-5, cols 3-8 is first found at row 3, col 4 (its centre).
     assert central[0, 0, 0].tolist() == [4 * 4.5, 4 * 3.5]
+
+
+def test_full_mask_gives_a_central_point():
+    points = sample_points(torch.ones(1, 1, 16, 16), num_points=1, input_size=64, generator=None)
+    assert points[0, 0, 0].tolist() == [4 * 7.5, 4 * 7.5]
+
+
+def test_object_vanishing_at_label_resolution_is_named(tmp_path):
+    import datasets
+
+    mask = np.zeros((512, 512), np.uint8)
+    mask[100:102, 200:202] = 255  # 4 pixels: nothing left at a 64-pixel label resolution
+    image = Image.fromarray(np.zeros((512, 512), np.uint8))
+    dataset = datasets.Dataset.from_dict(
+        {"image": [image], "mask": [Image.fromarray(mask)]},
+        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
+    )
+    with pytest.raises(ValueError, match="row 0: the object \\(4 pixels\\) vanishes at SAM's label resolution"):
+        check_masks(dataset, image_column="image", mask_column="mask", label_ids=None, name="train", label_size=64)
+    check_masks(dataset, image_column="image", mask_column="mask", label_ids=None, name="train", label_size=512)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--push_to_hub"], "needs --hub_model_id"),
+        (["--push_to_hub", "--hub_model_id", "a/b", "--method", "zeroshot"], "nothing to push"),
+        (["--push_to_hub", "--hub_model_id", "a/b", "--method", "lora", "--push_adapter_only"], "has none"),
+        (["--push_to_hub", "--hub_model_id", "a/b", "--push_adapter_only"], "needs --base_model to be a Hub id"),
+        (["--box_jitter", "1.5"], "--box_jitter"),
+        (["--per_device_train_batch_size", "0"], "must be positive"),
+    ],
+)
+def test_bad_arguments_fail_before_training(capsys, argv, message):
+    from training.arguments import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err

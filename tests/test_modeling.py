@@ -224,3 +224,37 @@ def test_training_after_inference_mode(model, images, boxes, masks):
     model.train()
     model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
     assert model.vision_encoder.layers[0].mlp.icmoe.experts.semantic_kernel.grad is not None
+
+
+def test_activation_checkpointing_gives_the_same_gradients(base_sam, images, boxes, masks):
+    config = IcMoeAdapterConfig(expert_rank=4, router_jitter_noise=0.0, contrastive_loss_coef=0.0)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = get_icmoe_model(base_sam, config)
+        with torch.no_grad():  # non-zero output projections, so that every adapter tensor gets a gradient
+            for _, module in model.adapter_modules():
+                module.experts.up_proj.normal_(std=0.1)
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and ".icmoe." in n})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_reentrant_checkpointing_is_refused(model):
+    with pytest.raises(ValueError, match="non-reentrant"):
+        model.activation_checkpointing_enable({"use_reentrant": True})
+
+
+def test_absent_expert_kinds_have_no_parameters(base_sam, images, boxes, masks):
+    config = IcMoeAdapterConfig(num_basic_experts=1, num_semantic_experts=0, num_adaptive_experts=0,
+                                num_experts_per_tok=1, expert_rank=4)
+    model = get_icmoe_model(base_sam, config).train()
+    assert all(p.numel() > 0 for p in model.parameters())
+    model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused  # DDP without find_unused_parameters needs every trainable tensor used

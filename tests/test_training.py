@@ -88,6 +88,11 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_base_dir, blob_dataset_dir
     assert changed
     steps = [json.loads(line)["step"] for line in (resumed_dir / "train_log.jsonl").read_text().splitlines()]
     assert steps == [4, 5, 6]
+    # Resuming in the interrupted run's own folder replaces the steps it logged after the checkpoint.
+    step_3 = str(tmp_path / "full" / "checkpoints" / "step_3")
+    run(_args(tiny_base_dir, blob_dataset_dir, tmp_path / "full", *common, "--resume_from_checkpoint", step_3))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_two_processes_on_cpu(tmp_path, tiny_base_dir, blob_dataset_dir):

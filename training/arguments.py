@@ -104,8 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
     if args.learning_rate <= 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (org/name)")
+    if args.push_to_hub:
+        # Checked before training: a push that can only fail should not cost a training run first.
+        if not args.hub_model_id:
+            parser.error("--push_to_hub needs --hub_model_id (org/name)")
+        if args.method == "zeroshot":
+            parser.error("--push_to_hub has nothing to push with --method zeroshot (no model is trained)")
+        if args.push_adapter_only and args.method not in ("icmoe", "adapter"):
+            parser.error(f"--push_adapter_only pushes IC-MoE adapters; --method {args.method} has none")
+        if args.push_adapter_only and (Path(args.base_model).exists() or args.base_model.count("/") != 1):
+            parser.error(
+                "--push_adapter_only needs --base_model to be a Hub id (org/name) that the adapter repo can name; "
+                f"{args.base_model} is a local folder"
+            )
     if args.method == "zeroshot":
         args.no_zeroshot_eval = True  # the final evaluation is the zero-shot one
     return args

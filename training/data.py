@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 
 from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
 
@@ -119,12 +120,23 @@ def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
 
 
 def check_masks(
-    dataset: datasets.Dataset, *, image_column: str, mask_column: str, label_ids: list[int] | None, name: str
-) -> datasets.Dataset:
-    """Checks every (image, mask) pair once (cached by `datasets`); raises naming the first bad row."""
+    dataset: datasets.Dataset,
+    *,
+    image_column: str,
+    mask_column: str,
+    label_ids: list[int] | None,
+    name: str,
+    label_size: int | None = None,
+) -> None:
+    """Checks every (image, mask) pair once; raises naming the first bad row.
+
+    Args:
+        label_size: the longest side of SAM's label masks (the processor's `mask_size`). A mask whose object
+            vanishes when resized to it (nearest neighbour, as the processor resizes) is rejected: its box would
+            otherwise be trained against an empty target.
+    """
 
     def check(batch, indices):
-        areas = []
         for index, image, mask in zip(indices, batch[image_column], batch[mask_column]):
             try:
                 array = binary_mask(mask, label_ids)
@@ -132,12 +144,23 @@ def check_masks(
                     raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
                 if not array.any():
                     raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
+                if label_size is not None and not _survives_resize(array, label_size):
+                    raise ValueError(
+                        f"the object ({int(array.sum())} pixels) vanishes at SAM's label resolution (longest side "
+                        f"{label_size}); remove such rows or crop the images"
+                    )
             except (ValueError, OSError) as err:
                 raise ValueError(f"{name} row {index}: {err}") from err
-            areas.append(int(array.sum()))
-        return {"mask_area": areas}
 
-    return dataset.map(check, batched=True, with_indices=True, desc=f"Checking {name} masks")
+    # Returns nothing, so `map` checks without writing a copy of the dataset.
+    dataset.map(check, batched=True, with_indices=True, desc=f"Checking {name} masks")
+
+
+def _survives_resize(mask: np.ndarray, longest_side: int) -> bool:
+    height, width = mask.shape
+    scale = longest_side / max(height, width)
+    size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))
+    return bool(np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)).any())
 
 
 @dataclass
@@ -168,6 +191,11 @@ class SamPairTransform:
             )
             out["pixel_values"].append(encoded["pixel_values"][0])
             out["input_boxes"].append(encoded["input_boxes"][0].float())  # (1, 4)
+            if not encoded["labels"].any():
+                raise ValueError(
+                    f"A {binary.shape[0]}x{binary.shape[1]} mask with {int(binary.sum())} foreground pixels is empty at "
+                    "SAM's label resolution; remove such rows."
+                )
             out["labels"].append(encoded["labels"].to(torch.uint8))  # (1, h, w)
             out["original_sizes"].append(encoded["original_sizes"][0])
             out["reshaped_input_sizes"].append(encoded["reshaped_input_sizes"][0])

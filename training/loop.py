@@ -48,9 +48,10 @@ def _prepare_data(args, processor, accelerator):
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
+    label_size = processor.image_processor.mask_size["longest_edge"]
     with accelerator.main_process_first():
-        train_set = check_masks(train_set, name="train", **columns)
-        eval_set = check_masks(eval_set, name="eval", **columns)
+        check_masks(train_set, name="train", label_size=label_size, **columns)
+        check_masks(eval_set, name="eval", label_size=label_size, **columns)
     train_set = train_set.with_transform(SamPairTransform(processor, **columns))
     eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True))
     workers = args.dataloader_num_workers
@@ -161,8 +162,12 @@ def run(args) -> dict:
             comparisons = json.loads(state_file.read_text())["comparisons"]
 
     log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process and not args.resume_from_checkpoint:
-        log_path.write_text("")
+    if accelerator.is_main_process:
+        # A resumed run drops what the interrupted one logged after its checkpoint, since it logs those steps again.
+        kept = []
+        if args.resume_from_checkpoint and log_path.is_file():
+            kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= completed_steps]
+        log_path.write_text("".join(line + "\n" for line in kept))
     progress = tqdm(range(max_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     window: list[dict] = []
     start = time.perf_counter()
@@ -225,21 +230,23 @@ def run(args) -> dict:
         model, eval_loader, processor, accelerator, num_examples=args.num_example_figures, **eval_kwargs
     )
     accelerator.wait_for_everyone()
+    # Gathered on every process: with sharded parameters (FSDP) no single process holds the full weights.
+    state_dict = accelerator.get_state_dict(model) if args.method != "zeroshot" else None
     results = {}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         results = _write_outputs(
-            args, unwrapped, processor, metrics, load, examples, comparisons,
+            args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
         )
         _print_table(accelerator, results)
-        if args.push_to_hub:
-            from .hub import push_output_dir
-
-            push_output_dir(output_dir, args.hub_model_id, private=args.hub_private, adapter_only=args.push_adapter_only,
-                            token=hub_token, dry_run=args.dry_run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if accelerator.is_main_process and args.push_to_hub:
+        from .hub import push_output_dir
+
+        push_output_dir(output_dir, args.hub_model_id, private=args.hub_private, adapter_only=args.push_adapter_only,
+                        token=hub_token, dry_run=args.dry_run)
     return results
 
 
@@ -250,10 +257,12 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, comparisons: dict
         (folder / "icmoe_run_state.json").write_text(json.dumps({"comparisons": comparisons}))
 
 
-def _write_outputs(args, model, processor, metrics, load, examples, comparisons, *, eval_split, steps, trainable, seconds):
+def _write_outputs(
+    args, model, processor, metrics, load, examples, comparisons, *, state_dict, eval_split, steps, trainable, seconds
+):
     output_dir = Path(args.output_dir)
     if args.method != "zeroshot":
-        save_trained(model, processor, output_dir)
+        save_trained(model, processor, output_dir, state_dict=state_dict)
     else:
         processor.save_pretrained(output_dir)
     results = {
@@ -269,8 +278,6 @@ def _write_outputs(args, model, processor, metrics, load, examples, comparisons,
         **describe_method(model),
         "comparisons": comparisons,
     }
-    if metrics.get("per_class"):
-        results["per_class"] = metrics["per_class"]
     figure_dir = output_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
     sam = sam_of(model)

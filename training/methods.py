@@ -5,7 +5,7 @@
 - `adapter`:  one plain parallel bottleneck adapter per encoder block, mask decoder trained (SAM-Adapter style).
               Built as an IC-MoE with a single basic expert and no routing, voting or contrastive losses.
 - `decoder`:  mask decoder only (the Hugging Face SAM fine-tuning tutorial's recipe).
-- `full`:     every SAM weight.
+- `full`:     the image encoder and the mask decoder (the prompt encoder stays frozen).
 - `zeroshot`: the base model, evaluated without training.
 """
 
@@ -68,6 +68,10 @@ def build_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfi
         )
         return get_peft_model(model, lora)
     model.requires_grad_(method == "full")
+    if method == "full":
+        # Prompt embeddings a run's prompt kind never uses get no gradient, which DDP rejects; full fine-tuning
+        # of SAM for medical images keeps the prompt encoder frozen in any case.
+        model.prompt_encoder.requires_grad_(False)
     if method == "decoder":
         model.mask_decoder.requires_grad_(True)
     return model
@@ -97,17 +101,20 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_trained(model: nn.Module, processor, output_dir: Path) -> None:
+def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict | None = None) -> None:
     """Writes the full checkpoint (with the processor and the segmentation pipeline) into `output_dir`, and an
-    adapter-only checkpoint into `output_dir/adapter`."""
+    adapter-only checkpoint into `output_dir/adapter`.
+
+    `state_dict` is the gathered full state (`accelerator.get_state_dict`), needed where parameters are sharded.
+    """
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir / "adapter")
-        model = model.merge_and_unload()
-    save_pretrained_with_pipeline(model, processor, output_dir)
+        model, state_dict = model.merge_and_unload(), None
+    save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
     if isinstance(model, IcMoeSamModel):
-        save_icmoe_adapter(model, output_dir / "adapter")
+        save_icmoe_adapter(model, output_dir / "adapter", state_dict=state_dict)
 
 
 def describe_method(model: nn.Module) -> dict:

@@ -12,13 +12,14 @@ from torch.nn import functional as F
 
 
 def mask_box(mask) -> list[float]:
-    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy or tensor), in pixel coordinates (x1, y1 exclusive)."""
+    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy or tensor): the first and last foreground column and
+    row, inclusive, as the common SAM fine-tuning recipes derive box prompts."""
     mask = torch.as_tensor(mask)
     rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
     cols = torch.nonzero(mask.any(dim=0)).squeeze(1)
     if rows.numel() == 0:
         raise ValueError("Cannot derive a box prompt from an empty mask.")
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
 
 
 def jitter_boxes(
@@ -78,5 +79,6 @@ def _interior_depth(masks: torch.Tensor) -> torch.Tensor:
     current = masks
     while current.any():
         depth += current
-        current = -F.max_pool2d(-current, 3, stride=1, padding=1)
+        # Zero padding: outside the image counts as background, so even a full mask erodes away.
+        current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
     return depth
