@@ -53,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/icmoe-sam")
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
-    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--num_train_epochs", type=int, default=30)
     train.add_argument("--per_device_train_batch_size", type=int, default=4)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--learning_rate", type=float, default=1e-4)
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--lr_scheduler_type", default="cosine")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Default: what `accelerate launch` / its config says.")
     train.add_argument("--prompt", default="box", choices=PROMPTS)
     train.add_argument("--num_points", type=int, default=1, help="Points per prompt for point prompts.")
-    train.add_argument("--box_jitter", type=float, default=0.1,
+    train.add_argument("--box_jitter", type=float, default=0.05,
                        help="Training boxes move each edge by up to this fraction of the box size.")
     train.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None)
     train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or `latest`.")

@@ -2,11 +2,12 @@
 # "segment anything" scenes: textured ellipses, convex polygons and star-shaped blobs over fractal-noise, gradient
 # and stripe backgrounds, occluding one another, each object prompted by a jittered box or a point. No medical
 # images are used, so the stand-in plays the part of a general-purpose SAM (facebook/sam-vit-base when online) that
-# IC-MoE then adapts. Plain torch loop on CPU (2 cores, about 15 minutes): Dice + BCE on the best of the three
-# multimask outputs, the same on the single-mask output for box prompts, MSE of the IoU head; AdamW, warmup +
-# cosine, seeded. Saves `SamModel.save_pretrained` + a matching `SamProcessor` and checks that both reload.
+# IC-MoE then adapts. Plain torch loop on CPU (2 cores, about 20 minutes; a DataLoader worker draws the scenes):
+# Dice + BCE on the single-mask output for box prompts and on the best of the three multimask outputs for point
+# prompts, MSE of the IoU head; AdamW, warmup + cosine, seeded. Saves `SamModel.save_pretrained` + a matching
+# `SamProcessor`, and checks that both reload and agree with the trained model.
 #
-#   python training/pretrain_standin.py
+#   python -m training.pretrain_standin        # from the repository root
 
 from __future__ import annotations
 
@@ -45,6 +46,21 @@ NOISE_OCTAVES = (4, 8, 16, 32, 64)
 MAX_POLYGON_VERTICES = 8
 SHAPE_KINDS = ("ellipse", "polygon", "blob")
 BLOB_HARMONICS = (2, 3, 4, 5)
+BLOB_WOBBLE = (0.0, 0.22)  # amplitude of each harmonic, relative to the radius
+ASPECT_RATIO = (0.35, 1.0)  # minor / major axis of every shape
+NOISE_PERSISTENCE = (0.35, 0.85)  # amplitude ratio of successive noise octaves
+COLOUR_NOISE = 0.4  # per-channel noise relative to luminance noise
+# Texture amplitudes stay below the colour step between object and background (`--min_fill_contrast`), so that
+# objects are told apart by appearance, as in natural images; fainter ones would teach a box-shaped guess instead.
+TEXTURE_CONTRAST = (0.02, 0.12)  # standard deviation of the noise around a fill colour
+RAMP_AMPLITUDE = 0.15  # largest brightness change of a linear ramp across the image
+STRIPES_AMPLITUDE = (0.03, 0.1)
+STRIPES_CYCLES = (2.0, 24.0)  # across the image
+BACKGROUND_STRIPES_PROB, OBJECT_STRIPES_PROB = 0.3, 0.2
+MAX_FILL_CONTRAST = 0.7
+GAMMA = (0.7, 1.4)
+PADDED_SHORT_SIDE = (0.5, 0.95)  # content fraction of the short side of a padded scene
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for grayscale scenes
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,29 +75,34 @@ def parse_args() -> argparse.Namespace:
         "threads on a shared 2-core machine stall each other whenever anything else runs.",
     )
     # Model.
-    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=192,
+        help="192 rather than SAM's 1024 or a round 256: a 12 x 12 patch grid costs less than half the time of 16 x 16 "
+        "per step on 2 CPU cores, which buys the steps this budget needs.",
+    )
     parser.add_argument("--patch_size", type=int, default=16)
     parser.add_argument("--hidden_size", type=int, default=128, help="Vision transformer width.")
     parser.add_argument("--num_hidden_layers", type=int, default=4)
     parser.add_argument("--num_attention_heads", type=int, default=4)
-    parser.add_argument("--window_size", type=int, default=8, help="Windowed attention; must divide the patch grid.")
+    parser.add_argument("--window_size", type=int, default=6, help="Windowed attention; must divide the patch grid.")
     parser.add_argument(
         "--global_attn_indexes", type=int, nargs="+", default=[1, 3], help="Blocks with global attention."
     )
     parser.add_argument("--output_channels", type=int, default=64, help="Embedding / prompt / decoder width.")
     # Optimisation.
-    parser.add_argument("--max_steps", type=int, default=2000)
-    parser.add_argument("--batch_size", type=int, default=4, help="Images per step.")
+    parser.add_argument("--max_steps", type=int, default=2800)
+    parser.add_argument("--batch_size", type=int, default=8, help="Images per step.")
     parser.add_argument(
         "--prompts_per_image",
         type=int,
-        default=8,
-        help="Objects prompted per image and step; the decoder is cheap next to the encoder, so many prompts share "
-        "each encoder pass.",
+        default=4,
+        help="Objects prompted per image and step (distinct ones first); they share one encoder pass.",
     )
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--warmup_steps", type=int, default=150)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--iou_loss_weight", type=float, default=1.0)
     parser.add_argument(
@@ -89,16 +110,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--log_every", type=int, default=50)
     # Scenes.
-    parser.add_argument("--max_objects", type=int, default=5, help="Objects per scene, drawn from 1..max.")
+    parser.add_argument("--max_objects", type=int, default=6, help="Objects per scene, drawn from 1..max.")
     parser.add_argument("--object_radius", type=float, nargs=2, default=(0.06, 0.32), help="Fraction of the side.")
     parser.add_argument("--min_visible_fraction", type=float, default=0.5, help="Prompt only objects this visible.")
-    parser.add_argument("--min_object_pixels", type=int, default=150, help="Prompt only objects this large.")
-    parser.add_argument("--min_fill_contrast", type=float, default=0.12, help="Colour distance object-background.")
+    parser.add_argument("--min_object_pixels", type=int, default=100, help="Prompt only objects this large.")
+    parser.add_argument("--min_fill_contrast", type=float, default=0.25, help="Colour distance object-background.")
     parser.add_argument("--box_noise", type=float, default=0.1, help="Box jitter std as a fraction of its side.")
-    parser.add_argument("--box_noise_max", type=float, default=8.0, help="Box jitter limit in pixels.")
+    parser.add_argument("--box_noise_max", type=float, default=6.0, help="Box jitter limit in pixels.")
     parser.add_argument("--pad_prob", type=float, default=0.25, help="Scenes shorter than square, padded as SAM pads.")
     parser.add_argument("--grayscale_prob", type=float, default=0.3)
-    parser.add_argument("--blur_prob", type=float, default=0.3, help="Scenes rendered at half size and upsampled.")
+    parser.add_argument("--blur_prob", type=float, default=0.3, help="Scenes blurred by halving and restoring their size.")
     parser.add_argument("--max_noise_std", type=float, default=0.06)
     # Held-out evaluation on scenes from another seed, prompted by tight boxes.
     parser.add_argument("--eval_images", type=int, default=96)
@@ -112,14 +133,19 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--window_size {args.window_size} must divide the {grid} x {grid} patch grid")
     if any(not 0 <= index < args.num_hidden_layers for index in args.global_attn_indexes):
         parser.error(f"--global_attn_indexes must lie in [0, {args.num_hidden_layers}), got {args.global_attn_indexes}")
-    if args.hidden_size % args.num_attention_heads or args.output_channels % 2:
-        parser.error("--hidden_size must divide by --num_attention_heads and --output_channels must be even")
+    # The decoder's cross-attention works at half the output width (SAM's attention_downsample_rate of 2).
+    if args.hidden_size % args.num_attention_heads or (args.output_channels // 2) % args.num_attention_heads:
+        parser.error("--num_attention_heads must divide --hidden_size and --output_channels / 2")
+    if args.output_channels % 2:
+        parser.error(f"--output_channels must be even, got {args.output_channels}")
     low, high = args.object_radius
     if not 0 < low < high < 0.5:
         parser.error(f"--object_radius must satisfy 0 < low < high < 0.5, got {low} {high}")
     for name in ("point_prompt_prob", "pad_prob", "grayscale_prob", "blur_prob", "min_visible_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name} must be a probability, got {getattr(args, name)}")
+    if not 0.0 <= args.min_fill_contrast < MAX_FILL_CONTRAST:
+        parser.error(f"--min_fill_contrast must be in [0, {MAX_FILL_CONTRAST}), got {args.min_fill_contrast}")
     if min(args.max_steps, args.batch_size, args.prompts_per_image, args.max_objects, args.eval_images) < 1:
         parser.error("--max_steps, --batch_size, --prompts_per_image, --max_objects and --eval_images must be >= 1")
     if not 0 <= args.warmup_steps < args.max_steps:
@@ -182,12 +208,12 @@ class ProceduralScenes:
 
     def noise_fields(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """`n` fractal-noise fields (n, 3, S, S) of unit standard deviation, mostly luminance with some colour."""
-        persistence = self._uniform((n, 1, 1, 1), 0.35, 0.85, gen)
+        persistence = self._uniform((n, 1, 1, 1), *NOISE_PERSISTENCE, gen)
         noise = torch.zeros(n, 3, NOISE_OCTAVES[0], NOISE_OCTAVES[0])
         for octave, grid in enumerate(NOISE_OCTAVES):
             noise = F.interpolate(noise, size=(grid, grid), mode="bilinear", align_corners=False)
             mono = torch.randn(n, 1, grid, grid, generator=gen)
-            colour = 0.4 * torch.randn(n, 3, grid, grid, generator=gen)
+            colour = COLOUR_NOISE * torch.randn(n, 3, grid, grid, generator=gen)
             noise = noise + persistence**octave * (mono + colour)
         # Normalised on the coarse grid (cheap); the final smooth upsampling keeps the scale close.
         noise = noise / noise.flatten(1).std(dim=1).view(n, 1, 1, 1).clamp(min=1e-6)
@@ -197,13 +223,13 @@ class ProceduralScenes:
         """A linear intensity ramp plus, with `stripes_prob`, sinusoidal stripes; (n, 1, S, S)."""
         angle = self._uniform((n, 1, 1), 0.0, 2 * math.pi, gen)
         ramp = (torch.cos(angle) * self.xs + torch.sin(angle) * self.ys) / self.size - 0.5  # (n, S, S)
-        pattern = self._uniform((n, 1, 1), -0.3, 0.3, gen) * ramp
+        pattern = self._uniform((n, 1, 1), -RAMP_AMPLITUDE, RAMP_AMPLITUDE, gen) * ramp
         stripes_on = (torch.rand(n, 1, 1, generator=gen) < stripes_prob).float()
-        frequency = self._uniform((n, 1, 1), 2.0, 24.0, gen)
+        frequency = self._uniform((n, 1, 1), *STRIPES_CYCLES, gen)
         phase = self._uniform((n, 1, 1), 0.0, 2 * math.pi, gen)
         direction = self._uniform((n, 1, 1), 0.0, math.pi, gen)
         along = (torch.cos(direction) * self.xs + torch.sin(direction) * self.ys) / self.size
-        amplitude = stripes_on * self._uniform((n, 1, 1), 0.03, 0.15, gen)
+        amplitude = stripes_on * self._uniform((n, 1, 1), *STRIPES_AMPLITUDE, gen)
         return (pattern + amplitude * torch.sin(2 * math.pi * frequency * along + phase)).unsqueeze(1)
 
     def shapes(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -212,7 +238,7 @@ class ProceduralScenes:
         radius = self._uniform((n, 1, 1), low, high, gen) * self.size
         centre_x = self._uniform((n, 1, 1), 0.05, 0.95, gen) * self.size
         centre_y = self._uniform((n, 1, 1), 0.05, 0.95, gen) * self.size
-        aspect = self._uniform((n, 1, 1), 0.35, 1.0, gen)
+        aspect = self._uniform((n, 1, 1), *ASPECT_RATIO, gen)
         rotation = self._uniform((n, 1, 1), 0.0, math.pi, gen)
         dx, dy = self.xs - centre_x, self.ys - centre_y  # (n, S, S)
         u = dx * torch.cos(rotation) + dy * torch.sin(rotation)
@@ -221,7 +247,7 @@ class ProceduralScenes:
 
         kind = torch.randint(len(SHAPE_KINDS), (n,), generator=gen)
         # Parameters are drawn for every shape so that the random stream does not depend on the kinds drawn.
-        amplitude = self._uniform((n, len(BLOB_HARMONICS), 1, 1), 0.0, 0.22, gen)
+        amplitude = self._uniform((n, len(BLOB_HARMONICS), 1, 1), *BLOB_WOBBLE, gen)
         offset = self._uniform((n, len(BLOB_HARMONICS), 1, 1), 0.0, 2 * math.pi, gen)
         num_vertices = torch.randint(3, MAX_POLYGON_VERTICES + 1, (n, 1), generator=gen)
         angles = torch.sort(self._uniform((n, MAX_POLYGON_VERTICES), 0.0, 2 * math.pi, gen), dim=1).values
@@ -258,21 +284,25 @@ class ProceduralScenes:
         background_colour = torch.rand(batch_size, 3, generator=gen)
         # Each object's colour lies at least `min_fill_contrast` from its background colour.
         direction = F.normalize(torch.randn(batch_size, k, 3, generator=gen), dim=-1)
-        distance = self._uniform((batch_size, k, 1), args.min_fill_contrast, 0.6, gen)
-        object_colour = (background_colour.unsqueeze(1) + direction * distance).clamp(0.0, 1.0)  # (B, K, 3)
-        contrast = self._uniform((batch_size, k + 1, 1, 1, 1), 0.02, 0.2, gen)
+        distance = self._uniform((batch_size, k, 1), args.min_fill_contrast, MAX_FILL_CONTRAST, gen)
+        step = direction * distance  # (B, K, 3)
+        # A step that leaves the colour cube is taken the other way, so clamping does not erase the contrast.
+        forward = background_colour.unsqueeze(1) + step
+        inside = ((forward >= 0.0) & (forward <= 1.0)).all(dim=-1, keepdim=True)
+        object_colour = torch.where(inside, forward, background_colour.unsqueeze(1) - step).clamp(0.0, 1.0)
+        contrast = self._uniform((batch_size, k + 1, 1, 1, 1), *TEXTURE_CONTRAST, gen)
         # Objects share one bank of noise fields, each image's objects taking different ones, so a batch builds two
         # fractal pyramids per image rather than one per object.
         background_noise, object_noise = self.noise_fields(2 * batch_size, gen).split(batch_size)
         image = background_colour[..., None, None] + contrast[:, 0] * background_noise
-        image = image + self.patterns(batch_size, gen, stripes_prob=0.3)  # (B, 3, S, S)
+        image = image + self.patterns(batch_size, gen, stripes_prob=BACKGROUND_STRIPES_PROB)  # (B, 3, S, S)
 
         num_objects = torch.randint(1, k + 1, (batch_size, 1), generator=gen)
         active = torch.arange(k) < num_objects  # (B, K)
         masks = self.shapes(batch_size * k, gen).view(batch_size, k, size, size) & active[..., None, None]
         for index in range(k):
             fill = object_colour[:, index, :, None, None] + contrast[:, index + 1] * object_noise.roll(index, dims=0)
-            fill = fill + self.patterns(batch_size, gen, stripes_prob=0.2)
+            fill = fill + self.patterns(batch_size, gen, stripes_prob=OBJECT_STRIPES_PROB)
             image = torch.where(masks[:, index].unsqueeze(1), fill, image)
         # An object is hidden where any object drawn after it lies.
         visible = torch.empty_like(masks)  # (B, K, S, S)
@@ -287,7 +317,7 @@ class ProceduralScenes:
         padded = torch.rand(batch_size, generator=gen) < args.pad_prob
         for b in padded.nonzero().flatten().tolist():
             # SamProcessor pads a non-square image at the bottom or right, after normalising, with zeros.
-            short = int(size * self._uniform((1,), 0.5, 0.95, gen))
+            short = int(size * self._uniform((1,), *PADDED_SHORT_SIDE, gen))
             if torch.rand(1, generator=gen) < 0.5:
                 content[b, :, short:, :] = False
             else:
@@ -322,14 +352,14 @@ class ProceduralScenes:
         args, batch = self.args, image.shape[0]
         image = image.clamp(0.0, 1.0)
         gray = (torch.rand(batch, 1, 1, 1, generator=gen) < args.grayscale_prob).float()
-        luminance = (image * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        luminance = (image * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
         image = torch.lerp(image, luminance.expand_as(image), gray)
         blur = torch.rand(batch, generator=gen) < args.blur_prob
         if blur.any():
             # Upsampled low-resolution images (like small medical tiles through SamProcessor) look like this.
             half = F.interpolate(image[blur], scale_factor=0.5, mode="bilinear", antialias=True)
             image[blur] = F.interpolate(half, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        image = image ** self._uniform((batch, 1, 1, 1), 0.7, 1.4, gen)
+        image = image ** self._uniform((batch, 1, 1, 1), *GAMMA, gen)
         noise_std = self._uniform((batch, 1, 1, 1), 0.0, args.max_noise_std, gen)
         return (image + noise_std * torch.randn(image.shape, generator=gen)).clamp(0.0, 1.0)
 
