@@ -42,7 +42,7 @@ class IcMoeAdapterConfig:
             Temperature of the vote softmax.
         label_consistency_weight (`float`, *optional*, defaults to 1.0):
             Weight of the label-consistency term in the label-guided target votes.
-        router_aux_loss_coef (`float`, *optional*, defaults to 0.01):
+        router_aux_loss_coef (`float`, *optional*, defaults to 0.1):
             Weight of the load-balancing loss.
         router_z_loss_coef (`float`, *optional*, defaults to 0.0):
             Weight of the router z-loss.
@@ -85,7 +85,7 @@ class IcMoeAdapterConfig:
     label_consistency_weight: float = field(
         default=1.0, metadata={"help": "Weight of label consistency in the target votes (>= 0)."}
     )
-    router_aux_loss_coef: float = field(default=0.01, metadata={"help": "Weight of the load-balancing loss."})
+    router_aux_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the load-balancing loss."})
     router_z_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the router z-loss."})
     vote_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the vote and pixel losses."})
     contrastive_loss_coef: float = field(
