@@ -12,6 +12,11 @@ from .metrics import load_segmentation_metric
 from .prompts import jitter_boxes, sample_points
 
 
+def routed_counts(router_probs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(layers, experts) count of (token, slot) pairs routed to each expert; divided by its row sum, the load."""
+    return torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in router_probs])
+
+
 def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: float, generator) -> dict:
     """Model inputs for `batch` under the chosen prompt kind. `generator=None` means evaluation: exact boxes and
     the most interior point; otherwise boxes are jittered and points drawn at random inside the mask."""
@@ -55,7 +60,7 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
         predictions += accelerator.gather_for_metrics(local, use_gather_object=True)
         references += accelerator.gather_for_metrics(list(batch["gt_masks"]), use_gather_object=True)
         if is_icmoe:
-            counts = torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in outputs.router_probs])
+            counts = routed_counts(outputs.router_probs)
             load = counts if load is None else load + counts  # (L, E)
         if len(examples) < num_examples:
             examples += _examples(batch, outputs, best, processor, num_examples - len(examples))

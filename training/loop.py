@@ -19,7 +19,7 @@ from modeling_icmoe import IcMoeSamModel
 
 from . import figures
 from .data import SamPairTransform, check_masks, collate, default_num_workers, load_raw_dataset, select_splits
-from .evaluation import evaluate_model, prompt_inputs
+from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .methods import (
     build_model,
     count_trainable,
@@ -87,8 +87,9 @@ def _latest_checkpoint(output_dir: Path) -> Path:
 
 
 def _expert_load(outputs) -> list[list[float]]:
-    """Share of tokens routed to each expert, per IC-MoE layer, for one batch."""
-    return [(votes > 0).float().mean(dim=(0, 1, 2)).tolist() for votes in outputs.router_probs]
+    """Share of routed tokens that went to each expert, per IC-MoE layer, for one batch (as in evaluation)."""
+    counts = routed_counts(outputs.router_probs)
+    return (counts / counts.sum(dim=1, keepdim=True)).tolist()
 
 
 def run(args) -> dict:
