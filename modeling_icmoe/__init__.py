@@ -25,7 +25,8 @@ from .pipeline_icmoe_sam import (
     save_pretrained_with_pipeline,
     to_uint8_rgb,
 )
-from .router import IcMoeLayer, IcMoeRouting, IcMoeVotingRouter
+from .layer import IcMoeLayer, IcMoeRouting
+from .router import IcMoeVotingRouter
 
 AutoConfig.register(IcMoeSamConfig.model_type, IcMoeSamConfig, exist_ok=True)
 AutoModel.register(IcMoeSamConfig, IcMoeSamModel, exist_ok=True)

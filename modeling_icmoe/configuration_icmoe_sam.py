@@ -20,8 +20,10 @@ class IcMoeAdapterConfig:
     """Configuration of the IC-MoE adapters added to a SAM image encoder.
 
     Args:
-        num_basic_experts (`int`, *optional*, defaults to 2):
-            Token-wise bottleneck experts (`down -> GELU -> up`).
+        num_shared_experts (`int`, *optional*, defaults to 1):
+            Basic experts that every token uses, outside the routing (always on).
+        num_basic_experts (`int`, *optional*, defaults to 1):
+            Routed token-wise bottleneck experts (`down -> GELU -> up`).
         num_semantic_experts (`int`, *optional*, defaults to 2):
             Bottleneck experts with a depthwise 3x3 convolution on the token grid (regional context).
         semantic_dilations (`list[int]`, *optional*):
@@ -29,10 +31,10 @@ class IcMoeAdapterConfig:
         num_adaptive_experts (`int`, *optional*, defaults to 2):
             Bottleneck experts whose channels are modulated per image from the image's pooled features.
         num_experts_per_tok (`int`, *optional*, defaults to 2):
-            Top-k: how many experts each token is routed to.
+            Top-k: how many routed experts each token is sent to.
         expert_rank (`int`, *optional*, defaults to 16):
             Bottleneck width of every expert.
-        expert_output_scale (`float`, *optional*, defaults to 1.0):
+        expert_output_scale (`float`, *optional*, defaults to 2.0):
             Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
         target_layers (`list[int]`, *optional*):
             Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
@@ -40,6 +42,9 @@ class IcMoeAdapterConfig:
             Multiplicative jitter on the router input while training.
         vote_temperature (`float`, *optional*, defaults to 1.0):
             Temperature of the vote softmax.
+        pixel_vote_weight (`float`, *optional*, defaults to 1.0):
+            Weight of each expert's pixel-probability confidence, `log max(p, 1 - p)`, in its vote, at training and
+            inference alike. `0` routes by the router logits alone.
         label_consistency_weight (`float`, *optional*, defaults to 1.0):
             Weight of the label-consistency term in the label-guided target votes.
         router_aux_loss_coef (`float`, *optional*, defaults to 0.1):
@@ -47,8 +52,10 @@ class IcMoeAdapterConfig:
         router_z_loss_coef (`float`, *optional*, defaults to 0.0):
             Weight of the router z-loss.
         vote_loss_coef (`float`, *optional*, defaults to 0.1):
-            Weight of the vote loss and the pixel-probability loss.
-        contrastive_loss_coef (`float`, *optional*, defaults to 0.1):
+            Weight of the vote loss (the router learns to predict the label-consistent vote).
+        pixel_loss_coef (`float`, *optional*, defaults to 0.1):
+            Weight of the pixel-probability loss (BCE of every expert's pixel vote against the label).
+        contrastive_loss_coef (`float`, *optional*, defaults to 0.01):
             Weight of the semantic-guided contrastive loss. `0` removes the projection head.
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the contrastive loss.
@@ -62,7 +69,10 @@ class IcMoeAdapterConfig:
             The SAM checkpoint the adapters were added to; written into adapter-only checkpoints.
     """
 
-    num_basic_experts: int = field(default=2, metadata={"help": "Number of token-wise bottleneck experts."})
+    num_shared_experts: int = field(
+        default=1, metadata={"help": "Number of always-on basic experts that every token uses, outside the routing."}
+    )
+    num_basic_experts: int = field(default=1, metadata={"help": "Number of routed token-wise bottleneck experts."})
     num_semantic_experts: int = field(
         default=2, metadata={"help": "Number of experts with a dilated depthwise 3x3 conv on the token grid."}
     )
@@ -72,9 +82,9 @@ class IcMoeAdapterConfig:
     num_adaptive_experts: int = field(
         default=2, metadata={"help": "Number of experts with per-image channel modulation."}
     )
-    num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k experts per token."})
+    num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k routed experts per token."})
     expert_rank: int = field(default=16, metadata={"help": "Bottleneck width of every expert."})
-    expert_output_scale: float = field(default=1.0, metadata={"help": "Scale of the mixture output."})
+    expert_output_scale: float = field(default=2.0, metadata={"help": "Scale of the mixture output."})
     target_layers: list[int] | None = field(
         default=None, metadata={"help": "Vision block indices that get an IC-MoE layer; None = all."}
     )
@@ -82,14 +92,19 @@ class IcMoeAdapterConfig:
         default=0.01, metadata={"help": "Multiplicative jitter on the router input while training, in [0, 1)."}
     )
     vote_temperature: float = field(default=1.0, metadata={"help": "Temperature of the vote softmax (> 0)."})
+    pixel_vote_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the experts' pixel-probability confidence in the votes (>= 0); 0 = router only."},
+    )
     label_consistency_weight: float = field(
         default=1.0, metadata={"help": "Weight of label consistency in the target votes (>= 0)."}
     )
     router_aux_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the load-balancing loss."})
     router_z_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the router z-loss."})
-    vote_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the vote and pixel losses."})
+    vote_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the vote loss."})
+    pixel_loss_coef: float = field(default=0.1, metadata={"help": "Weight of the experts' pixel-probability loss."})
     contrastive_loss_coef: float = field(
-        default=0.1, metadata={"help": "Weight of the semantic-guided contrastive loss; 0 drops the head."}
+        default=0.01, metadata={"help": "Weight of the semantic-guided contrastive loss; 0 drops the head."}
     )
     contrastive_temperature: float = field(default=0.1, metadata={"help": "Contrastive temperature (> 0)."})
     contrastive_samples_per_class: int = field(
@@ -103,6 +118,7 @@ class IcMoeAdapterConfig:
 
     def __post_init__(self):
         counts = {
+            "num_shared_experts": self.num_shared_experts,
             "num_basic_experts": self.num_basic_experts,
             "num_semantic_experts": self.num_semantic_experts,
             "num_adaptive_experts": self.num_adaptive_experts,
@@ -110,14 +126,14 @@ class IcMoeAdapterConfig:
         for name, value in counts.items():
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-        if self.num_experts == 0:
+        if self.num_routed_experts == 0:
             raise ValueError(
-                "IC-MoE needs at least one expert: `num_basic_experts`, `num_semantic_experts` and "
+                "IC-MoE needs at least one routed expert: `num_basic_experts`, `num_semantic_experts` and "
                 "`num_adaptive_experts` are all 0."
             )
-        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+        if not 1 <= self.num_experts_per_tok <= self.num_routed_experts:
             raise ValueError(
-                f"`num_experts_per_tok` must be between 1 and the number of experts ({self.num_experts}), "
+                f"`num_experts_per_tok` must be between 1 and the number of routed experts ({self.num_routed_experts}), "
                 f"got {self.num_experts_per_tok}."
             )
         if self.expert_rank <= 0:
@@ -144,10 +160,12 @@ class IcMoeAdapterConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
         for name in (
+            "pixel_vote_weight",
             "label_consistency_weight",
             "router_aux_loss_coef",
             "router_z_loss_coef",
             "vote_loss_coef",
+            "pixel_loss_coef",
             "contrastive_loss_coef",
         ):
             if getattr(self, name) < 0:
@@ -157,8 +175,36 @@ class IcMoeAdapterConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
 
     @property
-    def num_experts(self) -> int:
+    def num_routed_experts(self) -> int:
         return self.num_basic_experts + self.num_semantic_experts + self.num_adaptive_experts
+
+    @property
+    def num_experts(self) -> int:
+        return self.num_shared_experts + self.num_routed_experts
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each term of the IC-MoE objective."""
+        return {
+            "dice": 1.0,
+            "bce": 1.0,
+            "iou": 1.0,
+            "load_balance": self.router_aux_loss_coef,
+            "router_z": self.router_z_loss_coef,
+            "vote": self.vote_loss_coef,
+            "pixel": self.pixel_loss_coef,
+            "contrastive": self.contrastive_loss_coef,
+        }
+
+    def expert_kinds(self) -> list[str]:
+        """The kind of each expert in the layers' order: shared, basic, semantic, adaptive."""
+        counts = (
+            ("shared", self.num_shared_experts),
+            ("basic", self.num_basic_experts),
+            ("semantic", self.num_semantic_experts),
+            ("adaptive", self.num_adaptive_experts),
+        )
+        return [kind for kind, count in counts for _ in range(count)]
 
     def resolve_target_layers(self, num_hidden_layers: int) -> list[int]:
         """The vision block indices that get an IC-MoE layer, checked against the encoder's depth."""

@@ -3,6 +3,7 @@
 IC-MoE (Zhang et al., arXiv 2510.17684) builds three kinds of experts. Here every expert is a bottleneck of
 rank r on the ViT token grid (B, H, W, C):
 
+- shared:   a basic expert that every token uses, outside the routing
 - basic:    down(C->r) -> GELU -> up(r->C)
 - semantic: down -> depthwise 3x3 conv on the grid (dilation d) -> GELU -> up
 - adaptive: down -> per-image channel modulation from pooled bottleneck features -> GELU -> up
@@ -25,7 +26,9 @@ from transformers import initialization as init
 
 
 class IcMoeExperts(nn.Module):
-    """Stacked IC-MoE experts of the three kinds, ordered basic, semantic, adaptive along the expert axis.
+    """Stacked IC-MoE experts, ordered shared, basic, semantic, adaptive along the expert axis.
+
+    Shared experts are basic experts that every token uses; the router votes over the others (the routed experts).
 
     Projections are stored `(E, r, C)` so that the flattened `(E * r, C)` views feed `F.linear` and `addmm`
     without a copy: the forward pass is a handful of kernels whatever the number of experts.
@@ -36,6 +39,7 @@ class IcMoeExperts(nn.Module):
         *,
         hidden_size: int,
         rank: int,
+        num_shared: int = 0,
         num_basic: int,
         num_semantic: int,
         num_adaptive: int,
@@ -44,10 +48,11 @@ class IcMoeExperts(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.rank = rank
+        self.num_shared = num_shared
         self.num_basic = num_basic
         self.num_semantic = num_semantic
         self.num_adaptive = num_adaptive
-        self.num_experts = num_basic + num_semantic + num_adaptive
+        self.num_experts = num_shared + num_basic + num_semantic + num_adaptive
 
         self.down_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
         self.down_bias = nn.Parameter(torch.empty(self.num_experts, rank))
@@ -138,7 +143,7 @@ class IcMoeExperts(nn.Module):
         """
         down = self.down_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
         hidden = F.linear(hidden_states, down, self.down_bias.reshape(-1))  # (B, H, W, E*r)
-        sizes = [n * self.rank for n in (self.num_basic, self.num_semantic, self.num_adaptive)]
+        sizes = [n * self.rank for n in (self.num_shared + self.num_basic, self.num_semantic, self.num_adaptive)]
         basic, semantic, adaptive = hidden.split(sizes, dim=-1)
         parts = [basic]
         if self.num_semantic:
@@ -157,7 +162,8 @@ class IcMoeExperts(nn.Module):
 
         Args:
             activations (`torch.Tensor` of shape `(B, H, W, E, r)`)
-            votes (`torch.Tensor` of shape `(B, H, W, E)`): zero for experts outside a token's top-k.
+            votes (`torch.Tensor` of shape `(B, H, W, E)`): each expert's weight per token (1 for shared experts,
+                zero for routed experts outside the token's top-k).
             base (`torch.Tensor` of shape `(B, H, W, C)`): what the mixture is added to (the block MLP's output).
 
         Returns:

@@ -19,6 +19,29 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return flat.reshape(*leading, *size).clamp(0.0, 1.0)
 
 
+def binarize_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Checks that `labels` are binary masks ({0,1}, {0,255} or bool) and returns them as float {0, 1}."""
+    if labels.dtype == torch.bool:
+        return labels.float()
+    if labels.is_floating_point() and not torch.isfinite(labels).all():
+        raise ValueError("`labels` contain NaN or infinite values; they must be binary masks.")
+    if ((labels == 0) | (labels == 1)).all():
+        return labels.float()
+    if ((labels == 0) | (labels == 255)).all():
+        return (labels == 255).float()
+    values = torch.unique(labels)
+    raise ValueError(
+        "`labels` must be binary masks with values {0, 1}, {0, 255} or bool; found values "
+        f"{values[:8].tolist()}{' ...' if values.numel() > 8 else ''}. Map multi-class masks to one class first."
+    )
+
+
+def segmentation_targets(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The one rule by which every method turns label masks `(..., H, W)` into mask-loss targets at `size`:
+    binary labels (checked), resized as area fractions, foreground where more than half of a cell is."""
+    return resize_masks(binarize_labels(labels), size) > 0.5
+
+
 def segmentation_losses(
     pred_masks: torch.Tensor, iou_scores: torch.Tensor, targets: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -72,35 +95,41 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(router_logits.float(), dim=-1).pow(2).mean()
 
 
-def vote_losses(
+def pixel_loss(pixel_logits: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
+    """BCE of every expert's pixel vote `(B, H, W, E)` against the token labels `(B, H, W)` (fractions in [0, 1])."""
+    target = token_labels.unsqueeze(-1).expand_as(pixel_logits).float()  # (B, H, W, E)
+    return F.binary_cross_entropy_with_logits(pixel_logits.float(), target)
+
+
+def label_consistency(pixel_logits: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
+    """`1 - |p - y|` per token and expert `(B, H, W, E)`: how well each expert's pixel vote agrees with the label."""
+    return 1.0 - (pixel_logits.float().sigmoid() - token_labels.unsqueeze(-1).float()).abs()
+
+
+def vote_loss(
     router_logits: torch.Tensor,
     pixel_logits: torch.Tensor,
     token_labels: torch.Tensor,
     *,
     temperature: float,
     consistency_weight: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pixel-probability voting losses of one layer.
+) -> torch.Tensor:
+    """KL(target || router votes) of one layer, which teaches the router to predict label-consistent votes.
 
     Args:
-        router_logits (`torch.Tensor` of shape `(B, H, W, E)`)
-        pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`): each expert's foreground logit.
+        router_logits (`torch.Tensor` of shape `(B, H, W, R)`)
+        pixel_logits (`torch.Tensor` of shape `(B, H, W, R)`): the routed experts' foreground logits.
         token_labels (`torch.Tensor` of shape `(B, H, W)`): foreground fraction of each token, in [0, 1].
 
-    Returns:
-        `vote`: KL(target || router votes), where the target `softmax((g + lambda log c) / tau)` boosts the experts
-        whose pixel vote agrees with the label (`c = 1 - |p - y|`); the target is detached, so only the router
-        learns from it. `pixel`: BCE of every expert's pixel vote against the label.
+    The target `softmax((g + lambda log c) / tau)` boosts the experts whose pixel vote agrees with the label
+    (`c = 1 - |p - y|`); it is detached, so only the router learns from it.
     """
-    target = token_labels.unsqueeze(-1).expand_as(pixel_logits).float()  # (B, H, W, E)
-    pixel = F.binary_cross_entropy_with_logits(pixel_logits.float(), target)
     with torch.no_grad():
-        consistency = 1.0 - (pixel_logits.float().sigmoid() - target).abs()  # (B, H, W, E)
+        consistency = label_consistency(pixel_logits, token_labels)  # (B, H, W, R)
         guided = (router_logits.float() + consistency_weight * torch.log(consistency + _EPS)) / temperature
-        target_votes = torch.softmax(guided, dim=-1)  # (B, H, W, E)
+        target_votes = torch.softmax(guided, dim=-1)  # (B, H, W, R)
     log_votes = torch.log_softmax(router_logits.float() / temperature, dim=-1)
-    vote = F.kl_div(log_votes.flatten(0, 2), target_votes.flatten(0, 2), reduction="batchmean")
-    return vote, pixel
+    return F.kl_div(log_votes.flatten(0, 2), target_votes.flatten(0, 2), reduction="batchmean")
 
 
 def semantic_contrastive_loss(
@@ -112,17 +141,21 @@ def semantic_contrastive_loss(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Semantic-guided supervised contrastive (SupCon) loss on projected image embeddings.
+    """Semantic-guided, class-balanced supervised contrastive loss on projected image embeddings.
 
     Args:
         embeddings (`torch.Tensor` of shape `(B, D, h, w)`): L2-normalised projected embeddings.
         token_labels (`torch.Tensor` of shape `(B, h, w)`): foreground fraction per embedding pixel.
         predictions (`torch.Tensor` of shape `(B, h, w)`): the decoder's foreground probability per pixel.
 
-    Anchors are drawn per image and class, favouring hard pixels: where the decoder disagrees with the label and
-    on the mask boundary (the semantic guidance). Candidates are all anchors of the batch plus each image's two
-    class prototypes (mean embedding of the class); same class is positive, other class negative. Images whose
-    mask is empty or full give no anchors; a batch with none returns a zero that still reaches the head.
+    Anchors: per image and class, as many as the smaller class has (at most `samples_per_class`), drawn with
+    weights favouring hard pixels, where the decoder disagrees with the label and on the mask boundary (the
+    semantic guidance); each image's two class prototypes (mean embedding of the class) join them. Every anchor
+    is contrasted with each same-class candidate of the batch against all other-class candidates,
+    `-log(exp(s_p) / (exp(s_p) + sum_n exp(s_n)))`, which reaches 0 when the classes separate (the SupCon form,
+    with the other positives in the denominator, has a floor of log(#positives) that hides any learning).
+    Images whose mask is empty or full give no anchors; a batch with none returns a zero that still reaches
+    the head.
     """
     batch, dim = embeddings.shape[:2]
     classes = (token_labels > 0.5).float()  # (B, h, w)
@@ -134,26 +167,25 @@ def semantic_contrastive_loss(
     features, feature_classes = [], []
     for image in range(batch):
         flat_classes = classes[image].reshape(-1)
-        if flat_classes.min() == flat_classes.max():
+        members = [(flat_classes == value).nonzero().squeeze(1) for value in (0.0, 1.0)]
+        count = min(samples_per_class, *(m.numel() for m in members))
+        if count == 0:
             continue
         flat = embeddings[image].reshape(dim, -1).t()  # (h*w, D)
         weights = hardness[image].reshape(-1)
-        for value in (0.0, 1.0):
-            members = (flat_classes == value).nonzero().squeeze(1)
-            count = min(samples_per_class, members.numel())
-            chosen = members[torch.multinomial(weights[members], count, replacement=False, generator=generator)]
-            prototype = F.normalize(flat[members].mean(dim=0, keepdim=True), dim=-1)
+        for value, indices in zip((0.0, 1.0), members):
+            chosen = indices[torch.multinomial(weights[indices], count, replacement=False, generator=generator)]
+            prototype = F.normalize(flat[indices].mean(dim=0, keepdim=True), dim=-1)
             features += [flat[chosen], prototype]
             feature_classes += [torch.full((count + 1,), value, device=flat.device)]
     if not features:
         return embeddings.sum() * 0.0
 
-    features = torch.cat(features)  # (N, D)
+    features = torch.cat(features)  # (N, D), as many of each class
     labels = torch.cat(feature_classes)  # (N,)
     similarity = features @ features.t() / temperature  # (N, N)
-    self_mask = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    similarity = similarity.masked_fill(self_mask, float("-inf"))
-    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask  # (N, N)
-    mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
-    return -mean_log_prob.mean()
+    same = labels[:, None] == labels[None, :]
+    positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)  # (N, N)
+    negatives_lse = torch.logsumexp(similarity.masked_fill(same, float("-inf")), dim=1, keepdim=True)  # (N, 1)
+    pair_loss = F.softplus(negatives_lse - similarity)  # (N, N): -log(e^s_p / (e^s_p + sum_n e^s_n))
+    return (pair_loss * positives).sum(dim=1).div(positives.sum(dim=1).clamp(min=1)).mean()

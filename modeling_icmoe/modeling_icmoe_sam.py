@@ -24,15 +24,18 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.sam.modeling_sam import SamImageSegmentationOutput, SamMLPBlock
 
 from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
+from .layer import IcMoeLayer, IcMoeRouting
 from .losses import (
+    binarize_labels,
     load_balancing_loss,
+    pixel_loss,
     resize_masks,
     router_z_loss,
     segmentation_losses,
+    segmentation_targets,
     semantic_contrastive_loss,
-    vote_losses,
+    vote_loss,
 )
-from .router import IcMoeLayer, IcMoeRouting
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 LOSS_TERMS = ("dice", "bce", "iou", "load_balance", "router_z", "vote", "pixel", "contrastive")
@@ -52,13 +55,16 @@ class IcMoeSamOutput(SamImageSegmentationOutput):
     loss_terms (`dict[str, torch.Tensor]`, *optional*, returned when `labels` are given):
         Each term, detached: `dice`, `bce`, `iou`, `load_balance`, `router_z`, `vote`, `pixel`, `contrastive`.
     router_probs (`tuple[torch.Tensor]`, *optional*, returned when `output_router_probs=True`):
-        One tensor of shape `(batch_size, grid_height, grid_width, num_experts)` per IC-MoE layer: the fused top-k
-        votes of each token (zero outside its top-k, summing to 1).
+        One tensor of shape `(batch_size, grid_height, grid_width, num_routed_experts)` per IC-MoE layer: the fused
+        top-k votes of each token over the routed experts (zero outside its top-k, summing to 1).
+    routing (`tuple[IcMoeRouting]`, *optional*, returned when `output_router_probs=True`):
+        Everything each IC-MoE layer's router computed: router logits, votes, top-k indices, pixel logits.
     """
 
     loss: torch.Tensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
     router_probs: tuple[torch.Tensor, ...] | None = None
+    routing: tuple[IcMoeRouting, ...] | None = None
 
 
 class IcMoeMLPBlock(SamMLPBlock):
@@ -97,31 +103,14 @@ class IcMoeProjectionHead(nn.Module):
         return F.normalize(hidden, dim=1)  # (B, D, h, w)
 
 
-def _record_into(records: list[tuple[IcMoeLayer, IcMoeRouting]]):
+def _record_into(records: list[IcMoeRouting]):
     """A forward hook that stores a layer's routing. It computes nothing: under activation checkpointing the layer
     is re-run in the backward pass without this hook, and both runs must do the same work."""
 
-    def hook(module: IcMoeLayer, _inputs, output) -> None:
-        records.append((module, output[1]))
+    def hook(_module: IcMoeLayer, _inputs, output) -> None:
+        records.append(output[1])
 
     return hook
-
-
-def _binary_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Checks that `labels` are binary masks ({0,1}, {0,255} or bool) and returns them as float {0, 1}."""
-    if labels.dtype == torch.bool:
-        return labels.float()
-    if labels.is_floating_point() and not torch.isfinite(labels).all():
-        raise ValueError("`labels` contain NaN or infinite values; they must be binary masks.")
-    if ((labels == 0) | (labels == 1)).all():
-        return labels.float()
-    if ((labels == 0) | (labels == 255)).all():
-        return (labels == 255).float()
-    values = torch.unique(labels)[:8].tolist()
-    raise ValueError(
-        "`labels` must be binary masks with values {0, 1}, {0, 255} or bool; found values "
-        f"{values}{' ...' if torch.unique(labels).numel() > 8 else ''}. Map multi-class masks to one class first."
-    )
 
 
 class IcMoeSamModel(SamModel):
@@ -234,7 +223,7 @@ class IcMoeSamModel(SamModel):
 
     # -------------------------------------------------------------------------------------------- forward
     @contextlib.contextmanager
-    def _record_routing(self, records: list[tuple[IcMoeLayer, IcMoeRouting]], enabled: bool):
+    def _record_routing(self, records: list[IcMoeRouting], enabled: bool):
         """Collects each IC-MoE layer's routing during one forward pass; the hooks go away when it ends."""
         handles = []
         if enabled:
@@ -286,7 +275,7 @@ class IcMoeSamModel(SamModel):
         if labels is not None:
             labels = self._check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes)
 
-        routings: list[tuple[IcMoeLayer, IcMoeRouting]] = []
+        routings: list[IcMoeRouting] = []
         vision_outputs = None
         if pixel_values is not None:
             with self._record_routing(routings, enabled=labels is not None or bool(output_router_probs)):
@@ -316,7 +305,8 @@ class IcMoeSamModel(SamModel):
             mask_decoder_attentions=sam_outputs.mask_decoder_attentions,
             loss=loss,
             loss_terms=loss_terms,
-            router_probs=tuple(r.votes for _, r in routings) if output_router_probs else None,
+            router_probs=tuple(r.votes for r in routings) if output_router_probs else None,
+            routing=tuple(routings) if output_router_probs else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -347,41 +337,44 @@ class IcMoeSamModel(SamModel):
                 f"`labels` has {labels.shape[1]} mask(s) per image but the prompts ask for {num_prompts}; pass one "
                 "mask per prompt, shape (batch_size, point_batch_size, height, width)."
             )
-        return _binary_labels(labels)
+        return binarize_labels(labels)
 
     def _loss(
         self,
         outputs: SamImageSegmentationOutput,
         image_embeddings: torch.Tensor,
-        routings: list[tuple[IcMoeLayer, IcMoeRouting]],
+        routings: list[IcMoeRouting],
         labels: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         adapter_config = self.config.icmoe_config
-        targets = resize_masks(labels, tuple(outputs.pred_masks.shape[-2:])) > 0.5  # (B, P, h, w)
+        targets = segmentation_targets(labels, tuple(outputs.pred_masks.shape[-2:]))  # (B, P, h, w)
         terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, targets)
 
         zero = outputs.pred_masks.new_zeros((), dtype=torch.float32)
         terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
         foreground = labels.amax(dim=1)  # (B, H, W): any prompt's target
         if routings:
-            grid = tuple(routings[0][1].router_logits.shape[1:3])
-            token_labels = resize_masks(foreground, grid)  # (B, Hg, Wg)
-            num_experts = adapter_config.num_experts
+            token_labels = resize_masks(foreground, tuple(routings[0].router_logits.shape[1:3]))  # (B, Hg, Wg)
+            shared = adapter_config.num_shared_experts
             layer_terms = [
                 (
                     load_balancing_loss(
-                        r.router_logits, r.top_k_indices, num_experts, temperature=adapter_config.vote_temperature
+                        r.router_logits,
+                        r.top_k_indices,
+                        adapter_config.num_routed_experts,
+                        temperature=adapter_config.vote_temperature,
                     ),
                     router_z_loss(r.router_logits),
-                    *vote_losses(
+                    vote_loss(
                         r.router_logits,
-                        layer.experts.pixel_logits(r.expert_activations),
+                        r.pixel_logits[..., shared:],
                         token_labels,
                         temperature=adapter_config.vote_temperature,
                         consistency_weight=adapter_config.label_consistency_weight,
                     ),
+                    pixel_loss(r.pixel_logits, token_labels),
                 )
-                for layer, r in routings
+                for r in routings
             ]
             for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms)):
                 terms[name] = torch.stack(values).mean()
@@ -399,15 +392,8 @@ class IcMoeSamModel(SamModel):
                 temperature=adapter_config.contrastive_temperature,
             )
 
-        loss = (
-            terms["dice"]
-            + terms["bce"]
-            + terms["iou"]
-            + adapter_config.router_aux_loss_coef * terms["load_balance"]
-            + adapter_config.router_z_loss_coef * terms["router_z"]
-            + adapter_config.vote_loss_coef * (terms["vote"] + terms["pixel"])
-            + adapter_config.contrastive_loss_coef * terms["contrastive"]
-        )
+        # Zero-weight terms stay in the sum: their parameters then get a (zero) gradient, which DDP needs.
+        loss = sum(weight * terms[name] for name, weight in adapter_config.loss_weights.items())
         return loss, {name: terms[name].detach() for name in LOSS_TERMS}
 
 

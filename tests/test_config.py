@@ -14,7 +14,7 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
         ({"num_experts_per_tok": 0}, "num_experts_per_tok"),
         ({"expert_rank": 0}, "expert_rank"),
         ({"expert_rank": -3}, "expert_rank"),
-        ({"num_basic_experts": 0, "num_semantic_experts": 0, "num_adaptive_experts": 0}, "at least one expert"),
+        ({"num_basic_experts": 0, "num_semantic_experts": 0, "num_adaptive_experts": 0}, "at least one routed expert"),
         ({"num_basic_experts": -1}, "num_basic_experts"),
         ({"semantic_dilations": [1]}, "semantic_dilations"),
         ({"semantic_dilations": [0, 1]}, "semantic_dilations"),

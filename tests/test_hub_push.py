@@ -17,6 +17,7 @@ FULL_FILES = {
     "configuration_icmoe_sam.py",
     "modeling_icmoe_sam.py",
     "experts.py",
+    "layer.py",
     "router.py",
     "losses.py",
     "pipeline_icmoe_sam.py",

@@ -8,7 +8,7 @@ from transformers import SamModel
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
 from modeling_icmoe.modeling_icmoe_sam import LOSS_TERMS, IcMoeProjectionHead
-from modeling_icmoe.router import IcMoeLayer
+from modeling_icmoe.layer import IcMoeLayer
 
 ADAPTER = IcMoeAdapterConfig(expert_rank=4, contrastive_samples_per_class=8, projection_dim=8)
 
@@ -100,7 +100,7 @@ def test_router_votes_are_top_k_and_sum_to_one(base_sam, images, boxes, top_k):
         outputs = model(pixel_values=images, input_boxes=boxes, output_router_probs=True)
     assert len(outputs.router_probs) == base_sam.config.vision_config.num_hidden_layers
     for votes in outputs.router_probs:
-        assert votes.shape == (2, 8, 8, 6)
+        assert votes.shape == (2, 8, 8, 5)  # the routed experts: 6 less the shared one
         assert torch.all((votes > 0).sum(dim=-1) == top_k)
         torch.testing.assert_close(votes.sum(dim=-1), torch.ones(votes.shape[:-1]))
 

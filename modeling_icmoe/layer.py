@@ -1,0 +1,90 @@
+"""One IC-MoE layer: the experts, their pixel-probability votes and the voting router, beside a ViT block's MLP.
+
+The layer computes every expert's activated bottleneck, each expert's pixel logit (its own vote on "is this
+token foreground"), the router's votes (which read those pixel logits) and the mixture, and returns all of it
+as data (`IcMoeRouting`): the training objective in `losses.py` is a pure function of what the layers return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.utils import ModelOutput
+
+from .configuration_icmoe_sam import IcMoeAdapterConfig
+from .experts import IcMoeExperts
+from .router import IcMoeVotingRouter
+
+
+@dataclass
+class IcMoeRouting(ModelOutput):
+    r"""
+    What one IC-MoE layer computed besides its output. `E` counts every expert, `R` the routed ones (`E` minus the
+    shared experts, which every token uses).
+
+    router_logits (`torch.Tensor` of shape `(B, H, W, R)`):
+        Router scores per token and routed expert, before the pixel-probability term.
+    votes (`torch.Tensor` of shape `(B, H, W, R)`):
+        Fused votes of the routed experts: top-k softmax of the router and pixel-probability scores, zero outside
+        each token's top-k; each token's votes sum to 1.
+    top_k_indices (`torch.LongTensor` of shape `(B, H, W, k)`):
+        The routed experts each token is sent to (indices into the routed experts).
+    pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`):
+        Every expert's foreground logit per token (shared experts first).
+    """
+
+    router_logits: torch.Tensor | None = None
+    votes: torch.Tensor | None = None
+    top_k_indices: torch.LongTensor | None = None
+    pixel_logits: torch.Tensor | None = None
+
+
+class IcMoeLayer(nn.Module):
+    """One IC-MoE layer: experts and voting router, run beside a ViT block's MLP on the same input."""
+
+    def __init__(self, *, hidden_size: int, config: IcMoeAdapterConfig):
+        super().__init__()
+        self.scale = config.expert_output_scale
+        self.num_shared = config.num_shared_experts
+        self.experts = IcMoeExperts(
+            hidden_size=hidden_size,
+            rank=config.expert_rank,
+            num_shared=config.num_shared_experts,
+            num_basic=config.num_basic_experts,
+            num_semantic=config.num_semantic_experts,
+            num_adaptive=config.num_adaptive_experts,
+            semantic_dilations=config.semantic_dilations,
+        )
+        self.router = IcMoeVotingRouter(
+            hidden_size=hidden_size,
+            num_experts=config.num_routed_experts,
+            top_k=config.num_experts_per_tok,
+            temperature=config.vote_temperature,
+            jitter_noise=config.router_jitter_noise,
+            pixel_vote_weight=config.pixel_vote_weight,
+        )
+
+    def reset_parameters(self) -> None:
+        self.experts.reset_parameters()
+        self.router.reset_parameters()
+
+    def forward(self, hidden_states: torch.Tensor, base_output: torch.Tensor) -> tuple[torch.Tensor, IcMoeRouting]:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the block's normalised input (LN2 output).
+            base_output (`torch.Tensor` of shape `(B, H, W, C)`): the block MLP's output, which the mixture joins.
+
+        Returns:
+            `base_output + scale * MoE(hidden_states)` and the layer's [`IcMoeRouting`].
+        """
+        activations = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r)
+        pixel_logits = self.experts.pixel_logits(activations)  # (B, H, W, E)
+        router_logits, votes, top_k_indices = self.router(hidden_states, pixel_logits[..., self.num_shared :])
+        weights = F.pad(votes, (self.num_shared, 0), value=1.0) if self.num_shared else votes  # (B, H, W, E)
+        output = self.experts.combine(activations, weights, base_output, self.scale)  # (B, H, W, C)
+        return output, IcMoeRouting(
+            router_logits=router_logits, votes=votes, top_k_indices=top_k_indices, pixel_logits=pixel_logits
+        )
