@@ -46,6 +46,7 @@ METHOD_TITLES = {
 }
 # The adapter fields a reader needs to understand the architecture; the loss weights stay in the config file.
 ADAPTER_CARD_FIELDS = (
+    "num_shared_experts",
     "num_basic_experts",
     "num_semantic_experts",
     "semantic_dilations",
@@ -54,8 +55,10 @@ ADAPTER_CARD_FIELDS = (
     "expert_rank",
     "target_layers",
     "train_mask_decoder",
+    "pixel_vote_weight",
     "router_aux_loss_coef",
     "vote_loss_coef",
+    "pixel_loss_coef",
     "contrastive_loss_coef",
 )
 REQUIRED_EVAL_FIELDS = ("method", "base_model", "dataset", "eval_split", "n_images", "dice", "iou", "hd95")
@@ -276,10 +279,23 @@ def render_model_card(
         "evaluation_rows": _evaluation_rows(results, METHOD_LABELS[method]),
         "has_zeroshot": "zeroshot" in (results.get("comparisons") or {}) or method == "zeroshot",
         "per_class_rows": _per_class_rows(results.get("per_class")),
+        "diagnostic_rows": _diagnostic_rows(results.get("diagnostics")),
         "figures": {name: path for name, path in FIGURES.items() if (output_dir / path).is_file()},
         "paper_id": PAPER_ID,
     }
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **template_vars)
+
+
+def _diagnostic_rows(diagnostics: dict | None) -> list[tuple[str, str]]:
+    """(name, value) rows of an IC-MoE run's mixture diagnostics, nested values flattened as `key=value` lists."""
+    rows = []
+    for name, value in (diagnostics or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{key} {item:.3g}" if isinstance(item, float) else f"{key} {item}" for key, item in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        rows.append((name, str(value)))
+    return rows
 
 
 def write_model_card(

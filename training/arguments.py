@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .methods import METHODS
+from .methods import DEFAULT_LEARNING_RATES, METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_MODEL = REPO_ROOT / "training" / "standin" / "sam-standin"
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--per_device_train_batch_size", type=int, default=4)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=1e-4)
+    train.add_argument("--learning_rate", type=float, default=None,
+                       help="Default: the method's measured best (training.methods.DEFAULT_LEARNING_RATES).")
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--lr_scheduler_type", default="cosine")
@@ -102,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     if not 0 <= args.box_jitter < 1:
         parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
-    if args.learning_rate <= 0:
+    if args.learning_rate is None:
+        args.learning_rate = DEFAULT_LEARNING_RATES[args.method]
+    elif args.learning_rate <= 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     if args.push_to_hub:
         # Checked before training: a push that can only fail should not cost a training run first.

@@ -7,6 +7,7 @@ import torch
 
 from modeling_icmoe import IcMoeSamModel
 
+from .diagnostics import VotingStats
 from .methods import sam_of
 from .metrics import load_segmentation_metric
 from .prompts import jitter_boxes, sample_points
@@ -41,14 +42,16 @@ def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: floa
 def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_points: int, num_examples: int = 0):
     """Scores `model` on `loader`; returns (metrics on the main process else {}, expert load, examples).
 
-    The expert load is the share of each layer's tokens routed to each expert, over the whole split and all
-    processes, shape (layers, experts) (None for models without IC-MoE). Examples are up to `num_examples`
-    tuples (image, target, prediction, winning expert per token) from this process's first batches.
+    The expert load is the share of each layer's tokens routed to each routed expert, over the whole split and all
+    processes, shape (layers, routed experts) (None for models without IC-MoE); for IC-MoE models the metrics
+    also carry `voting`, the split's voting diagnostics (`training.diagnostics.VotingStats`). Examples are up to
+    `num_examples` tuples (image, target, prediction, winning expert per token) from this process's first batches.
     """
     model.eval()
-    is_icmoe = isinstance(sam_of(accelerator.unwrap_model(model)), IcMoeSamModel)
+    sam = sam_of(accelerator.unwrap_model(model))
+    is_icmoe = isinstance(sam, IcMoeSamModel)
     predictions, references, examples = [], [], []
-    load = None
+    load, voting = None, VotingStats()
     for batch in loader:
         inputs = prompt_inputs(batch, prompt=prompt, num_points=num_points, box_jitter=0.0, generator=None)
         outputs = model(**inputs, output_router_probs=True) if is_icmoe else model(**inputs)
@@ -61,15 +64,21 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
         references += accelerator.gather_for_metrics(list(batch["gt_masks"]), use_gather_object=True)
         if is_icmoe:
             counts = routed_counts(outputs.router_probs)
-            load = counts if load is None else load + counts  # (L, E)
+            load = counts if load is None else load + counts  # (L, R)
+            voting.add(outputs.routing, batch["labels"], sam.config.icmoe_config)
         if len(examples) < num_examples:
             examples += _examples(batch, outputs, best, processor, num_examples - len(examples))
     if load is not None:
         load = accelerator.reduce(load, reduction="sum")
         load = (load / load.sum(dim=1, keepdim=True)).cpu().numpy()
+        totals = accelerator.reduce(torch.cat([voting.sums, torch.tensor([voting.tokens], dtype=torch.float64)]).to(
+            accelerator.device), reduction="sum").cpu()
+        voting = VotingStats(sums=totals[:-1], tokens=float(totals[-1]))
     metrics = {}
     if accelerator.is_main_process:
         metrics = load_segmentation_metric().compute(predictions=predictions, references=references)
+        if load is not None:
+            metrics["voting"] = voting.summary()
     return metrics, load, examples
 
 

@@ -65,9 +65,11 @@ def plot_examples(examples: list[tuple], expert_names: list[str] | None, path: P
     plt.close(fig)
 
 
-def expert_names(num_basic: int, num_semantic: int, num_adaptive: int) -> list[str]:
-    return (
-        [f"basic {i}" for i in range(num_basic)]
-        + [f"semantic {i}" for i in range(num_semantic)]
-        + [f"adaptive {i}" for i in range(num_adaptive)]
-    )
+def expert_names(kinds: list[str]) -> list[str]:
+    """Labels `kind i` for experts given by kind, numbered within each kind."""
+    seen: dict[str, int] = {}
+    names = []
+    for kind in kinds:
+        names.append(f"{kind} {seen.get(kind, 0)}")
+        seen[kind] = seen.get(kind, 0) + 1
+    return names

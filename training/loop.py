@@ -18,6 +18,7 @@ from transformers import AutoProcessor, get_scheduler
 from modeling_icmoe import IcMoeSamModel
 
 from . import figures
+from .diagnostics import load_by_kind, training_diagnostics
 from .data import SamPairTransform, check_masks, collate, default_num_workers, load_raw_dataset, select_splits
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .methods import (
@@ -241,6 +242,8 @@ def run(args) -> dict:
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
         )
         _print_table(accelerator, results)
+        if "diagnostics" in results:
+            accelerator.print("IC-MoE diagnostics: " + json.dumps(results["diagnostics"]))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
@@ -283,13 +286,18 @@ def _write_outputs(
     figure_dir.mkdir(exist_ok=True)
     sam = sam_of(model)
     names = None
+    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
     if isinstance(sam, IcMoeSamModel) and load is not None:
         cfg = sam.config.icmoe_config
-        names = figures.expert_names(cfg.num_basic_experts, cfg.num_semantic_experts, cfg.num_adaptive_experts)
+        names = figures.expert_names(cfg.expert_kinds()[cfg.num_shared_experts :])  # the routed experts
         results["expert_load"] = np.round(load, 4).tolist()
         results["min_expert_share"] = float(load.min())
+        results["diagnostics"] = {
+            "expert_load_by_kind": load_by_kind(load, cfg),
+            **{key: round(value, 5) for key, value in metrics.get("voting", {}).items()},
+            **training_diagnostics(records, cfg),
+        }
         figures.plot_expert_load(load, names, figure_dir / "expert_load.png")
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
     if records:
         figures.plot_losses(records, figure_dir / "loss.png")
     if examples:

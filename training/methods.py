@@ -20,22 +20,30 @@ from torch import nn
 from transformers import SamModel
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, save_icmoe_adapter, save_pretrained_with_pipeline
-from modeling_icmoe.losses import segmentation_losses
+from modeling_icmoe.losses import segmentation_losses, segmentation_targets
 
 METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
+# Each method's default learning rate: the best of a validation grid (docs/BENCHMARKS.md), so that a plain
+# `--method X` run is that method at its best measured setting. Zero-initialised adapters need a larger rate than
+# full fine-tuning: at 1e-4 they barely leave their starting point in a few hundred steps.
+DEFAULT_LEARNING_RATES = {"icmoe": 1e-3, "lora": 1e-3, "adapter": 1e-3, "decoder": 1e-4, "full": 3e-4, "zeroshot": 0.0}
 
 
 def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
     """A plain bottleneck adapter: one basic expert, top-1 (so its vote is always 1), no IC-MoE losses."""
     return IcMoeAdapterConfig(
+        num_shared_experts=0,
         num_basic_experts=1,
         num_semantic_experts=0,
         num_adaptive_experts=0,
         num_experts_per_tok=1,
         expert_rank=rank,
+        expert_output_scale=1.0,  # the plain adapter as commonly built; its learning rate is tuned like every method's
         router_jitter_noise=0.0,
+        pixel_vote_weight=0.0,
         router_aux_loss_coef=0.0,
         vote_loss_coef=0.0,
+        pixel_loss_coef=0.0,
         contrastive_loss_coef=0.0,
     )
 
@@ -91,8 +99,8 @@ def model_loss(model: nn.Module, inputs: dict, labels: torch.Tensor, *, output_r
         outputs = model(**inputs, labels=labels, output_router_probs=output_router_probs)
         return outputs, outputs.loss, outputs.loss_terms
     outputs = model(**inputs)
-    low_res = nn.functional.interpolate(labels.float(), size=outputs.pred_masks.shape[-2:], mode="nearest") > 0.5
-    terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, low_res)
+    targets = segmentation_targets(labels, tuple(outputs.pred_masks.shape[-2:]))
+    terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, targets)
     loss = terms["dice"] + terms["bce"] + terms["iou"]
     return outputs, loss, {name: value.detach() for name, value in terms.items()}
 
