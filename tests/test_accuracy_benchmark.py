@@ -1,0 +1,148 @@
+"""The accuracy benchmark end to end (`--smoke`, through its CLI) and its grouped validation split."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "accuracy.py"
+RECORD_FIELDS = ("dataset", "method", "seed", "learning_rate", "dice", "iou", "hd95", "dice_std", "trainable_params",
+                 "trainable_encoder_params", "train_steps", "train_seconds")
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+accuracy = _load_harness()
+
+
+def _smoke_args(folder: Path) -> list[str]:
+    return ["--smoke", "--work_dir", str(folder / "work"), "--output", str(folder / "accuracy.json"),
+            "--report_path", str(folder / "BENCHMARKS.md")]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke benchmark through its CLI, then the same arguments again in-process (which must resume)."""
+    folder = tmp_path_factory.mktemp("accuracy")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), *_smoke_args(folder)], capture_output=True, text=True,
+                            timeout=600, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    first = json.loads((folder / "accuracy.json").read_text())
+    accuracy.main(_smoke_args(folder))
+    second = json.loads((folder / "accuracy.json").read_text())
+    return folder, first, second
+
+
+def test_smoke_records_every_method_and_seed(smoke):
+    _, data, _ = smoke
+    expected = {(m, s) for m in accuracy.SMOKE["methods"] for s in accuracy.SMOKE["seeds"]}
+    assert {(r["method"], r["seed"]) for r in data["records"]} == expected
+    for record in data["records"]:
+        assert set(RECORD_FIELDS) <= set(record), record
+        assert math.isfinite(record["dice"]) and 0.0 <= record["dice"] <= 1.0
+        trained = record["method"] != "zeroshot"
+        assert record["train_steps"] == (accuracy.SMOKE["max_train_steps"] if trained else 0)
+        assert (record["learning_rate"] is not None) == trained
+    assert data["invocation"]["runs_executed"] == 7  # zeroshot + (2 lrs + 1 seed) for adapter and icmoe
+
+
+def test_learning_rate_is_chosen_by_validation_dice(smoke):
+    _, data, _ = smoke
+    for record in data["records"]:
+        if record["method"] == "zeroshot":
+            continue
+        grid = [r for r in data["selection"] if (r["dataset"], r["method"]) == (record["dataset"], record["method"])]
+        assert sorted(r["learning_rate"] for r in grid) == sorted(accuracy.SMOKE["lr_grid"])
+        assert all(r["settings"]["split"].endswith("validation") for r in grid)
+        best = max(r["val_dice"] for r in grid)
+        chosen = [r for r in grid if r["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["val_dice"] == best
+        assert record["learning_rate"] == chosen[0]["learning_rate"]
+
+
+def test_matched_ranks_are_within_tolerance(smoke):
+    _, data, _ = smoke
+    matched = data["protocol"]["matched_ranks"]
+    target = matched["icmoe_encoder_params"]
+    assert target > 0
+    for kind in ("lora", "adapter"):
+        assert matched[f"{kind}_rank"] >= 1
+        assert abs(matched[f"{kind}_encoder_params"] - target) <= 0.2 * target
+
+
+def test_resume_runs_nothing_and_keeps_the_records(smoke):
+    _, first, second = smoke
+    assert second["invocation"]["runs_executed"] == 0
+    assert second["invocation"]["runs_reused"] == first["invocation"]["runs_executed"]
+    assert second["records"] == first["records"] and second["selection"] == first["selection"]
+
+
+def test_report_has_the_tables_and_the_figure(smoke):
+    folder, data, _ = smoke
+    report = (folder / "BENCHMARKS.md").read_text()
+    assert report.count(accuracy.MARK_BEGIN) == 1 and report.count(accuracy.MARK_END) == 1
+    for record in data["records"]:
+        assert f"| {record['dataset']} | {record['method']} | 1 |" in report
+    assert "figures/accuracy.png" in report and (folder / "figures" / "accuracy.png").is_file()
+
+
+def test_report_keeps_text_outside_the_markers(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text(f"# Benchmarks\n\nCost section.\n\n{accuracy.MARK_BEGIN}\nold\n{accuracy.MARK_END}\n\nAfter.\n")
+    data = {"protocol": {}, "selection": [], "records": []}
+    accuracy.write_report(data, report)
+    text = report.read_text()
+    assert "Cost section." in text and "After." in text and "old" not in text
+
+
+def test_grouped_validation_split_keeps_images_whole_and_is_deterministic():
+    rows_per_image = {f"img{i}.png": 1 + i % 4 for i in range(15)}
+    groups = [name for name, count in rows_per_image.items() for _ in range(count)]
+    train, validation = accuracy.grouped_validation_split(groups, fraction=0.2, seed=0)
+    assert sorted(train + validation) == list(range(len(groups)))
+    assert not {groups[i] for i in train} & {groups[i] for i in validation}
+    assert abs(len(validation) - 0.2 * len(groups)) <= max(rows_per_image.values())
+    assert (train, validation) == accuracy.grouped_validation_split(groups, fraction=0.2, seed=0)
+    # The row order does not matter: the same images are held out.
+    reordered = groups[::-1]
+    _, held_out = accuracy.grouped_validation_split(reordered, fraction=0.2, seed=0)
+    assert {reordered[i] for i in held_out} == {groups[i] for i in validation}
+
+
+@pytest.mark.parametrize("variant", sorted(accuracy.ICMOE_VARIANTS))
+def test_every_icmoe_variant_is_a_valid_config(variant):
+    config = accuracy.icmoe_variant_config(accuracy.ICMOE_VARIANTS[variant])
+    routed = sum(getattr(config, name) for name in accuracy.ROUTED_EXPERT_FIELDS)
+    assert 1 <= config.num_experts_per_tok <= routed
+    if variant == "icmoe_dense":
+        assert config.num_experts_per_tok == routed
+
+
+def test_processes_on_different_tasks_share_one_results_file(tmp_path):
+    path = tmp_path / "accuracy.json"
+
+    def state(task: str, value: int) -> dict:
+        return {"protocol": {"tasks": {task: {}}}, "selection": [], "records": [{"dataset": task, "dice": value}]}
+
+    first, second = state("a", 1), state("b", 2)
+    accuracy.save(first, path, {"a"})
+    accuracy.save(second, path, {"b"})
+    first["records"] = [{"dataset": "a", "dice": 3}]  # a process replaces its own task's records ...
+    accuracy.save(first, path, {"a"})
+    data = json.loads(path.read_text())
+    assert sorted((r["dataset"], r["dice"]) for r in data["records"]) == [("a", 3), ("b", 2)]  # ... never another's
+    assert set(data["protocol"]["tasks"]) == {"a", "b"}
