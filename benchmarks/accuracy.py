@@ -82,12 +82,14 @@ DEFAULT_RANKS = {"lora": 4, "adapter": 64}  # run.py's defaults, used by the unm
 MATCH_TOLERANCE = 0.2
 
 # Learning-rate grids per run.py method (`--lr_grid` replaces all of them).
+# The first full run (MR task) chose the lowest value of the (3e-4, 1e-3, 3e-3) grids for LoRA and both adapters:
+# a best value at the edge of a grid says the grid must extend past it, hence 1e-4.
 DEFAULT_LR_GRID = {
     "decoder": (1e-4, 3e-4, 1e-3),
     "full": (3e-5, 1e-4, 3e-4),
-    "lora": (3e-4, 1e-3, 3e-3),
-    "adapter": (3e-4, 1e-3, 3e-3),
-    "icmoe": (3e-4, 1e-3, 3e-3),
+    "lora": (1e-4, 3e-4, 1e-3, 3e-3),
+    "adapter": (1e-4, 3e-4, 1e-3, 3e-3),
+    "icmoe": (1e-4, 3e-4, 1e-3, 3e-3),
 }
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
@@ -330,19 +332,20 @@ def machine() -> str:
 MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params")
 
 
-def save(data: dict, path: Path, own_tasks: set[str] | None = None) -> None:
-    """Writes `data` atomically. With `own_tasks`, under a lock, the file's records of other tasks are kept: several
-    processes can then share one results file as long as each runs its own tasks (`--tasks`)."""
+def save(data: dict, path: Path, own: set[tuple[str, str]] | None = None) -> None:
+    """Writes `data` atomically. With `own`, the (task, method) pairs this process runs, the file's records of every
+    other pair are kept, under a lock: several processes can share one results file as long as none runs a pair
+    another runs (split them with `--tasks` and `--methods`)."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if own_tasks is not None and path.is_file():
+        if own is not None and path.is_file():
             on_disk = json.loads(path.read_text())
             for table in ("selection", "records"):
-                others = [r for r in on_disk.get(table, []) if r["dataset"] not in own_tasks]
-                data[table][:] = others + [r for r in data[table] if r["dataset"] in own_tasks]
+                others = [r for r in on_disk.get(table, []) if (r["dataset"], r["method"]) not in own]
+                data[table][:] = others + [r for r in data[table] if (r["dataset"], r["method"]) in own]
             for key in MERGED_PROTOCOL_KEYS:
                 data["protocol"][key] = {**on_disk["protocol"].get(key, {}), **data["protocol"].get(key, {})}
             commands = on_disk["protocol"].get("commands", []) + data["protocol"].get("commands", [])
@@ -360,7 +363,7 @@ class Benchmark:
         self.work = Path(args.work_dir).resolve()
         self.executed = self.reused = 0
         self.validation: dict[str, tuple[Path, str]] = {}
-        self.own_tasks = {task["name"] for task in load_tasks(args.tasks)}
+        self.own = {(task["name"], method) for task in load_tasks(args.tasks) for method in args.methods}
 
     def common_args(self, task: dict) -> list[str]:
         args = self.args
@@ -425,7 +428,7 @@ class Benchmark:
             record["diagnostics"] = results["diagnostics"]
         same_slot = ("dataset", "method", "learning_rate") if kind == "selection" else ("dataset", "method", "seed")
         table[:] = [r for r in table if any(r[k] != record[k] for k in same_slot)] + [record]
-        save(self.data, self.args.output, self.own_tasks)
+        save(self.data, self.args.output, self.own)
         return record
 
     def encoder_params(self, method: str) -> int:
@@ -451,7 +454,7 @@ class Benchmark:
             # Seeds run earlier at another rate were tuned under another grid: they no longer belong.
             self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
                                        (task["name"], method) or r["learning_rate"] == lr]
-            save(self.data, self.args.output, self.own_tasks)
+            save(self.data, self.args.output, self.own)
         for seed in self.args.seeds:
             self.run("records", task, method, seed, lr)
 
@@ -494,14 +497,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     protocol["machine"] = machine()
     protocol["matched_ranks"] = matched_ranks(args.base_model)
     data["protocol"] = protocol
-    save(data, args.output, {task["name"] for task in tasks})
+    save(data, args.output, {(task["name"], method) for task in tasks for method in args.methods})
 
     bench = Benchmark(args, data)
     for task in tasks:
         for method in args.methods:
             bench.task_method(task, method)
     data["invocation"] = {"command": args.command, "runs_executed": bench.executed, "runs_reused": bench.reused}
-    save(data, args.output, bench.own_tasks)
+    save(data, args.output, bench.own)
     print(f"[accuracy] runs executed: {bench.executed}, reused: {bench.reused}; results in {args.output}", flush=True)
     return data
 
@@ -557,6 +560,24 @@ def _selection_table(data: dict) -> list[str]:
     return rows
 
 
+def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[str]]]:
+    """Per main method: the learning rate with the best validation Dice averaged over the tasks that ran it, with
+    that mean and the tasks: what `training/methods.py` takes as each method's default."""
+    best = {}
+    for method in MAIN_METHODS:
+        grid = [r for r in data["selection"] if r["method"] == method]
+        tasks = sorted({r["dataset"] for r in grid})
+        rates = {r["learning_rate"] for r in grid}
+        # Only rates every task tried: a mean over fewer tasks would not compare.
+        common = [lr for lr in rates if all(any(r["dataset"] == t and r["learning_rate"] == lr for r in grid) for t in tasks)]
+        if not common:
+            continue
+        means = {lr: float(np.mean([r["val_dice"] for r in grid if r["learning_rate"] == lr])) for lr in common}
+        lr = max(means, key=means.get)
+        best[method] = (lr, means[lr], tasks)
+    return best
+
+
 def plot_dice(data: dict, path: Path) -> None:
     import matplotlib
 
@@ -609,6 +630,10 @@ def render_section(data: dict, figure: str | None) -> str:
     selection = _selection_table(data)
     if selection:
         lines += ["### Learning-rate selection", ""] + selection + [""]
+        lines += ["Best learning rate per method by validation Dice averaged over the tasks (the defaults of "
+                  "`training/run.py` come from here):", ""]
+        lines += [f"- `{m}`: {lr:g} (mean validation Dice {mean:.3f} over {', '.join(tasks)})"
+                  for m, (lr, mean, tasks) in best_mean_learning_rates(data).items()] + [""]
     lines += ["### Protocol", ""]
     keys = SHARED_SETTINGS + ("selection_metric", "lr_grid")
     lines += [f"- {key}: `{json.dumps(protocol[key])}`" for key in keys if key in protocol]

@@ -141,12 +141,12 @@ def _train_steps(base, icmoe, pixel_values, boxes, args, device) -> dict:
     """Seconds per forward + backward of IC-MoE (its full loss), LoRA on qkv and decoder-only."""
     from peft import LoraConfig, get_peft_model
 
-    from modeling_icmoe.losses import segmentation_losses
+    from modeling_icmoe.losses import segmentation_losses, segmentation_targets
 
     labels = torch.zeros(pixel_values.shape[0], args.image_size, args.image_size, device=device)
     labels[:, 200:600, 150:500] = 1
     low_res = args.image_size // 4  # SAM predicts masks at 4x the 16-pixel patch grid
-    targets = torch.nn.functional.interpolate(labels[:, None], size=(low_res, low_res)) > 0.5
+    targets = segmentation_targets(labels[:, None], (low_res, low_res))  # the rule every method trains with
 
     lora = get_peft_model(
         SamModel._from_config(base.config, attn_implementation=icmoe.config._attn_implementation)

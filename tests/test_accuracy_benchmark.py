@@ -132,17 +132,30 @@ def test_every_icmoe_variant_is_a_valid_config(variant):
         assert config.num_experts_per_tok == routed
 
 
-def test_processes_on_different_tasks_share_one_results_file(tmp_path):
+def test_processes_on_different_pairs_share_one_results_file(tmp_path):
     path = tmp_path / "accuracy.json"
 
-    def state(task: str, value: int) -> dict:
-        return {"protocol": {"tasks": {task: {}}}, "selection": [], "records": [{"dataset": task, "dice": value}]}
+    def state(task: str, method: str, value: int) -> dict:
+        record = {"dataset": task, "method": method, "dice": value}
+        return {"protocol": {"tasks": {task: {}}}, "selection": [], "records": [record]}
 
-    first, second = state("a", 1), state("b", 2)
-    accuracy.save(first, path, {"a"})
-    accuracy.save(second, path, {"b"})
-    first["records"] = [{"dataset": "a", "dice": 3}]  # a process replaces its own task's records ...
-    accuracy.save(first, path, {"a"})
+    first, second, third = state("a", "icmoe", 1), state("b", "icmoe", 2), state("a", "lora", 3)
+    accuracy.save(first, path, {("a", "icmoe")})
+    accuracy.save(second, path, {("b", "icmoe")})
+    accuracy.save(third, path, {("a", "lora")})
+    first["records"] = [{"dataset": "a", "method": "icmoe", "dice": 4}]  # a process replaces its own records ...
+    accuracy.save(first, path, {("a", "icmoe")})
     data = json.loads(path.read_text())
-    assert sorted((r["dataset"], r["dice"]) for r in data["records"]) == [("a", 3), ("b", 2)]  # ... never another's
+    records = sorted((r["dataset"], r["method"], r["dice"]) for r in data["records"])
+    assert records == [("a", "icmoe", 4), ("a", "lora", 3), ("b", "icmoe", 2)]  # ... never another's
     assert set(data["protocol"]["tasks"]) == {"a", "b"}
+
+
+def test_default_learning_rate_is_the_best_mean_over_tasks():
+    def row(task: str, lr: float, dice: float) -> dict:
+        return {"dataset": task, "method": "lora", "learning_rate": lr, "val_dice": dice}
+
+    selection = [row("a", 1e-4, 0.9), row("a", 1e-3, 0.5), row("b", 1e-4, 0.4), row("b", 1e-3, 0.7), row("b", 1e-2, 1.0)]
+    best = accuracy.best_mean_learning_rates({"selection": selection})
+    # 1e-4 averages 0.65 and 1e-3 0.6 over both tasks; 1e-2 ran on one task only and does not compete.
+    assert best == {"lora": (1e-4, pytest.approx(0.65), ["a", "b"])}

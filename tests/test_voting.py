@@ -148,6 +148,7 @@ def test_load_by_kind_and_loss_shares():
     ]
     result = training_diagnostics(records, config)
     assert sum(result["loss_term_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert result["loss_term_share"]["load_balance"] == 0  # a perfectly balanced router has nothing left to reduce
     assert result["contrastive_loss_start"] == 2.0 and result["contrastive_loss_end"] == 1.0
 
 

@@ -65,15 +65,23 @@ def load_by_kind(load: np.ndarray, config: IcMoeAdapterConfig) -> dict[str, floa
     return {kind: round(float(sum(s for k, s in zip(kinds, mean) if k == kind)), 4) for kind in dict.fromkeys(kinds)}
 
 
+# The load-balancing loss is 1 for a perfectly balanced router: only its excess over 1 is something to minimise.
+LOSS_FLOORS = {"load_balance": 1.0}
+
+
 def training_diagnostics(records: list[dict], config: IcMoeAdapterConfig) -> dict:
-    """Each weighted loss term's mean share of the objective over the logged steps, and the contrastive loss at
-    the first and the last logged step."""
+    """Each weighted loss term's mean share of the objective over the logged steps (the load-balancing term by its
+    excess over its floor of 1), and the contrastive loss at the first and the last logged step."""
     if not records:
         return {}
     weights = config.loss_weights
     shares = {name: [] for name in weights}
     for record in records:
-        weighted = {name: weight * abs(record["loss_terms"].get(name, 0.0)) for name, weight in weights.items()}
+        terms = record["loss_terms"]
+        weighted = {
+            name: weight * abs(terms.get(name, 0.0) - (LOSS_FLOORS.get(name, 0.0) if name in terms else 0.0))
+            for name, weight in weights.items()
+        }
         total = sum(weighted.values()) or 1.0
         for name, value in weighted.items():
             shares[name].append(value / total)
