@@ -276,6 +276,7 @@ def _write_outputs(
         "eval_split": eval_split,
         **{k: metrics[k] for k in METRIC_KEYS},
         "train_steps": steps,
+        "learning_rate": args.learning_rate,
         "trainable_params": trainable,
         "train_seconds": round(seconds, 2),
         "prompt": args.prompt,
