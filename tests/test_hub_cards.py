@@ -198,3 +198,13 @@ def test_is_hub_repo_id(value, expected):
 
 def test_one_template():
     assert TEMPLATE_PATH.is_file() and TEMPLATE_PATH.read_text().startswith("---\n{{ card_data }}\n---")
+
+
+def test_mixture_diagnostics_section(output_dir, tmp_path):
+    diagnostics = {"expert_load_by_kind": {"basic": 0.2, "semantic": 0.8}, "vote_entropy": 0.66616}
+    text = str(render_model_card(_with_results(output_dir, tmp_path, diagnostics=diagnostics)))
+    assert "### Mixture diagnostics" in text
+    assert "| `expert_load_by_kind` | basic 0.2, semantic 0.8 |" in text and "| `vote_entropy` | 0.6662 |" in text
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert "### Mixture diagnostics" not in str(render_model_card(_with_results(output_dir, plain)))
