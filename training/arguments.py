@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .methods import DEFAULT_LEARNING_RATES, METHODS
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/icmoe-sam")
+    train.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Replace an earlier run's outputs in --output_dir (model, adapter/, checkpoints/, logs); "
+                       "without it such a folder is refused, unless resuming.")
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     train.add_argument("--num_train_epochs", type=int, default=30)
     train.add_argument("--per_device_train_batch_size", type=int, default=4)
@@ -73,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--box_jitter", type=float, default=0.05,
                        help="Training boxes move each edge by up to this fraction of the box size.")
     train.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None)
-    train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or `latest`.")
+    train.add_argument("--resume_from_checkpoint", default=None,
+                       help="A checkpoint folder, or `latest`: the newest complete checkpoints/step_N of --output_dir.")
     train.add_argument("--logging_steps", type=int, default=5)
     train.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (and at the end).")
     train.add_argument("--no_zeroshot_eval", action="store_true", help="Skip evaluating the base before training.")
@@ -107,8 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LEARNING_RATES[args.method]
-    elif args.learning_rate <= 0:
-        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
+    elif not 0 < args.learning_rate < math.inf:
+        parser.error(f"--learning_rate must be positive and finite, got {args.learning_rate}")
+    for name in ("weight_decay", "max_grad_norm"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be finite, got {getattr(args, name)}")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        parser.error("--overwrite_output_dir clears checkpoints/ and cannot be combined with --resume_from_checkpoint")
     if args.push_to_hub:
         # Checked before training: a push that can only fail should not cost a training run first.
         if not args.hub_model_id:

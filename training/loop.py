@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import signal
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,23 @@ from transformers import AutoProcessor, get_scheduler
 from modeling_icmoe import IcMoeSamModel
 
 from . import figures
-from .diagnostics import load_by_kind, training_diagnostics
+from .checkpointing import (
+    FINAL_PARTIAL,
+    RUN_MANIFEST,
+    TRACKER_PROJECT,
+    StopOnSignal,
+    check_output_dir,
+    clear_outputs,
+    fingerprint_differences,
+    latest_checkpoint,
+    publish_outputs,
+    read_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from .data import SamPairTransform, check_masks, collate, default_num_workers, load_raw_dataset, select_splits
+from .diagnostics import load_by_kind, training_diagnostics
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .methods import (
     build_model,
@@ -31,7 +50,6 @@ from .methods import (
     save_trained,
 )
 
-CHECKPOINT_PREFIX = "step_"
 METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
 
 
@@ -77,14 +95,43 @@ def _step_generator(args, epoch: int, batch_index: int, process_index: int) -> t
     return torch.Generator().manual_seed(hash((args.seed, epoch, batch_index, process_index)) % (2**63))
 
 
-def _latest_checkpoint(output_dir: Path) -> Path:
-    folders = sorted(
-        (p for p in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()),
-        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]),
-    )
-    if not folders:
-        raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}.")
-    return folders[-1]
+class NonFiniteTrainingError(RuntimeError):
+    """A loss, gradient or parameter became NaN or infinite; the run stops before saving it."""
+
+
+def _resolve_checkpoint(args, output_dir: Path, fingerprint: dict, accelerator) -> tuple[Path, dict]:
+    """The checkpoint to resume and its marker, after checking that it is complete and belongs to this run."""
+    if args.resume_from_checkpoint == "latest":
+        checkpoint, skipped = latest_checkpoint(output_dir / "checkpoints")
+        if skipped:
+            accelerator.print(f"Skipped incomplete checkpoints: {'; '.join(skipped)}")
+    else:
+        checkpoint = Path(args.resume_from_checkpoint)
+    marker = read_checkpoint(checkpoint)
+    differences = fingerprint_differences(marker["fingerprint"], fingerprint)
+    if differences:
+        raise ValueError(
+            f"{checkpoint} belongs to another run; resuming it with these settings would mix two runs. Differences: "
+            + "; ".join(differences)
+        )
+    return checkpoint, marker
+
+
+def _last_good(checkpoint: Path | None) -> str:
+    return f"The last checkpoint, {checkpoint}, is as it was." if checkpoint else "No checkpoint was saved."
+
+
+def _check_finite_parameters(model, accelerator, step: int, checkpoint: Path | None, learning_rate: float) -> None:
+    """Raises when a trained parameter holds NaN or inf: such weights are never saved (checked on every process)."""
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    # Summed over processes: with sharded parameters (FSDP) each process sees only its own shard.
+    total = int(accelerator.reduce(torch.tensor(len(bad), device=accelerator.device), "sum").item())
+    if total:
+        raise NonFiniteTrainingError(
+            f"Step {step}: {total} trained tensors hold NaN or inf values"
+            + (f" (first: {bad[0]})" if bad else "")
+            + f"; not saving them. {_last_good(checkpoint)} Lower --learning_rate (this run: {learning_rate:g})."
+        )
 
 
 def _expert_load(outputs) -> list[list[float]]:
@@ -107,9 +154,17 @@ def run(args) -> dict:
         from .hub import check_hub_push
 
         hub_token = check_hub_push(args.hub_model_id, args.hub_token)  # fail before training, never print it
-    set_seed(args.seed)
+    # Checked on every process before any of them changes the folder, so all refuse or none does.
+    earlier_outputs = check_output_dir(
+        output_dir, overwrite=args.overwrite_output_dir, resuming=args.resume_from_checkpoint is not None
+    )
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if earlier_outputs:
+            accelerator.print(f"--overwrite_output_dir: removing the earlier run's {', '.join(earlier_outputs)}")
+            clear_outputs(output_dir, earlier_outputs)
         output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
 
     processor = AutoProcessor.from_pretrained(args.base_model)
     train_loader, eval_loader, eval_split = _prepare_data(args, processor, accelerator)
@@ -139,8 +194,22 @@ def run(args) -> dict:
         num_training_steps=max(1, max_steps) * accelerator.num_processes,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    fingerprint = run_fingerprint(
+        args, adapter_config=icmoe_config.to_dict(), train_steps=max_steps, warmup_steps=warmup,
+        num_processes=accelerator.num_processes,
+    )
+    checkpoint, marker = None, None
+    if args.resume_from_checkpoint:
+        checkpoint, marker = _resolve_checkpoint(args, output_dir, fingerprint, accelerator)
+    if accelerator.is_main_process:
+        manifest = output_dir / RUN_MANIFEST
+        # Resuming keeps the list of what the run already wrote, which --overwrite_output_dir removes later.
+        outputs = json.loads(manifest.read_text()).get("outputs", []) if manifest.is_file() else []
+        write_json_atomic(manifest, {"fingerprint": fingerprint, "outputs": outputs})
     if args.report_to != "none":
-        accelerator.init_trackers("icmoe-sam", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            TRACKER_PROJECT, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
 
     eval_kwargs = {"prompt": args.prompt, "num_points": args.num_points}
     comparisons = {}
@@ -150,18 +219,17 @@ def run(args) -> dict:
         comparisons["zeroshot"] = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
 
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
-    if args.resume_from_checkpoint:
-        checkpoint = (
-            _latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        )
+    if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
-        completed_steps = int(checkpoint.name[len(CHECKPOINT_PREFIX):])
+        completed_steps, comparisons = marker["step"], marker["comparisons"]
         starting_epoch = completed_steps // steps_per_epoch
         resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
-        state_file = checkpoint / "icmoe_run_state.json"
-        if state_file.is_file():
-            comparisons = json.loads(state_file.read_text())["comparisons"]
+        if completed_steps >= max_steps:
+            accelerator.print(
+                f"{checkpoint} is the end of training ({completed_steps} of {max_steps} steps): nothing left to "
+                "train; evaluating and saving the model."
+            )
 
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
@@ -173,57 +241,83 @@ def run(args) -> dict:
     progress = tqdm(range(max_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     window: list[dict] = []
     start = time.perf_counter()
-    for epoch in range(starting_epoch, num_epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        skip = resume_batches if epoch == starting_epoch else 0
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        for batch_index, batch in enumerate(batches, start=skip):
-            log_now = (completed_steps + 1) % args.logging_steps == 0 or completed_steps + 1 == max_steps
-            with accelerator.accumulate(model):
-                generator = _step_generator(args, epoch, batch_index, accelerator.process_index)
-                inputs = prompt_inputs(
-                    batch, prompt=args.prompt, num_points=args.num_points, box_jitter=args.box_jitter, generator=generator
-                )
-                outputs, loss, terms = model_loss(model, inputs, batch["labels"], output_router_probs=log_now)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window.append({"loss": loss.detach(), **terms})
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            progress.update(1)
-            if log_now:
-                means = {k: accelerator.reduce(torch.stack([w[k] for w in window]).mean().float(), "mean").item()
-                         for k in window[0]}
-                record = {"step": completed_steps, "epoch": epoch, "loss": means.pop("loss"), "loss_terms": means,
-                          "lr": scheduler.get_last_lr()[0]}
-                if getattr(outputs, "router_probs", None):
-                    record["expert_load"] = _expert_load(outputs)
-                window = []
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
-                accelerator.log({"loss": record["loss"], "lr": record["lr"], **means}, step=completed_steps)
-                if accelerator.is_main_process:
-                    with open(log_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-            if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_steps:
-                metrics, _, _ = evaluate_model(model, eval_loader, processor, accelerator, **eval_kwargs)
-                if accelerator.is_main_process:
-                    accelerator.print(f"step {completed_steps}: eval dice {metrics['dice']:.4f}")
-                    accelerator.log({f"eval_{k}": metrics[k] for k in ("dice", "iou", "hd95")}, step=completed_steps)
-                model.train()
-            if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-                _save_checkpoint(accelerator, output_dir, completed_steps, comparisons)
+
+    def checkpoint_now() -> Path:
+        _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
+        return save_checkpoint(accelerator, output_dir, completed_steps, fingerprint=fingerprint, comparisons=comparisons)
+
+    with StopOnSignal() as stop, _naming_the_step(lambda: completed_steps + 1, lambda: checkpoint):
+        for epoch in range(starting_epoch, num_epochs):
             if completed_steps >= max_steps:
                 break
-        if args.checkpointing_steps == "epoch":
-            _save_checkpoint(accelerator, output_dir, completed_steps, comparisons)
-        if completed_steps >= max_steps:
-            break
+            model.train()
+            train_loader.set_epoch(epoch)
+            skip = resume_batches if epoch == starting_epoch else 0
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            for batch_index, batch in enumerate(batches, start=skip):
+                log_now = (completed_steps + 1) % args.logging_steps == 0 or completed_steps + 1 == max_steps
+                with accelerator.accumulate(model):
+                    generator = _step_generator(args, epoch, batch_index, accelerator.process_index)
+                    inputs = prompt_inputs(
+                        batch, prompt=args.prompt, num_points=args.num_points, box_jitter=args.box_jitter,
+                        generator=generator,
+                    )
+                    outputs, loss, terms = model_loss(model, inputs, batch["labels"], output_router_probs=log_now)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        # The norm of the synchronised gradients, the same on every process; with an infinite bound
+                        # it only measures. fp16's loss scaler skips overflowing steps itself, so not checked there.
+                        grad_norm = accelerator.clip_grad_norm_(
+                            model.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+                        )
+                        if grad_norm is not None and accelerator.scaler is None and not torch.isfinite(grad_norm):
+                            raise NonFiniteTrainingError(
+                                f"Step {completed_steps + 1}: the gradient norm is {grad_norm.item()} (loss "
+                                f"{loss.item():.4g}); stopped before the optimizer applied it. {_last_good(checkpoint)}"
+                                f" Lower --learning_rate (this run: {args.learning_rate:g}) or check the data."
+                            )
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                window.append({"loss": loss.detach(), **terms})
+                if not accelerator.sync_gradients:
+                    continue
+                completed_steps += 1
+                progress.update(1)
+                if log_now:
+                    means = {k: accelerator.reduce(torch.stack([w[k] for w in window]).mean().float(), "mean").item()
+                             for k in window[0]}
+                    record = {"step": completed_steps, "epoch": epoch, "loss": means.pop("loss"), "loss_terms": means,
+                              "lr": scheduler.get_last_lr()[0]}
+                    if not math.isfinite(record["loss"]):
+                        raise NonFiniteTrainingError(
+                            f"Step {completed_steps}: the mean loss since the last log is {record['loss']}. "
+                            f"{_last_good(checkpoint)} Lower --learning_rate (this run: {args.learning_rate:g})."
+                        )
+                    if getattr(outputs, "router_probs", None):
+                        record["expert_load"] = _expert_load(outputs)
+                    window = []
+                    progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    accelerator.log({"loss": record["loss"], "lr": record["lr"], **means}, step=completed_steps)
+                    if accelerator.is_main_process:
+                        with open(log_path, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(record) + "\n")
+                if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_steps:
+                    metrics, _, _ = evaluate_model(model, eval_loader, processor, accelerator, **eval_kwargs)
+                    if accelerator.is_main_process:
+                        accelerator.print(f"step {completed_steps}: eval dice {metrics['dice']:.4f}")
+                        accelerator.log({f"eval_{k}": metrics[k] for k in ("dice", "iou", "hd95")}, step=completed_steps)
+                    model.train()
+                if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
+                    checkpoint = checkpoint_now()
+                if _stop_requested(stop, accelerator) and completed_steps < max_steps:
+                    if not _is_step(checkpoint, completed_steps):
+                        checkpoint = checkpoint_now()
+                    _stop_after_checkpoint(stop, accelerator, progress, checkpoint, completed_steps)
+                if completed_steps >= max_steps:
+                    break
+            if args.checkpointing_steps == "epoch":
+                checkpoint = checkpoint_now()
     train_seconds = time.perf_counter() - start
     progress.close()
 
@@ -231,6 +325,8 @@ def run(args) -> dict:
     metrics, load, examples = evaluate_model(
         model, eval_loader, processor, accelerator, num_examples=args.num_example_figures, **eval_kwargs
     )
+    if args.method != "zeroshot":
+        _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
     accelerator.wait_for_everyone()
     # Gathered on every process: with sharded parameters (FSDP) no single process holds the full weights.
     state_dict = accelerator.get_state_dict(model) if args.method != "zeroshot" else None
@@ -240,6 +336,7 @@ def run(args) -> dict:
         results = _write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
+            fingerprint=fingerprint,
         )
         _print_table(accelerator, results)
         if "diagnostics" in results:
@@ -254,21 +351,55 @@ def run(args) -> dict:
     return results
 
 
-def _save_checkpoint(accelerator, output_dir: Path, step: int, comparisons: dict) -> None:
-    folder = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "icmoe_run_state.json").write_text(json.dumps({"comparisons": comparisons}))
+@contextmanager
+def _naming_the_step(current_step, last_checkpoint):
+    """Adds the training step and the last checkpoint to any error raised while training (e.g. from the loss)."""
+    try:
+        yield
+    except Exception as error:  # SystemExit and KeyboardInterrupt pass as they are
+        if not isinstance(error, NonFiniteTrainingError) and hasattr(error, "add_note"):  # add_note: Python 3.11+
+            error.add_note(f"Raised during training step {current_step()}. {_last_good(last_checkpoint())}")
+        raise
+
+
+def _is_step(checkpoint: Path | None, step: int) -> bool:
+    return checkpoint is not None and checkpoint.name == f"step_{step}"
+
+
+def _stop_requested(stop: StopOnSignal, accelerator) -> bool:
+    """Whether any process got SIGTERM/SIGINT: all processes must agree to stop at the same step."""
+    requested = stop.signum is not None
+    if accelerator.num_processes > 1:
+        requested = accelerator.reduce(torch.tensor(int(requested), device=accelerator.device), "sum").item() > 0
+    return requested
+
+
+def _stop_after_checkpoint(stop: StopOnSignal, accelerator, progress, checkpoint: Path, step: int) -> None:
+    """Ends a run that was asked to stop, once its checkpoint is saved: exit status 128 + the signal, as a shell's."""
+    signum = stop.signum or signal.SIGTERM  # a process that did not get the signal itself stops with its peers
+    progress.close()
+    accelerator.print(
+        f"Stopped by {signal.Signals(signum).name} after step {step}; saved {checkpoint}. "
+        "Continue with --resume_from_checkpoint latest."
+    )
+    accelerator.end_training()
+    raise SystemExit(128 + signum)
 
 
 def _write_outputs(
-    args, model, processor, metrics, load, examples, comparisons, *, state_dict, eval_split, steps, trainable, seconds
+    args, model, processor, metrics, load, examples, comparisons, *, state_dict, eval_split, steps, trainable, seconds,
+    fingerprint,
 ):
+    """The model first (through `final.partial/`), then eval_results.json; figures and the card may only warn."""
     output_dir = Path(args.output_dir)
+    partial = output_dir / FINAL_PARTIAL
+    shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
     if args.method != "zeroshot":
-        save_trained(model, processor, output_dir, state_dict=state_dict)
+        save_trained(model, processor, partial, state_dict=state_dict)
     else:
-        processor.save_pretrained(output_dir)
+        processor.save_pretrained(partial)
+    (output_dir / "eval_results.json").unlink(missing_ok=True)  # it is only ever beside the model it describes
+    outputs = publish_outputs(partial, output_dir)
     results = {
         "method": args.method,
         "base_model": args.base_model,
@@ -283,31 +414,59 @@ def _write_outputs(
         **describe_method(model),
         "comparisons": comparisons,
     }
-    figure_dir = output_dir / "figures"
-    figure_dir.mkdir(exist_ok=True)
     sam = sam_of(model)
-    names = None
+    icmoe_config = sam.config.icmoe_config if isinstance(sam, IcMoeSamModel) and load is not None else None
     records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
-    if isinstance(sam, IcMoeSamModel) and load is not None:
-        cfg = sam.config.icmoe_config
-        names = figures.expert_names(cfg.expert_kinds()[cfg.num_shared_experts :])  # the routed experts
+    if icmoe_config is not None:
         results["expert_load"] = np.round(load, 4).tolist()
         results["min_expert_share"] = float(load.min())
         results["diagnostics"] = {
-            "expert_load_by_kind": load_by_kind(load, cfg),
+            "expert_load_by_kind": load_by_kind(load, icmoe_config),
             **{key: round(value, 5) for key, value in metrics.get("voting", {}).items()},
-            **training_diagnostics(records, cfg),
+            **training_diagnostics(records, icmoe_config),
         }
-        figures.plot_expert_load(load, names, figure_dir / "expert_load.png")
-    if records:
-        figures.plot_losses(records, figure_dir / "loss.png")
-    if examples:
-        figures.plot_examples(examples, names, figure_dir / "examples.png")
-    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    from hub_cards import write_model_card
+    write_json_atomic(output_dir / "eval_results.json", results)
+    write_json_atomic(
+        output_dir / RUN_MANIFEST,
+        {"fingerprint": fingerprint, "outputs": sorted({*outputs, "eval_results.json", "figures", "README.md"})},
+    )
+    _write_figures(output_dir / "figures", records, load, examples, icmoe_config)
+    try:
+        from hub_cards import write_model_card
 
-    write_model_card(output_dir, repo_id=args.hub_model_id)
+        write_model_card(output_dir, repo_id=args.hub_model_id)
+    except Exception as error:  # the card is rendered from saved files; it can be rendered again later
+        warnings.warn(
+            f"Writing the model card {output_dir / 'README.md'} failed ({error!r}); the model and eval_results.json "
+            "are saved.", RuntimeWarning, stacklevel=2,
+        )
     return results
+
+
+def _write_figures(figure_dir: Path, records: list[dict], load, examples, icmoe_config) -> None:
+    """Loss, expert-load and example figures; one that fails (a missing font, a backend) warns and is skipped."""
+    figure_dir.mkdir(exist_ok=True)
+
+    def routed_names():
+        if icmoe_config is None:
+            return None
+        return figures.expert_names(icmoe_config.expert_kinds()[icmoe_config.num_shared_experts :])
+
+    plots = []
+    if icmoe_config is not None:
+        plots.append(("expert_load.png", lambda path: figures.plot_expert_load(load, routed_names(), path)))
+    if records:
+        plots.append(("loss.png", lambda path: figures.plot_losses(records, path)))
+    if examples:
+        plots.append(("examples.png", lambda path: figures.plot_examples(examples, routed_names(), path)))
+    for file_name, plot in plots:
+        try:
+            plot(figure_dir / file_name)
+        except Exception as error:  # figures illustrate results already saved; they never cost the run
+            warnings.warn(
+                f"Drawing {figure_dir / file_name} failed ({error!r}); the model and eval_results.json are saved.",
+                RuntimeWarning, stacklevel=3,
+            )
 
 
 def _print_table(accelerator, results: dict) -> None:
