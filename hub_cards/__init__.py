@@ -7,6 +7,7 @@
 from .card import (
     TEMPLATE_PATH,
     is_hub_repo_id,
+    public_name,
     read_adapter_config,
     read_eval_results,
     render_model_card,
@@ -16,6 +17,7 @@ from .card import (
 __all__ = [
     "TEMPLATE_PATH",
     "is_hub_repo_id",
+    "public_name",
     "read_adapter_config",
     "read_eval_results",
     "render_model_card",

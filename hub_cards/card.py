@@ -72,6 +72,15 @@ def is_hub_repo_id(value: str | None) -> bool:
     return bool(_HUB_ID.match(value)) and ".." not in value and not value.endswith((".git", "."))
 
 
+def public_name(value: str) -> str:
+    """How a card or a commit message names a base model or dataset: a Hub id as it is, anything else (a local
+    path, existing or not) by its last component, so that no local path leaves the machine."""
+    if is_hub_repo_id(value):
+        return value
+    path = Path(value)
+    return path.resolve().name if path.exists() else path.name or value
+
+
 def read_eval_results(output_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(output_dir) / EVAL_RESULTS_FILE
     if not path.is_file():
@@ -176,7 +185,7 @@ def _per_class_rows(per_class: dict[str, Any] | None) -> list[dict[str, str]]:
 def _card_data(
     results: dict[str, Any], *, base_model: str, model_name: str, license: str, adapter_only: bool
 ) -> ModelCardData:
-    dataset = str(results["dataset"])
+    dataset = public_name(str(results["dataset"]))
     eval_results = [
         EvalResult(
             task_type="image-segmentation",
@@ -240,11 +249,10 @@ def render_model_card(
     base_model = str(results["base_model"])
     if adapter_only and adapter_config.get("base_model_name_or_path") and not is_hub_repo_id(base_model):
         base_model = str(adapter_config["base_model_name_or_path"])
+    base_model, dataset = public_name(base_model), public_name(str(results["dataset"]))
     method = results["method"]
     if model_name is None:
-        dataset = str(results["dataset"])
-        dataset_name = dataset if is_hub_repo_id(dataset) else Path(dataset).name or dataset
-        model_name = repo_id.split("/")[-1] if repo_id else f"{METHOD_TITLES[method]} on {dataset_name}"
+        model_name = repo_id.split("/")[-1] if repo_id else f"{METHOD_TITLES[method]} on {dataset}"
 
     card_data = _card_data(
         results, base_model=base_model, model_name=model_name, license=license, adapter_only=adapter_only
@@ -265,8 +273,8 @@ def render_model_card(
         "trains_mask_decoder": bool(adapter_config and adapter_config.get("train_mask_decoder")),
         "base_model": base_model,
         "base_model_is_hub": is_hub_repo_id(base_model),
-        "dataset": str(results["dataset"]),
-        "dataset_is_hub": is_hub_repo_id(str(results["dataset"])),
+        "dataset": dataset,
+        "dataset_is_hub": is_hub_repo_id(dataset),
         "eval_split": str(results["eval_split"]),
         "n_images": results["n_images"],
         "prompt": results.get("prompt"),

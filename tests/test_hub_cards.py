@@ -12,7 +12,7 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from hub_cards import TEMPLATE_PATH, is_hub_repo_id, render_model_card, write_model_card
+from hub_cards import TEMPLATE_PATH, is_hub_repo_id, public_name, render_model_card, write_model_card
 from hub_cards.__main__ import main as hub_cards_main
 from hub_fixtures import BASE_REPO, EVAL_RESULTS, tiny_base_sam, tiny_sam_processor, trained_icmoe, write_output_dir
 
@@ -104,11 +104,32 @@ def test_local_paths_stay_out_of_metadata(output_dir, tmp_path):
     local_data = tmp_path / "data" / "kvasir"
     local_data.mkdir(parents=True)
     folder = _with_results(output_dir, tmp_path, dataset=str(local_data), base_model="/models/sam-vit-base")
-    card = render_model_card(folder)
+    card = render_model_card(folder, repo_id="org/icmoe-sam-kvasir")
     assert card.data.datasets is None and card.data.base_model is None
-    assert f"`{local_data}` (local data)" in str(card)
-    assert "`/models/sam-vit-base` (a local checkpoint, not on the Hub)" in str(card)
-    assert card.data.eval_results[0].dataset_name == str(local_data)
+    # Local data and bases are named by their folder only: no local path reaches a card that is pushed.
+    assert "`kvasir` (local data)" in str(card)
+    assert "`sam-vit-base` (a local checkpoint, not on the Hub)" in str(card)
+    assert card.data.eval_results[0].dataset_name == "kvasir"
+    assert str(tmp_path) not in str(card) and "/models/" not in str(card)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("org/tiny-polyps", "org/tiny-polyps"),
+    ("/data/scans/kvasir", "kvasir"),
+    ("/data/scans/kvasir/", "kvasir"),
+    ("relative/folder/of/data", "data"),
+    ("squad", "squad"),
+])
+def test_public_name(value, expected):
+    assert public_name(value) == expected
+
+
+def test_public_name_of_an_existing_relative_folder(tmp_path, monkeypatch):
+    (tmp_path / "org" / "scans").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "org" / "scans")
+    assert public_name(".") == "scans"
+    monkeypatch.chdir(tmp_path)
+    assert public_name("org/scans") == "scans"  # exists here, so a folder, not a Hub id
 
 
 def test_non_finite_metric_is_left_out(output_dir, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants
 
 from hub_fixtures import BASE_REPO, EVAL_RESULTS, tiny_base_sam, tiny_sam_processor, trained_icmoe, write_output_dir
-from training.hub import check_hub_push, plan_upload, push_output_dir, resolve_hub_token
+from training.hub import check_hub_push, default_commit_message, plan_upload, push_output_dir, resolve_hub_token
 
 TOKEN = "hf_test_token_never_shown_0123456789"
 FULL_FILES = {
@@ -71,6 +71,7 @@ def hub_calls(monkeypatch, no_token):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "whoami", lambda self, token=None, **_: WHOAMI["hf_write_token"])
     return calls
 
 
@@ -196,3 +197,93 @@ def test_plan_needs_a_checkpoint(tmp_path):
         plan_upload(tmp_path)
     with pytest.raises(ValueError, match="no adapter-only checkpoint"):
         plan_upload(tmp_path, adapter_only=True)
+
+
+def test_commit_message_names_local_data_by_its_folder(output_dir, tmp_path):
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "eval_results.json").write_text(json.dumps({**results, "dataset": str(tmp_path / "scans" / "kvasir")}))
+    message = default_commit_message(folder)
+    assert "trained on kvasir (" in message and str(tmp_path) not in message
+
+
+# ----------------------------------------------------------------------------------- the token checked with the Hub
+def _whoami(role: str, *, scoped: list | None = None) -> dict:
+    access = {"displayName": f"{role}-token", "role": role}
+    if scoped is not None:
+        access["fineGrained"] = {"global": [], "scoped": scoped}
+    orgs = [{"name": "org", "roleInOrg": "write"}, {"name": "readers", "roleInOrg": "read"}]
+    return {"type": "user", "name": "alice", "orgs": orgs, "auth": {"type": "access_token", "accessToken": access}}
+
+
+WHOAMI = {
+    "hf_write_token": _whoami("write"),
+    "hf_read_token": _whoami("read"),
+    "hf_fine_org_write": _whoami("fineGrained", scoped=[
+        {"entity": {"type": "org", "name": "org"}, "permissions": ["repo.content.read", "repo.write"]}]),
+    "hf_fine_org_read": _whoami("fineGrained", scoped=[
+        {"entity": {"type": "org", "name": "org"}, "permissions": ["repo.content.read"]}]),
+}
+
+
+@pytest.fixture
+def whoami_server(monkeypatch, no_token):
+    """A real HTTP server answering `/api/whoami-v2` as the Hub does, by the bearer token; the Hub endpoint points
+    at it."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            known = self.path == "/api/whoami-v2" and token in WHOAMI
+            body = json.dumps(WHOAMI[token] if known else {"error": "Invalid credentials in Authorization header"})
+            self.send_response(200 if known else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("token, repo_id", [
+    ("hf_write_token", "org/icmoe-sam"), ("hf_write_token", "alice/icmoe-sam"), ("hf_fine_org_write", "org/icmoe-sam"),
+])
+def test_token_that_can_write_passes(whoami_server, token, repo_id):
+    assert check_hub_push(repo_id, token) == token
+
+
+@pytest.mark.parametrize("token, repo_id, match", [
+    ("hf_wrong_token", "org/icmoe-sam", r"rejected the token \(HTTP 401\)"),
+    ("hf_read_token", "org/icmoe-sam", "is read-only"),
+    ("hf_write_token", "elsewhere/icmoe-sam", "'alice' is not a member of it"),
+    ("hf_write_token", "readers/icmoe-sam", "has the read role in 'readers'"),
+    ("hf_fine_org_read", "org/icmoe-sam", "without the 'repo.write' permission"),
+    ("hf_fine_org_write", "alice/icmoe-sam", "without the 'repo.write' permission"),
+])
+def test_token_that_cannot_write_fails_before_training(whoami_server, token, repo_id, match):
+    with pytest.raises(ValueError, match=match) as error:
+        check_hub_push(repo_id, token)
+    assert token not in str(error.value)
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch, no_token):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="Could not reach the Hub"):
+        check_hub_push("org/icmoe-sam", "hf_write_token")

@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that hold secrets: never written to a tracker, a log, a checkpoint, eval_results.json or a card.
+SECRET_ARGUMENTS = frozenset({"hub_token"})
+
+
+def tracker_config(args: argparse.Namespace) -> dict:
+    """The run's scalar arguments for experiment trackers (TensorBoard, wandb ...), without the secret ones."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGUMENTS and isinstance(v, (int, float, str, bool))}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)

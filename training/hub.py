@@ -1,7 +1,7 @@
 """Pushing a training output folder to the Hugging Face Hub: the full checkpoint, or the adapter only.
 
-`training/run.py` calls `check_hub_push` before training (a missing token or a malformed repo id fails then, not
-after hours of training) and `push_output_dir` at the end. The upload is one commit of an explicit file list: the
+`training/run.py` calls `check_hub_push` before training (a missing, invalid or read-only token or a malformed repo
+id fails then, not after hours of training) and `push_output_dir` at the end. The upload is one commit of an explicit file list: the
 Accelerate states in `checkpoints/` never leave the machine, and the model card is rendered for the repository it
 goes to (with its id in the loading code).
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
 
-from hub_cards import is_hub_repo_id, read_eval_results, render_model_card
+from hub_cards import is_hub_repo_id, public_name, read_eval_results, render_model_card
 
 ADAPTER_SUBFOLDER = "adapter"
 ADAPTER_FILES = ("icmoe_adapter_config.json", "icmoe_adapter_model.safetensors")
@@ -66,12 +67,65 @@ def resolve_hub_token(token: str | None = None) -> str:
 
 
 def check_hub_push(repo_id: str, token: str | None = None) -> str:
-    """Checks, before training, that a push to `repo_id` can happen; returns the token to give `push_output_dir`."""
+    """Checks, before training, that a push to `repo_id` can happen; returns the token to give `push_output_dir`.
+
+    The Hub is asked who the token belongs to (`whoami`): an invalid or expired token, a read-only one, one of an
+    account that is not a member of the repository's namespace (or only with the `read` role), and a fine-grained
+    token without `repo.write` there all fail here, before training, with what to change. No message holds the token.
+    """
     if not is_hub_repo_id(repo_id):
         raise ValueError(
             f"`repo_id` must look like 'namespace/name' (e.g. 'my-org/icmoe-sam-kvasir'), got {repo_id!r}."
         )
-    return resolve_hub_token(token)
+    token = resolve_hub_token(token)
+    check_write_access(repo_id, _whoami(token))
+    return token
+
+
+def _whoami(token: str) -> dict:
+    try:
+        return HfApi().whoami(token=token)
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            raise ValueError(
+                f"The Hub ({constants.ENDPOINT}) rejected the token (HTTP 401): it is invalid, expired or revoked. "
+                "Create a token with write access at https://huggingface.co/settings/tokens."
+            ) from None
+        raise ValueError(f"Could not check the token with the Hub ({constants.ENDPOINT}): HTTP {status}.") from None
+    except Exception as error:  # connection refused, DNS, timeouts: the HTTP client's own exception types
+        raise ValueError(
+            f"Could not reach the Hub ({constants.ENDPOINT}) to check the token: {type(error).__name__}: {error}"
+        ) from None
+
+
+def check_write_access(repo_id: str, whoami: dict) -> None:
+    """Raises unless the account and token described by `whoami` (the Hub's `whoami-v2` answer) can write `repo_id`."""
+    namespace = repo_id.split("/")[0]
+    user = whoami.get("name")
+    access = (whoami.get("auth") or {}).get("accessToken") or {}
+    role, label = access.get("role"), f"The token '{access.get('displayName', '?')}' of '{user}'"
+    if role == "read":
+        raise ValueError(f"{label} is read-only; pushing to {repo_id} needs a token with write access.")
+    org_roles = {org.get("name"): org.get("roleInOrg") for org in whoami.get("orgs") or []}
+    if namespace != user:
+        if namespace not in org_roles:
+            raise ValueError(
+                f"{label} cannot create repositories in '{namespace}': '{user}' is not a member of it "
+                f"(member of: {sorted(org_roles) or 'no organization'})."
+            )
+        if org_roles[namespace] == "read":
+            raise ValueError(f"'{user}' has the read role in '{namespace}'; pushing to {repo_id} needs write access.")
+    if role == "fineGrained":
+        scoped = ((access.get("fineGrained") or {}).get("scoped")) or []
+        writable = {
+            (scope.get("entity") or {}).get("name") for scope in scoped if "repo.write" in (scope.get("permissions") or [])
+        }
+        if namespace not in writable and repo_id not in writable:
+            raise ValueError(
+                f"{label} is fine-grained without the 'repo.write' permission on '{namespace}' or {repo_id}; add it "
+                "at https://huggingface.co/settings/tokens."
+            )
 
 
 def _file(output_dir: Path, relative: str, path_in_repo: str | None = None) -> HubUpload:
@@ -142,7 +196,7 @@ def default_commit_message(output_dir: str | os.PathLike, *, adapter_only: bool 
         what = f"{results['method']} {'adapter' if adapter_only else 'checkpoint'}"
     dice = results["dice"]
     score = f"Dice {dice:.4f}" if isinstance(dice, (int, float)) else "Dice n/a"
-    return f"Upload {what} trained on {results['dataset']} ({score} on {results['eval_split']})"
+    return f"Upload {what} trained on {public_name(str(results['dataset']))} ({score} on {results['eval_split']})"
 
 
 def push_output_dir(

@@ -22,6 +22,7 @@ from transformers import AutoProcessor, get_scheduler
 from modeling_icmoe import IcMoeSamModel
 
 from . import figures
+from .arguments import tracker_config
 from .checkpointing import (
     FINAL_PARTIAL,
     RUN_MANIFEST,
@@ -207,9 +208,7 @@ def run(args) -> dict:
         outputs = json.loads(manifest.read_text()).get("outputs", []) if manifest.is_file() else []
         write_json_atomic(manifest, {"fingerprint": fingerprint, "outputs": outputs})
     if args.report_to != "none":
-        accelerator.init_trackers(
-            TRACKER_PROJECT, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        )
+        accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(args))
 
     eval_kwargs = {"prompt": args.prompt, "num_points": args.num_points}
     comparisons = {}
