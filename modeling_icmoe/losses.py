@@ -162,7 +162,10 @@ def semantic_contrastive_loss(
     with torch.no_grad():
         padded = F.pad(classes[:, None], (1, 1, 1, 1), mode="replicate")
         boundary = (F.max_pool2d(padded, 3, 1) != -F.max_pool2d(-padded, 3, 1)).float()[:, 0]  # (B, h, w)
-        hardness = 0.1 + (predictions.float() - classes).abs() + boundary  # (B, h, w)
+        # A diverged decoder (non-finite predictions) must not crash the anchor draw: its pixels count as wrong,
+        # and the non-finite loss is then reported by the training loop with its step.
+        error = (predictions.float() - classes).abs().nan_to_num(nan=1.0, posinf=1.0, neginf=1.0)
+        hardness = 0.1 + error.clamp(max=1.0) + boundary  # (B, h, w)
 
     features, feature_classes = [], []
     for image in range(batch):

@@ -159,3 +159,25 @@ def test_default_learning_rate_is_the_best_mean_over_tasks():
     best = accuracy.best_mean_learning_rates({"selection": selection})
     # 1e-4 averages 0.65 and 1e-3 0.6 over both tasks; 1e-2 ran on one task only and does not compete.
     assert best == {"lora": (1e-4, pytest.approx(0.65), ["a", "b"])}
+
+
+def test_selection_only_averages_over_seeds_and_never_touches_the_test_split(tmp_path):
+    args = _smoke_args(tmp_path) + ["--methods", "zeroshot", "adapter", "--selection_only", "--selection_seeds", "0", "1"]
+    accuracy.main(args)
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert data["records"] == []  # not even zero-shot: nothing is scored on the test split
+    grid = data["selection"]
+    assert sorted((r["learning_rate"], r["seed"]) for r in grid) == sorted(
+        (lr, seed) for lr in accuracy.SMOKE["lr_grid"] for seed in (0, 1))
+    assert all(r["settings"]["split"].endswith("validation") for r in grid)
+    means = {lr: sum(r["val_dice"] for r in grid if r["learning_rate"] == lr) / 2 for lr in accuracy.SMOKE["lr_grid"]}
+    chosen = {r["learning_rate"] for r in grid if r["chosen"]}
+    assert chosen == {max(means, key=means.get)}
+    assert len([r for r in grid if r["chosen"]]) == 2  # both seeds of the chosen rate
+
+
+def test_a_one_value_grid_runs_no_selection(tmp_path):
+    accuracy.main(_smoke_args(tmp_path) + ["--methods", "adapter", "--lr_grid", "1e-3"])
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert data["selection"] == []
+    assert [(r["method"], r["learning_rate"]) for r in data["records"]] == [("adapter", 1e-3)]
