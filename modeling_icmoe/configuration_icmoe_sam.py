@@ -9,10 +9,29 @@ configuration (`IcMoeSamConfig`, a `SamConfig` that carries an `IcMoeAdapterConf
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
 from transformers import SamConfig
+
+
+INTEGER_FIELDS = (
+    "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
+    "expert_rank", "contrastive_samples_per_class", "projection_dim",
+)
+REAL_FIELDS = (
+    "expert_output_scale", "router_jitter_noise", "vote_temperature", "pixel_vote_weight", "label_consistency_weight",
+    "router_aux_loss_coef", "router_z_loss_coef", "vote_loss_coef", "pixel_loss_coef", "contrastive_loss_coef",
+    "contrastive_temperature",
+)
+
+
+def _integer(name: str, value) -> int:
+    """`value` as an int when it is one (or an integral float, as JSON may write it); a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+    return int(value)
 
 
 @dataclass
@@ -117,6 +136,7 @@ class IcMoeAdapterConfig:
     )
 
     def __post_init__(self):
+        self._check_types()
         counts = {
             "num_shared_experts": self.num_shared_experts,
             "num_basic_experts": self.num_basic_experts,
@@ -173,6 +193,25 @@ class IcMoeAdapterConfig:
         for name in ("contrastive_samples_per_class", "projection_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+
+    def _check_types(self) -> None:
+        """Integers must be integral (an integral float from JSON becomes an int) and reals finite; the range checks
+        of `__post_init__` then see clean values."""
+        for name in INTEGER_FIELDS:
+            setattr(self, name, _integer(name, getattr(self, name)))
+        for name in ("semantic_dilations", "target_layers"):
+            values = getattr(self, name)
+            if values is not None:
+                if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                    raise ValueError(f"`{name}` must be a list of integers, got {values!r}.")
+                setattr(self, name, [_integer(name, value) for value in values])
+        for name in REAL_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+            setattr(self, name, float(value))
+        if self.expert_output_scale <= 0:
+            raise ValueError(f"`expert_output_scale` must be > 0, got {self.expert_output_scale}.")
 
     @property
     def num_routed_experts(self) -> int:

@@ -14,8 +14,10 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import functional as F
 from transformers import SamConfig, SamModel
@@ -111,6 +113,18 @@ def _record_into(records: list[IcMoeRouting]):
         records.append(output[1])
 
     return hook
+
+
+def _unreadable_weight_files(name_or_path) -> list[str]:
+    """The safetensors files of a local checkpoint folder whose header cannot be read (none for a Hub id)."""
+    folder, unreadable = Path(name_or_path), []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError:
+            unreadable.append(str(path))
+    return unreadable
 
 
 class IcMoeSamModel(SamModel):
@@ -216,7 +230,14 @@ class IcMoeSamModel(SamModel):
                 )
         elif icmoe_config is not None:
             raise ValueError("Pass either `config` or `icmoe_config`, not both.")
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:  # its message names no file
+            files = _unreadable_weight_files(pretrained_model_name_or_path)
+            files = files or [f"A weights file of {pretrained_model_name_or_path}"]
+            raise OSError(
+                f"{', '.join(files)}: truncated or corrupt safetensors ({error}). Save or download the checkpoint again."
+            ) from error
         # Loading replaces parameters, which drops their `requires_grad`: freeze again.
         (loaded[0] if isinstance(loaded, tuple) else loaded).mark_trainable()
         return loaded
@@ -272,6 +293,9 @@ class IcMoeSamModel(SamModel):
             )
         if pixel_values is not None and image_embeddings is not None:
             raise ValueError("Only one of `pixel_values` and `image_embeddings` can be provided.")
+        if input_boxes is not None:
+            size = self.config.vision_config.image_size
+            self._check_boxes(input_boxes, tuple(pixel_values.shape[-2:]) if pixel_values is not None else (size, size))
         if labels is not None:
             labels = self._check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes)
 
@@ -279,7 +303,7 @@ class IcMoeSamModel(SamModel):
         vision_outputs = None
         if pixel_values is not None:
             with self._record_routing(routings, enabled=labels is not None or bool(output_router_probs)):
-                vision_outputs = self.vision_encoder(pixel_values, **kwargs)
+                vision_outputs = self.vision_encoder(pixel_values, **kwargs, return_dict=True)
             image_embeddings = vision_outputs.last_hidden_state
 
         sam_outputs = super().forward(
@@ -292,6 +316,7 @@ class IcMoeSamModel(SamModel):
             attention_similarity=attention_similarity,
             target_embedding=target_embedding,
             **kwargs,
+            return_dict=True,  # the fields are read below; `return_dict` of this call decides what is returned
         )
         loss, loss_terms = None, None
         if labels is not None:
@@ -309,6 +334,29 @@ class IcMoeSamModel(SamModel):
             routing=tuple(routings) if output_router_probs else None,
         )
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_boxes(boxes: torch.Tensor, frame: tuple[int, int]) -> None:
+        """Boxes `(B, P, 4)` as `x0, y0, x1, y1` in the input frame: finite, not inverted, inside the frame. A box of
+        zero width or height passes (the inclusive box of a one-pixel-wide object)."""
+        if boxes.ndim != 3 or boxes.shape[-1] != 4:
+            raise ValueError(
+                f"`input_boxes` must have shape (batch_size, num_boxes, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}."
+            )
+        if not torch.isfinite(boxes).all():
+            raise ValueError("`input_boxes` holds NaN or infinite values.")
+        inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+        if inverted.any():
+            raise ValueError(
+                f"`input_boxes` must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {boxes[inverted].tolist()}."
+            )
+        height, width = frame
+        outside = (boxes[..., :2] < 0).any(-1) | (boxes[..., 2] > width) | (boxes[..., 3] > height)
+        if outside.any():
+            raise ValueError(
+                f"`input_boxes` {boxes[outside].tolist()} reach outside the input frame ({width} x {height}); boxes are "
+                "in the coordinates of the resized image (as `SamProcessor` rescales them)."
+            )
 
     @staticmethod
     def _check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes) -> torch.Tensor:
@@ -332,6 +380,17 @@ class IcMoeSamModel(SamModel):
             )
         if batch_size is not None and labels.shape[0] != batch_size:
             raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images have {batch_size}.")
+        # Labels are resized to the mask grid, never cropped: another aspect ratio would be stretched silently.
+        frame = tuple(images.shape[-2:]) if images is not None else None
+        if frame is not None:
+            label_aspect, image_aspect = labels.shape[-1] / labels.shape[-2], frame[1] / frame[0]
+            if abs(label_aspect / image_aspect - 1.0) > 0.02:
+                raise ValueError(
+                    f"`labels` of size {tuple(labels.shape[-2:])} do not have the aspect ratio of the "
+                    f"{'pixel_values' if pixel_values is not None else 'image_embeddings'} {frame}: they must be in "
+                    "the same frame (resized and padded as the image is, e.g. by `SamProcessor(..., "
+                    "segmentation_maps=...)`)."
+                )
         if labels.shape[1] != num_prompts:
             raise ValueError(
                 f"`labels` has {labels.shape[1]} mask(s) per image but the prompts ask for {num_prompts}; pass one "

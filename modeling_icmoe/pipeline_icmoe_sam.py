@@ -147,8 +147,11 @@ def _as_array(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def _check_prompts(prompts: dict[str, Any]) -> dict[str, list]:
-    """Validates one image's prompts and shapes them as `SamProcessor` takes them (with the image level)."""
+def _check_prompts(prompts: dict[str, Any], image_size: tuple[int, int] | None = None) -> dict[str, list]:
+    """Validates one image's prompts and shapes them as `SamProcessor` takes them (with the image level).
+
+    With `image_size` (height, width), boxes and points must lie inside the image (pixel coordinates, edges
+    included): a prompt outside it would be clipped by the model into a different question."""
     boxes, points, labels = (prompts.get(key) for key in _PROMPT_KEYS)
     if labels is not None and points is None:
         raise ValueError("`input_labels` needs `input_points`.")
@@ -165,8 +168,20 @@ def _check_prompts(prompts: dict[str, Any]) -> dict[str, list]:
                 "`input_boxes` must be one box [x0, y0, x1, y1] or a list of them (shape (num_boxes, 4)), got shape "
                 f"{boxes.shape}."
             )
-        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-            raise ValueError(f"Boxes must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got {boxes.tolist()}.")
+        empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if empty.any():
+            raise ValueError(
+                f"Boxes must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1 (a non-empty area), got "
+                f"{boxes[empty].tolist()}."
+            )
+        if image_size is not None:
+            height, width = image_size
+            outside = (boxes[:, :2] < 0).any(axis=1) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+            if outside.any():
+                raise ValueError(
+                    f"Boxes {boxes[outside].tolist()} reach outside the image ({width} x {height} pixels, x in "
+                    f"[0, {width}], y in [0, {height}])."
+                )
         num_prompts = boxes.shape[0]
         result["input_boxes"] = [boxes.tolist()]
     if points is not None:
@@ -180,6 +195,13 @@ def _check_prompts(prompts: dict[str, Any]) -> dict[str, list]:
                 "`input_points` must be one point [x, y], the points of one object (shape (num_points, 2)) or the "
                 f"points of several objects (shape (num_objects, num_points, 2)), got shape {points.shape}."
             )
+        if image_size is not None:
+            height, width = image_size
+            outside = (points[..., 0] < 0) | (points[..., 0] > width) | (points[..., 1] < 0) | (points[..., 1] > height)
+            if outside.any():
+                raise ValueError(
+                    f"Points {points[outside].tolist()} lie outside the image ({width} x {height} pixels)."
+                )
         if num_prompts is not None and points.shape[0] != num_prompts:
             raise ValueError(
                 f"With boxes and points together each box needs its points: {num_prompts} boxes but points for "
@@ -310,7 +332,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         if unknown:
             raise ValueError(f"Unknown input keys {unknown}; expected `image` and {list(_PROMPT_KEYS)}.")
         image = load_medical_image(inputs["image"], timeout=timeout, intensity_percentiles=intensity_percentiles)
-        encoding = self.processor(images=image, **_check_prompts(inputs), return_tensors="pt")
+        encoding = self.processor(images=image, **_check_prompts(inputs, image.shape[:2]), return_tensors="pt")
         # The processor gives float64 coordinates; the model computes in its own dtype.
         return {key: value.to(self.dtype) if value.is_floating_point() else value for key, value in encoding.items()}
 

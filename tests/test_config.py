@@ -26,6 +26,17 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
         ({"contrastive_temperature": -1.0}, "contrastive_temperature"),
         ({"router_aux_loss_coef": -0.1}, "router_aux_loss_coef"),
         ({"projection_dim": 0}, "projection_dim"),
+        ({"expert_rank": 2.5}, r"`expert_rank` must be an integer, got 2.5"),
+        ({"num_semantic_experts": True}, "`num_semantic_experts` must be an integer"),
+        ({"num_experts_per_tok": "2"}, "`num_experts_per_tok` must be an integer"),
+        ({"target_layers": [0, 1.5]}, "`target_layers` must be an integer, got 1.5"),
+        ({"target_layers": 3}, "`target_layers` must be a list of integers"),
+        ({"semantic_dilations": [1, float("nan")]}, "`semantic_dilations` must be an integer"),
+        ({"vote_temperature": float("nan")}, "`vote_temperature` must be a finite number, got nan"),
+        ({"contrastive_loss_coef": float("inf")}, "`contrastive_loss_coef` must be a finite number, got inf"),
+        ({"expert_output_scale": float("nan")}, "`expert_output_scale` must be a finite number"),
+        ({"expert_output_scale": 0.0}, "`expert_output_scale` must be > 0"),
+        ({"pixel_vote_weight": "1"}, "`pixel_vote_weight` must be a finite number"),
     ],
 )
 def test_bad_adapter_config_raises(kwargs, message):
@@ -89,3 +100,10 @@ def test_presets_load(name):
     assert config.num_experts >= config.num_experts_per_tok
     if name == "default":
         assert config == IcMoeAdapterConfig()
+
+
+def test_integral_floats_from_json_become_integers():
+    config = IcMoeAdapterConfig(expert_rank=8.0, num_experts_per_tok=1.0, target_layers=[1.0, 0.0])
+    assert config.expert_rank == 8 and isinstance(config.expert_rank, int)
+    assert config.num_experts_per_tok == 1 and config.target_layers == [0, 1]
+    assert IcMoeAdapterConfig(vote_temperature=1).vote_temperature == 1.0

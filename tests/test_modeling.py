@@ -156,7 +156,7 @@ def test_label_encodings_agree(model, images, boxes, masks, encode):
 
 def test_labels_at_other_resolution_and_per_prompt(model, images, boxes):
     two_boxes = torch.cat([boxes, boxes - 2], dim=1)  # (B, 2, 4)
-    labels = torch.zeros(2, 2, 128, 96)
+    labels = torch.zeros(2, 2, 128, 128)  # twice the images' resolution, the same frame
     labels[:, :, 10:80, 10:70] = 1
     outputs = model(pixel_values=images, input_boxes=two_boxes, labels=labels)
     assert outputs.pred_masks.shape[:2] == (2, 2)
@@ -258,3 +258,54 @@ def test_absent_expert_kinds_have_no_parameters(base_sam, images, boxes, masks):
     model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused  # DDP without find_unused_parameters needs every trainable tensor used
+
+
+def test_config_return_dict_false_gives_the_tuple(base_sam, images, boxes):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig()).eval()
+    with torch.no_grad():
+        expected = model(pixel_values=images, input_boxes=boxes)
+        model.config.return_dict = False
+        output = model(pixel_values=images, input_boxes=boxes)
+        assert isinstance(output, tuple)
+        torch.testing.assert_close(output[0], expected.iou_scores)
+        torch.testing.assert_close(output[1], expected.pred_masks)
+        assert type(model(pixel_values=images, input_boxes=boxes, return_dict=True)).__name__ == "IcMoeSamOutput"
+
+
+def test_labels_of_another_aspect_ratio_are_refused(base_sam, images, boxes):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig())
+    stretched = torch.zeros(2, 64, 40)
+    stretched[:, 10:30, 10:30] = 1
+    with pytest.raises(ValueError, match=r"`labels` of size \(64, 40\) do not have the aspect ratio"):
+        model(pixel_values=images, input_boxes=boxes, labels=stretched)
+    model(pixel_values=images, input_boxes=boxes, labels=torch.nn.functional.pad(stretched, (0, 24)))  # same frame
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
+def test_corrupt_weights_file_is_named(base_sam, tmp_path, damage):
+    get_icmoe_model(base_sam, IcMoeAdapterConfig()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "zeroed": bytes(200), "empty": b""}[damage])
+    with pytest.raises(OSError, match=rf"{weights}: truncated or corrupt safetensors"):
+        IcMoeSamModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("box, message", [
+    ([[[4.0, 6.0, 40.0]], [[1.0, 1.0, 9.0]]], r"shape \(batch_size, num_boxes, 4\)"),
+    ([[[4.0, 6.0, 40.0, float("nan")]], [[1.0, 1.0, 9.0, 9.0]]], "NaN or infinite"),
+    ([[[40.0, 6.0, 4.0, 44.0]], [[1.0, 1.0, 9.0, 9.0]]], r"x0 <= x1 and y0 <= y1, got \[\[40.0, 6.0, 4.0, 44.0\]\]"),
+    ([[[-3.0, 6.0, 40.0, 44.0]], [[1.0, 1.0, 9.0, 9.0]]], r"reach outside the input frame \(64 x 64\)"),
+    ([[[4.0, 6.0, 40.0, 44.0]], [[1.0, 1.0, 9.0, 65.0]]], "reach outside the input frame"),
+])
+def test_bad_boxes_raise(base_sam, images, box, message):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig()).eval()
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values=images, input_boxes=torch.tensor(box))
+
+
+def test_zero_width_box_of_a_thin_object_is_accepted(base_sam, images):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig()).eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=images, input_boxes=torch.tensor([[[10.0, 5.0, 10.0, 30.0]], [[0.0, 0.0, 64.0, 64.0]]]))
+    assert torch.isfinite(outputs.pred_masks).all()

@@ -150,3 +150,21 @@ def test_transformers_trainer_trains_icmoe(tmp_path, tiny_base_dir, blob_dataset
     assert len(losses) == 3 and all(loss == loss for loss in losses)
     after = model.trainable_state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_base_model_that_is_not_sam_is_named(tmp_path, tiny_base_dir, monkeypatch):
+    from training.methods import check_base_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_base_model(str(tiny_base_dir))  # a SAM checkpoint passes
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        check_base_model(str(tmp_path / "missing" / "sam"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="is not a model checkpoint: it has no config.json"):
+        check_base_model(str(empty))
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="is a 'bert' checkpoint; training needs a SAM checkpoint"):
+        check_base_model(str(bert))

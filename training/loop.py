@@ -43,6 +43,7 @@ from .diagnostics import load_by_kind, training_diagnostics
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .methods import (
     build_model,
+    check_base_model,
     count_trainable,
     describe_method,
     load_icmoe_config,
@@ -155,6 +156,7 @@ def run(args) -> dict:
         from .hub import check_hub_push
 
         hub_token = check_hub_push(args.hub_model_id, args.hub_token)  # fail before training, never print it
+    check_base_model(args.base_model)
     # Checked on every process before any of them changes the folder, so all refuse or none does.
     earlier_outputs = check_output_dir(
         output_dir, overwrite=args.overwrite_output_dir, resuming=args.resume_from_checkpoint is not None

@@ -29,6 +29,39 @@ METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
 DEFAULT_LEARNING_RATES = {"icmoe": 3e-4, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-4, "full": 3e-5, "zeroshot": 0.0}
 
 
+BASE_MODEL_TYPES = ("sam", "icmoe_sam")
+
+
+def check_base_model(base_model: str) -> None:
+    """Raises, before anything is loaded, unless `base_model` is a SAM (or IC-MoE SAM) checkpoint: a local folder
+    with its `config.json`, or a Hub id. The messages say what was expected instead of a loader's internals."""
+    from transformers.configuration_utils import PreTrainedConfig
+
+    from hub_cards import is_hub_repo_id
+
+    folder = Path(base_model)
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise ValueError(
+            f"--base_model {base_model} is not a model checkpoint: it has no config.json. Give a SAM checkpoint "
+            "folder (save_pretrained output) or a Hub id such as facebook/sam-vit-base."
+        )
+    if not folder.exists() and not is_hub_repo_id(base_model):
+        raise ValueError(
+            f"--base_model {base_model}: no such folder, and not a Hub id (namespace/name such as "
+            "facebook/sam-vit-base)."
+        )
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(base_model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--base_model {base_model}: cannot read its config ({error}).") from error
+    model_type = config.get("model_type")
+    if model_type not in BASE_MODEL_TYPES:
+        raise ValueError(
+            f"--base_model {base_model} is a {model_type!r} checkpoint; training needs a SAM checkpoint "
+            f"(model_type {' or '.join(map(repr, BASE_MODEL_TYPES))}), such as facebook/sam-vit-base."
+        )
+
+
 def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
     """A plain bottleneck adapter: one basic expert, top-1 (so its vote is always 1), no IC-MoE losses."""
     return IcMoeAdapterConfig(
