@@ -25,7 +25,7 @@ from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.sam.modeling_sam import SamImageSegmentationOutput, SamMLPBlock
 
-from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
+from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, _as_adapter_config
 from .layer import IcMoeLayer, IcMoeRouting
 from .losses import (
     binarize_labels,
@@ -218,7 +218,7 @@ class IcMoeSamModel(SamModel):
                         "`icmoe_config` (its adapter configuration is stored in it)."
                     )
             elif model_type == SamConfig.model_type:
-                adapter_config = dataclasses.replace(IcMoeSamConfig(icmoe_config=icmoe_config).icmoe_config)
+                adapter_config = dataclasses.replace(_as_adapter_config(icmoe_config))
                 if adapter_config.base_model_name_or_path is None:
                     adapter_config.base_model_name_or_path = str(pretrained_model_name_or_path)
                 sam_config = SamConfig.from_dict(config_dict)
@@ -466,7 +466,7 @@ def get_icmoe_model(sam_model: SamModel, adapter_config: IcMoeAdapterConfig | di
         raise ValueError("This model already has IC-MoE adapters; pass a plain SamModel.")
     if not isinstance(sam_model, SamModel):
         raise ValueError(f"get_icmoe_model needs a transformers SamModel, got {type(sam_model).__name__}.")
-    adapter_config = dataclasses.replace(IcMoeSamConfig(icmoe_config=adapter_config).icmoe_config)
+    adapter_config = dataclasses.replace(_as_adapter_config(adapter_config))
     if adapter_config.base_model_name_or_path is None and sam_model.name_or_path:
         adapter_config.base_model_name_or_path = sam_model.name_or_path
     config = IcMoeSamConfig.from_sam_config(sam_model.config, icmoe_config=adapter_config)

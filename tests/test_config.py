@@ -107,3 +107,17 @@ def test_integral_floats_from_json_become_integers():
     assert config.expert_rank == 8 and isinstance(config.expert_rank, int)
     assert config.num_experts_per_tok == 1 and config.target_layers == [0, 1]
     assert IcMoeAdapterConfig(vote_temperature=1).vote_temperature == 1.0
+
+
+def test_target_layers_follow_the_loaded_base_not_vit_b(tmp_path):
+    """A 16-block base takes `target_layers=[14]` (ViT-B has 12 blocks); the error states the base's real depth."""
+    from transformers import SamModel
+
+    from training.sam_init import init_sam_from_scratch, tiny_sam_config
+
+    init_sam_from_scratch(SamModel(tiny_sam_config(num_hidden_layers=16)), seed=0).save_pretrained(tmp_path)
+    model = IcMoeSamModel.from_pretrained(tmp_path, icmoe_config={"target_layers": [14]})
+    layers = [name for name, module in model.adapter_modules() if type(module).__name__ == "IcMoeLayer"]
+    assert len(layers) == 1 and ".layers.14." in layers[0], layers
+    with pytest.raises(ValueError, match=r"blocks \[16\].*16 blocks"):
+        IcMoeSamModel.from_pretrained(tmp_path, icmoe_config={"target_layers": [16]})
