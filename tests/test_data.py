@@ -75,9 +75,9 @@ def test_missing_split_and_column_errors(blob_dataset_dir, tmp_path):
 @pytest.mark.parametrize(
     ("mask", "message"),
     [
-        (np.zeros((48, 40), np.uint8), "row 1: the mask is empty"),
-        (np.full((48, 40), 7, np.uint8), "row 1: Mask values \\[7\\] are not binary"),
-        (np.full((20, 20), 255, np.uint8), "row 1: image is 48x40 but mask is 20x20"),
+        (np.zeros((48, 40), np.uint8), r"row 1 \(.*, mask .*bad\.png\): the mask is empty"),
+        (np.full((48, 40), 7, np.uint8), r"row 1 \(.*, mask .*bad\.png\): Mask values \[7\] are not binary"),
+        (np.full((20, 20), 255, np.uint8), r"row 1 \(.*, mask .*bad\.png\): image is 48x40 but mask is 20x20"),
     ],
 )
 def test_bad_rows_are_named(blob_dataset_dir, tmp_path, mask, message):
@@ -101,8 +101,38 @@ def test_corrupt_image_file_is_named(blob_dataset_dir, tmp_path):
     shutil.copytree(blob_dataset_dir, copy)
     (copy / "masks" / "3.png").write_bytes(b"not a png")
     dataset = load_raw_dataset(str(copy), image_column="image", mask_column="mask")
-    with pytest.raises(Exception, match="3.png|cannot identify"):
+    with pytest.raises(ValueError, match=r"mask .*masks/3\.png\): the mask file cannot be decoded"):
         check_masks(dataset["train"], image_column="image", mask_column="mask", label_ids=None, name="train")
+
+
+def test_truncated_image_file_is_named_before_training(blob_dataset_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(blob_dataset_dir, copy)
+    image = next(p for p in sorted((copy / "images").iterdir()) if p.suffix == ".png")
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 2 // 3])  # the header is intact: only a full decode notices
+    dataset = load_raw_dataset(str(copy), image_column="image", mask_column="mask")
+    with pytest.raises(ValueError, match=rf"\({image}, mask .*\): the image file cannot be decoded: .*truncated"):
+        check_masks(dataset["train"], image_column="image", mask_column="mask", label_ids=None, name="train")
+
+
+def test_image_with_nan_pixels_is_refused_naming_the_file(tmp_path):
+    import datasets
+
+    pixels = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    pixels[:3, :5] = np.nan
+    Image.fromarray(pixels, mode="F").save(tmp_path / "scan.tiff")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    dataset = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "scan.tiff")], "mask": [str(tmp_path / "mask.png")]},
+        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
+    )
+    with pytest.raises(ValueError, match=r"scan\.tiff, mask .*mask\.png\): the image has 15 NaN or infinite pixel"):
+        check_masks(dataset, image_column="image", mask_column="mask", label_ids=None, name="train")
 
 
 def test_mask_box_and_empty_mask():
@@ -154,7 +184,8 @@ def test_object_vanishing_at_label_resolution_is_named(tmp_path):
         {"image": [image], "mask": [Image.fromarray(mask)]},
         features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
     )
-    with pytest.raises(ValueError, match="row 0: the object \\(4 pixels\\) vanishes at SAM's label resolution"):
+    embedded = r"row 0 \(embedded \d+-byte image, mask embedded \d+-byte image\)"
+    with pytest.raises(ValueError, match=embedded + r": the object \(4 pixels\) vanishes at SAM's label resolution"):
         check_masks(dataset, image_column="image", mask_column="mask", label_ids=None, name="train", label_size=64)
     check_masks(dataset, image_column="image", mask_column="mask", label_ids=None, name="train", label_size=512)
 

@@ -3,14 +3,15 @@
 Sources: a Hub dataset id, a `save_to_disk` folder, or a folder of images and masks with a `metadata.csv`
 (`file_name,mask_file_name[,split]`). Images of any common kind become 8-bit RGB exactly as the inference pipeline converts them; masks must be binary
 ({0,1}, {0,255}, bool) unless `label_ids` names the foreground values. Masks are checked once, up front, in a
-cached `datasets.map`: a corrupt, non-binary or empty mask stops the run with its row named, rather than being
-skipped silently mid-training. Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with
+cached `datasets.map` that decodes every image and mask: a truncated file, an image with NaN pixels, a
+non-binary or empty mask stops the run naming the file, rather than failing or being skipped silently mid-training. Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with
 `with_transform`, in data-loader workers.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +138,18 @@ def check_masks(
     """
 
     def check(batch, indices):
-        for index, image, mask in zip(indices, batch[image_column], batch[mask_column]):
+        for index, image_file, mask_file in zip(indices, batch[image_column], batch[mask_column]):
+            where = f"{name} row {index}"
             try:
+                where += f" ({_file_label(image_file)}, mask {_file_label(mask_file)})"
+                image, mask = _decode(image_file, "image"), _decode(mask_file, "mask")
+                pixels = np.asarray(image)
+                if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+                    bad = int((~np.isfinite(pixels)).sum())
+                    raise ValueError(
+                        f"the image has {bad} NaN or infinite pixel values of {pixels.size}; training would see them "
+                        "replaced, so fix the file (or fill them) first"
+                    )
                 array = binary_mask(mask, label_ids)
                 if (image.height, image.width) != array.shape:
                     raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
@@ -150,10 +161,30 @@ def check_masks(
                         f"{label_size}); remove such rows or crop the images"
                     )
             except (ValueError, OSError) as err:
-                raise ValueError(f"{name} row {index}: {err}") from err
+                raise ValueError(f"{where}: {err}") from err
 
-    # Returns nothing, so `map` checks without writing a copy of the dataset.
-    dataset.map(check, batched=True, with_indices=True, desc=f"Checking {name} masks")
+    # Undecoded, so that each file is opened (and named) here; returns nothing, so `map` writes no copy.
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+    raw = raw.cast_column(mask_column, datasets.Image(decode=False))
+    raw.map(check, batched=True, with_indices=True, desc=f"Checking {name} images and masks")
+
+
+def _file_label(encoded: dict) -> str:
+    """The file an undecoded `datasets.Image` value came from, or a note that it is embedded bytes."""
+    return encoded.get("path") or f"embedded {len(encoded.get('bytes') or b'')}-byte image"
+
+
+def _decode(encoded: dict, what: str) -> Image.Image:
+    """Opens and fully decodes an undecoded `datasets.Image` value: a truncated or corrupt file fails here."""
+    source = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded.get("path")
+    if source is None:
+        raise ValueError(f"the {what} is missing")
+    try:
+        image = Image.open(source)
+        image.load()
+    except (OSError, SyntaxError) as err:  # PIL reports broken files as OSError (and some as SyntaxError)
+        raise ValueError(f"the {what} file cannot be decoded: {err}") from err
+    return image
 
 
 def _survives_resize(mask: np.ndarray, longest_side: int) -> bool:
