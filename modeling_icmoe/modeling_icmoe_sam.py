@@ -24,6 +24,7 @@ from transformers import SamConfig, SamModel
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.sam.modeling_sam import SamImageSegmentationOutput, SamMLPBlock
+from transformers.utils import logging
 
 from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, _as_adapter_config
 from .layer import IcMoeLayer, IcMoeRouting
@@ -41,6 +42,8 @@ from .losses import (
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 LOSS_TERMS = ("dice", "bce", "iou", "load_balance", "router_z", "vote", "pixel", "contrastive")
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -164,6 +167,19 @@ class IcMoeSamModel(SamModel):
         if self.config.icmoe_config.train_mask_decoder:
             modules.append(("mask_decoder", self.mask_decoder))
         return modules
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A plain SAM checkpoint has none of the adapter tensors, by design: one line says so instead of a loading
+        report listing every one of them as missing. Any other missing tensor is still reported."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        prefixes = tuple(f"{name}." for name, _ in self.adapter_modules())
+        adapter_keys = {key for key in self.state_dict() if key.startswith(prefixes)}
+        if adapter_keys and adapter_keys <= set(loading_info.missing_keys):
+            loading_info.missing_keys = set(loading_info.missing_keys) - adapter_keys
+            logger.warning(
+                f"Added {len(adapter_keys)} new IC-MoE adapter tensors to the SAM checkpoint; they start so that the "
+                "model computes what the base SAM computes, and are what training learns."
+            )
 
     def mark_trainable(self) -> None:
         """Freezes every SAM weight except those `trainable_modules` names."""
