@@ -26,7 +26,16 @@ FIGURES = {
     "loss": "figures/loss.png",
     "examples": "figures/examples.png",
 }
-TAGS = ["medical", "segmentation", "sam", "mixture-of-experts", "icmoe"]
+TAGS = ["medical", "segmentation", "sam"]
+# Tags that describe how a model was trained: a LoRA baseline is not a mixture of experts.
+METHOD_TAGS = {
+    "icmoe": ["mixture-of-experts", "icmoe"],
+    "lora": ["lora", "peft"],
+    "adapter": ["adapter"],
+    "decoder": ["decoder-fine-tuning"],
+    "full": ["full-fine-tuning"],
+    "zeroshot": ["zero-shot"],
+}
 PAPER_ID = "2510.17684"
 METHOD_LABELS = {
     "icmoe": "IC-MoE adapters",
@@ -209,7 +218,7 @@ def _card_data(
         library_name="transformers",
         pipeline_tag="mask-generation",
         license=license,
-        tags=list(TAGS),
+        tags=TAGS + METHOD_TAGS.get(str(results["method"]), []),
         model_name=model_name,
         eval_results=eval_results or None,
         **extra,
@@ -278,6 +287,11 @@ def render_model_card(
         "eval_split": str(results["eval_split"]),
         "n_images": results["n_images"],
         "prompt": results.get("prompt"),
+        "base_is_standin": bool(results.get("base_model_is_standin")),
+        "n_source_images": results.get("n_eval_source_images"),
+        "learning_rate": results.get("learning_rate"),
+        "seed": results.get("seed"),
+        "batch_size": _batch_size(results),
         "train_steps": results.get("train_steps", "n/a"),
         "trainable_params": (
             f"{results['trainable_params']:,}" if isinstance(results.get("trainable_params"), int) else "n/a"
@@ -292,6 +306,17 @@ def render_model_card(
         "paper_id": PAPER_ID,
     }
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **template_vars)
+
+
+def _batch_size(results: dict[str, Any]) -> str | None:
+    """`per device x accumulation x processes = total`, or None when the run did not record it."""
+    per_device = results.get("per_device_train_batch_size")
+    if per_device is None:
+        return None
+    accumulation, processes = results.get("gradient_accumulation_steps", 1), results.get("num_processes", 1)
+    if accumulation == 1 and processes == 1:
+        return str(per_device)
+    return f"{per_device} per device x {accumulation} accumulation x {processes} processes = {per_device * accumulation * processes}"
 
 
 def _diagnostic_rows(diagnostics: dict | None) -> list[tuple[str, str]]:

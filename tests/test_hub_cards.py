@@ -166,7 +166,26 @@ def test_baseline_cards(output_dir, tmp_path, method, expected):
     (folder / "config.json").write_text(json.dumps({"model_type": "sam"}))  # a merged SAM, no IC-MoE config
     text = str(render_model_card(folder, repo_id=f"org/{method}-sam"))
     assert expected in text and "load_icmoe_adapter" not in text and "trust_remote_code" not in text
-    assert ModelCard(text).data.eval_results[0].metric_value == EVAL_RESULTS["dice"]
+    card = ModelCard(text)
+    assert card.data.eval_results[0].metric_value == EVAL_RESULTS["dice"]
+    assert "icmoe" not in card.data.tags and "mixture-of-experts" not in card.data.tags
+
+
+def test_icmoe_card_tags(output_dir):
+    tags = render_model_card(output_dir).data.tags
+    assert {"icmoe", "mixture-of-experts", "medical", "sam"} <= set(tags)
+
+
+def test_card_states_the_run_settings_stand_in_and_evaluation_units(output_dir, tmp_path):
+    folder = _with_results(
+        output_dir, tmp_path, base_model_is_standin=True, seed=7, learning_rate=3e-4, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, num_processes=2, n_images=19, n_eval_source_images=4,
+    )
+    text = str(render_model_card(folder))
+    assert "bundled **stand-in**" in text
+    assert "| Learning rate | 0.0003 |" in text and "| Seed | 7 |" in text
+    assert "| Batch size | 4 per device x 2 accumulation x 2 processes = 16 |" in text
+    assert "19 objects, one prompt each, from 4 images" in text
 
 
 @pytest.mark.parametrize(

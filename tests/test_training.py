@@ -36,6 +36,8 @@ def test_every_method_runs(tmp_path, tiny_base_dir, blob_dataset_dir, method):
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["method"] == method
     assert saved["n_images"] == 4  # the test split of the blob dataset
+    assert saved["n_eval_source_images"] == 4 and saved["seed"] == 42 and saved["per_device_train_batch_size"] == 2
+    assert saved["base_model_is_standin"] is False  # a test base, not the bundled stand-in
     for key in ("dice", "iou", "hd95", "train_seconds", "trainable_params", "base_model", "dataset"):
         assert key in saved, key
     assert 0.0 <= saved["dice"] <= 1.0
@@ -56,6 +58,7 @@ def test_every_method_runs(tmp_path, tiny_base_dir, blob_dataset_dir, method):
         assert "expert_load" in log[0]
     if method == "lora":
         assert (out / "adapter" / "adapter_model.safetensors").is_file()
+        assert not (out / "adapter" / "README.md").exists()  # PEFT's empty template card is not kept
     assert results["dice"] == saved["dice"]
 
 

@@ -11,6 +11,7 @@ non-binary or empty mask stops the run naming the file, rather than failing or b
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -167,6 +168,16 @@ def check_masks(
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
     raw = raw.cast_column(mask_column, datasets.Image(decode=False))
     raw.map(check, batched=True, with_indices=True, desc=f"Checking {name} images and masks")
+
+
+def count_source_images(dataset: datasets.Dataset, image_column: str) -> int:
+    """How many distinct image files (or embedded images) the rows use: one image can hold several objects."""
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+    seen = set()
+    for batch in raw.iter(batch_size=256):
+        for value in batch[image_column]:
+            seen.add(value.get("path") or hashlib.sha1(value.get("bytes") or b"").hexdigest())
+    return len(seen)
 
 
 def _file_label(encoded: dict) -> str:

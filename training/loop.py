@@ -22,7 +22,7 @@ from transformers import AutoProcessor, get_scheduler
 from modeling_icmoe import IcMoeSamModel
 
 from . import figures
-from .arguments import tracker_config
+from .arguments import DEFAULT_BASE_MODEL, tracker_config
 from .checkpointing import (
     FINAL_PARTIAL,
     RUN_MANIFEST,
@@ -38,7 +38,15 @@ from .checkpointing import (
     save_checkpoint,
     write_json_atomic,
 )
-from .data import SamPairTransform, check_masks, collate, default_num_workers, load_raw_dataset, select_splits
+from .data import (
+    SamPairTransform,
+    check_masks,
+    collate,
+    count_source_images,
+    default_num_workers,
+    load_raw_dataset,
+    select_splits,
+)
 from .diagnostics import load_by_kind, training_diagnostics
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .methods import (
@@ -73,6 +81,7 @@ def _prepare_data(args, processor, accelerator):
     with accelerator.main_process_first():
         check_masks(train_set, name="train", label_size=label_size, **columns)
         check_masks(eval_set, name="eval", label_size=label_size, **columns)
+    eval_images = count_source_images(eval_set, args.image_column)
     train_set = train_set.with_transform(SamPairTransform(processor, **columns))
     eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True))
     workers = args.dataloader_num_workers
@@ -89,7 +98,7 @@ def _prepare_data(args, processor, accelerator):
         generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
-    return train_loader, eval_loader, eval_split
+    return train_loader, eval_loader, eval_split, eval_images
 
 
 def _step_generator(args, epoch: int, batch_index: int, process_index: int) -> torch.Generator:
@@ -170,7 +179,7 @@ def run(args) -> dict:
     set_seed(args.seed)
 
     processor = AutoProcessor.from_pretrained(args.base_model)
-    train_loader, eval_loader, eval_split = _prepare_data(args, processor, accelerator)
+    train_loader, eval_loader, eval_split, eval_images = _prepare_data(args, processor, accelerator)
     icmoe_config = load_icmoe_config(
         args.icmoe_config, {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok}
     )
@@ -337,7 +346,7 @@ def run(args) -> dict:
         results = _write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint, run_info=_run_info(args, accelerator, eval_images),
         )
         _print_table(accelerator, results)
         if "diagnostics" in results:
@@ -350,6 +359,18 @@ def run(args) -> dict:
         push_output_dir(output_dir, args.hub_model_id, private=args.hub_private, adapter_only=args.push_adapter_only,
                         token=hub_token, dry_run=args.dry_run)
     return results
+
+
+def _run_info(args, accelerator, eval_images: int) -> dict:
+    """What a reader of the results needs to reproduce or weigh them, beyond the metrics."""
+    return {
+        "seed": args.seed,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": accelerator.num_processes,
+        "n_eval_source_images": eval_images,
+        "base_model_is_standin": Path(args.base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve(),
+    }
 
 
 @contextmanager
@@ -389,7 +410,7 @@ def _stop_after_checkpoint(stop: StopOnSignal, accelerator, progress, checkpoint
 
 def _write_outputs(
     args, model, processor, metrics, load, examples, comparisons, *, state_dict, eval_split, steps, trainable, seconds,
-    fingerprint,
+    fingerprint, run_info,
 ):
     """The model first (through `final.partial/`), then eval_results.json; figures and the card may only warn."""
     output_dir = Path(args.output_dir)
@@ -412,6 +433,7 @@ def _write_outputs(
         "trainable_params": trainable,
         "train_seconds": round(seconds, 2),
         "prompt": args.prompt,
+        **run_info,
         **describe_method(model),
         "comparisons": comparisons,
     }

@@ -152,6 +152,8 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
 
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir / "adapter")
+        # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
+        (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
         model, state_dict = model.merge_and_unload(), None
     save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
     if isinstance(model, IcMoeSamModel):
