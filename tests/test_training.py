@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -171,3 +172,32 @@ def test_base_model_that_is_not_sam_is_named(tmp_path, tiny_base_dir, monkeypatc
     (bert / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="is a 'bert' checkpoint; training needs a SAM checkpoint"):
         check_base_model(str(bert))
+
+
+def test_example_figures_show_each_image_once_with_prompt_and_dice():
+    from types import SimpleNamespace
+
+    from training.evaluation import _examples
+
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pixels[1] = pixels[0]  # rows 0 and 1: two objects of one image
+    gt = np.zeros((3, 20, 20), bool)
+    gt[:, 4:10, 4:12] = True
+    predicted = gt.copy()
+    predicted[0, 4:10, 4:8] = False  # row 0 predicts half of its object
+    batch = {
+        "pixel_values": pixels,
+        "reshaped_input_sizes": torch.tensor([[32, 32]] * 3),
+        "labels": torch.zeros(3, 1, 8, 8, dtype=torch.uint8),
+        "gt_masks": list(gt),
+    }
+    inputs = {"input_boxes": torch.tensor([[[1.0, 2.0, 20.0, 30.0]]] * 3)}
+    outputs = SimpleNamespace(pred_masks=torch.zeros(3, 1, 3, 8, 8), router_probs=None)
+    processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3))
+    shown = set()
+    examples = _examples(batch, inputs, outputs, torch.zeros(3, 1, dtype=torch.long), list(predicted), processor, 4, shown)
+    assert len(examples) == 2  # row 1 repeats row 0's image
+    assert examples[0].dice == pytest.approx(2 * 24 / (24 + 48))
+    assert examples[1].dice == 1.0
+    assert examples[0].box.tolist() == [1.0, 2.0, 20.0, 30.0] and examples[0].points is None
+    assert _examples(batch, inputs, outputs, torch.zeros(3, 1, dtype=torch.long), list(predicted), processor, 4, shown) == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from modeling_icmoe import IcMoeSamModel
 
@@ -45,14 +48,16 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
     The expert load is the share of each layer's tokens routed to each routed expert, over the whole split and all
     processes, shape (layers, routed experts) (None for models without IC-MoE); for IC-MoE models the metrics
     also carry `voting`, the split's voting diagnostics (`training.diagnostics.VotingStats`). Examples are up to
-    `num_examples` tuples (image, target, prediction, winning expert per token) from this process's first batches.
+    `num_examples` [`Example`]s from this process's first batches, one per distinct image (a dataset with several
+    objects per image would otherwise show one image again and again).
     """
     model.eval()
     sam = sam_of(accelerator.unwrap_model(model))
     is_icmoe = isinstance(sam, IcMoeSamModel)
-    predictions, references, examples = [], [], []
+    predictions, references, examples, shown = [], [], [], set()
     load, voting = None, VotingStats()
-    for batch in loader:
+    batches = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
+    for batch in batches:
         inputs = prompt_inputs(batch, prompt=prompt, num_points=num_points, box_jitter=0.0, generator=None)
         outputs = model(**inputs, output_router_probs=True) if is_icmoe else model(**inputs)
         best = outputs.iou_scores.argmax(dim=-1)  # (B, P)
@@ -67,7 +72,7 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
             load = counts if load is None else load + counts  # (L, R)
             voting.add(outputs.routing, batch["labels"], sam.config.icmoe_config)
         if len(examples) < num_examples:
-            examples += _examples(batch, outputs, best, processor, num_examples - len(examples))
+            examples += _examples(batch, inputs, outputs, best, local, processor, num_examples - len(examples), shown)
     if load is not None:
         load = accelerator.reduce(load, reduction="sum")
         load = (load / load.sum(dim=1, keepdim=True)).cpu().numpy()
@@ -82,14 +87,42 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
     return metrics, load, examples
 
 
-def _examples(batch, outputs, best, processor, count: int) -> list[tuple[np.ndarray, ...]]:
-    """(image, target, prediction, winning expert) in the resized frame, cropped to the unpadded image."""
+@dataclass
+class Example:
+    """One evaluated object for `figures.plot_examples`, in the resized frame cropped to the unpadded image.
+
+    `winner` is the winning routed expert per token of the last IC-MoE layer (None for other models); `box` is the
+    box prompt `(x0, y0, x1, y1)` and `points` the point prompts `(N, 2)` in image pixels, when given; `dice` is the
+    object's Dice at the original resolution (the metric's own per-object value)."""
+
+    image: np.ndarray
+    target: np.ndarray
+    prediction: np.ndarray
+    winner: np.ndarray | None
+    box: np.ndarray | None
+    points: np.ndarray | None
+    dice: float
+
+
+def _dice(prediction: np.ndarray, target: np.ndarray) -> float:
+    total = int(prediction.sum()) + int(target.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & target).sum()) / total
+
+
+def _examples(batch, inputs, outputs, best, local, processor, count: int, shown: set) -> list[Example]:
     image_processor = processor.image_processor
     mean = torch.tensor(image_processor.image_mean)[:, None, None]
     std = torch.tensor(image_processor.image_std)[:, None, None]
     side = batch["pixel_values"].shape[-1]
     result = []
-    for i in range(min(count, batch["pixel_values"].shape[0])):
+    for i in range(batch["pixel_values"].shape[0]):
+        if len(result) >= count:
+            break
+        pixels = batch["pixel_values"][i]
+        key = hash(pixels[:, :: max(1, side // 16), :: max(1, side // 16)].float().cpu().numpy().tobytes())
+        if key in shown:  # another object of an image already shown
+            continue
+        shown.add(key)
         height, width = (int(v) for v in batch["reshaped_input_sizes"][i])
         image = (batch["pixel_values"][i].float().cpu() * std + mean).clamp(0, 1)[:, :height, :width]
         low = outputs.pred_masks.shape[-1]
@@ -102,5 +135,10 @@ def _examples(batch, outputs, best, processor, count: int) -> list[tuple[np.ndar
             grid = votes.shape[0]
             winner = votes.argmax(dim=-1)[: max(1, round(height * grid / side)), : max(1, round(width * grid / side))]
             winner = winner.numpy()
-        result.append((image.permute(1, 2, 0).numpy(), target.numpy(), prediction.numpy(), winner))
+        box = inputs["input_boxes"][i, 0].float().cpu().numpy() if "input_boxes" in inputs else None
+        points = inputs["input_points"][i, 0].float().cpu().numpy() if "input_points" in inputs else None
+        dice = _dice(local[i], np.asarray(batch["gt_masks"][i], dtype=bool))
+        result.append(
+            Example(image.permute(1, 2, 0).numpy(), target.numpy(), prediction.numpy(), winner, box, points, dice)
+        )
     return result

@@ -45,20 +45,31 @@ def plot_expert_load(load: np.ndarray, expert_names: list[str], path: Path) -> N
     plt.close(fig)
 
 
-def plot_examples(examples: list[tuple], expert_names: list[str] | None, path: Path) -> None:
-    """Rows of image / ground truth / prediction / winning expert per token."""
+def plot_examples(examples: list, expert_names: list[str] | None, path: Path) -> None:
+    """Rows of image with its prompt / ground truth / prediction with its Dice / winning expert per token, one row
+    per `training.evaluation.Example`."""
     columns = 4 if expert_names else 3
     fig, axes = plt.subplots(len(examples), columns, figsize=(3 * columns, 3 * len(examples)), squeeze=False)
-    for row, (image, target, prediction, winner) in zip(axes, examples):
-        row[0].imshow(image)
-        row[1].imshow(target, cmap="gray")
-        row[2].imshow(prediction, cmap="gray")
-        if expert_names and winner is not None:
-            shown = row[3].imshow(winner, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    for row, example in zip(axes, examples):
+        row[0].imshow(example.image)
+        if example.box is not None:
+            x0, y0, x1, y1 = example.box
+            row[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.2))
+        if example.points is not None:
+            row[0].scatter(example.points[:, 0], example.points[:, 1], marker="*", s=60, color="lime", edgecolor="k")
+        # The masks are at the model's mask resolution; drawn over the image's extent they line up with it.
+        extent = (0, example.image.shape[1], example.image.shape[0], 0)
+        row[1].imshow(example.target, cmap="gray", extent=extent)
+        row[2].imshow(example.prediction, cmap="gray", extent=extent)
+        titles = ["image and prompt", "ground truth", f"prediction (Dice {example.dice:.3f})"]
+        if expert_names and example.winner is not None:
+            shown = row[3].imshow(example.winner, cmap="tab10", vmin=0, vmax=9, interpolation="nearest", extent=extent)
             handles = [plt.Rectangle((0, 0), 1, 1, color=shown.cmap(shown.norm(i))) for i in range(len(expert_names))]
             row[3].legend(handles, expert_names, fontsize=6, loc="lower right")
-        for ax, title in zip(row, ["image", "ground truth", "prediction", "winning expert (last layer)"]):
+            titles.append("winning expert (last layer)")
+        for ax, title in zip(row, titles):
             ax.set_title(title, fontsize=9)
+        for ax in row:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
