@@ -6,7 +6,7 @@
 # Each task is a folder in the format `training/data.py` reads: `metadata.csv` (file_name,mask_file_name,split),
 # 8-bit grayscale PNG images and {0,255} PNG masks with exactly one connected target each. Every sample is checked
 # before anything is written; only `images/`, `masks/` and `metadata.csv` are replaced, the hand-written README.md
-# beside them stays. numpy, scipy and pillow only; CPU, about two minutes for both tasks.
+# beside them stays. numpy, scipy and pillow only; CPU, about three minutes for both tasks.
 #
 #   python benchmarks/tasks/make_simulated_tasks.py --task all --overwrite
 
@@ -32,7 +32,7 @@ GENERATED = ("images", "masks", "metadata.csv")
 TASKS_DIR = Path(__file__).resolve().parents[2] / "training" / "data"  # beside the embedded nuclei
 DEFAULT_SEED = 20240
 IMAGE_SIZE = 128
-NUM_TRAIN, NUM_TEST = 80, 40
+NUM_TRAIN, NUM_TEST = 200, 100
 
 
 def parse_args() -> argparse.Namespace:
