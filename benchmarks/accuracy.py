@@ -602,7 +602,8 @@ def _rates_tried(data: dict) -> dict[str, dict[str, list[float]]]:
         if record["learning_rate"] is not None:
             tried.setdefault(record["dataset"], {}).setdefault(record["method"], set()).add(record["learning_rate"])
     order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
-    return {task: {m: sorted(by_method[m]) for m in _ordered([{"m": m} for m in by_method], "m", order)}
+    rank = {method: index for index, method in enumerate(order)}
+    return {task: {m: sorted(by_method[m]) for m in sorted(by_method, key=lambda m: rank.get(m, len(order)))}
             for task, by_method in tried.items()}
 
 
