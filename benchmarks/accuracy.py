@@ -78,6 +78,10 @@ ICMOE_CANDIDATES: dict[str, dict] = {
     "icmoe_lean": {"num_adaptive_experts": 0, "contrastive_loss_coef": 0.0},
     "icmoe_contrast0.1": {"contrastive_loss_coef": 0.1},  # the two named ideas given more weight
     "icmoe_vote4": {"pixel_vote_weight": 4.0},
+    # Experts beside the attention's qkv projection (what LoRA adapts); rank 8 keeps the default's parameter count.
+    "icmoe_attention": {"expert_placement": "attention"},
+    "icmoe_attention_r8": {"expert_placement": "attention", "expert_rank": 8},
+    "icmoe_attention_r8_scale1": {"expert_placement": "attention", "expert_rank": 8, "expert_output_scale": 1.0},
 }
 ICMOE_VARIANTS.update(ICMOE_CANDIDATES)
 MAIN_METHODS = ("zeroshot", "decoder", "lora", "lora_matched", "adapter", "adapter_matched", "full", "icmoe")

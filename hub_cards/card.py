@@ -178,6 +178,41 @@ def _evaluation_rows(results: dict[str, Any], model_label: str) -> list[dict[str
     return rows
 
 
+AXIS_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def _volume_vars(results: dict[str, Any]) -> dict[str, Any]:
+    """Per-volume metrics (mm) and how the volumes were sliced, for runs on volume data."""
+    volumes, data = results.get("volumes"), results.get("volume_data") or {}
+    if not volumes:
+        return {"volume_rows": [], "volume_data": None}
+    names = data.get("label_names", {})
+
+    def row(name: str, m: dict) -> dict[str, str]:
+        return {
+            "name": name,
+            **{key: _format_metric(m.get(key), m.get(f"{key}_std"), digits=2 if key == "hd95" else 4)
+               for key in ("dice", "iou", "hd95", "nsd")},
+            "n_cases": str(m.get("n_cases", "n/a")),
+        }
+
+    rows = [row("all classes", volumes["mean"])]
+    rows += [row(names.get(label, f"label {label}"), m) for label, m in volumes.get("per_class", {}).items()]
+    zeroshot = (results.get("comparisons") or {}).get("zeroshot", {}).get("volumes")
+    if zeroshot:
+        rows.append(row("zero-shot base, all classes", zeroshot))
+    window = data.get("window")
+    return {
+        "volume_rows": rows,
+        "volume_data": {
+            "axis": AXIS_NAMES.get(data.get("slice_axis"), str(data.get("slice_axis"))),
+            "window": f"CT window level {window[0]:g}, width {window[1]:g}" if window else "percentiles 0.5-99.5 per volume",
+            "nsd_tolerance_mm": volumes.get("nsd_tolerance_mm"),
+            "test_volumes": (data.get("splits") or {}).get(str(results.get("eval_split")), {}).get("volumes"),
+        },
+    }
+
+
 def _per_class_rows(per_class: dict[str, Any] | None) -> list[dict[str, str]]:
     return [
         {
@@ -301,6 +336,7 @@ def render_model_card(
         "evaluation_rows": _evaluation_rows(results, METHOD_LABELS[method]),
         "has_zeroshot": "zeroshot" in (results.get("comparisons") or {}) or method == "zeroshot",
         "per_class_rows": _per_class_rows(results.get("per_class")),
+        **_volume_vars(results),
         "diagnostic_rows": _diagnostic_rows(results.get("diagnostics")),
         "figures": {name: path for name, path in FIGURES.items() if (output_dir / path).is_file()},
         "paper_id": PAPER_ID,

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from transformers import SamConfig
 
 
+EXPERT_PLACEMENTS = ("mlp", "attention")
 INTEGER_FIELDS = (
     "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
     "expert_rank", "contrastive_samples_per_class", "projection_dim",
@@ -57,6 +58,11 @@ class IcMoeAdapterConfig:
             Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
         target_layers (`list[int]`, *optional*):
             Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
+        expert_placement (`str`, *optional*, defaults to `"mlp"`):
+            Where the mixture joins each chosen block. `"mlp"`: on the MLP's input, added to the MLP's output
+            (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`). `"attention"`: on the attention's input, added to the
+            fused qkv projection (`qkv(h) + scale * MoE(h)`, `h = LN1(x)`), so the experts change what tokens attend
+            to; the mixture always sees the whole token grid, also in windowed-attention blocks.
         router_jitter_noise (`float`, *optional*, defaults to 0.01):
             Multiplicative jitter on the router input while training.
         vote_temperature (`float`, *optional*, defaults to 1.0):
@@ -106,6 +112,13 @@ class IcMoeAdapterConfig:
     expert_output_scale: float = field(default=2.0, metadata={"help": "Scale of the mixture output."})
     target_layers: list[int] | None = field(
         default=None, metadata={"help": "Vision block indices that get an IC-MoE layer; None = all."}
+    )
+    expert_placement: str = field(
+        default="mlp",
+        metadata={
+            "help": "Where the mixture joins each block: `mlp` (beside the MLP, added to its output) or `attention` "
+            "(beside the fused qkv projection, added to queries, keys and values)."
+        },
     )
     router_jitter_noise: float = field(
         default=0.01, metadata={"help": "Multiplicative jitter on the router input while training, in [0, 1)."}
@@ -174,6 +187,10 @@ class IcMoeAdapterConfig:
                     f"got {self.target_layers}."
                 )
             self.target_layers = sorted(layers)
+        if self.expert_placement not in EXPERT_PLACEMENTS:
+            raise ValueError(
+                f"`expert_placement` must be one of {EXPERT_PLACEMENTS}, got {self.expert_placement!r}."
+            )
         if not 0.0 <= self.router_jitter_noise < 1.0:
             raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}.")
         for name in ("vote_temperature", "contrastive_temperature"):

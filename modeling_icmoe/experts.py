@@ -44,9 +44,11 @@ class IcMoeExperts(nn.Module):
         num_semantic: int,
         num_adaptive: int,
         semantic_dilations: list[int],
+        output_size: int | None = None,
     ):
         super().__init__()
         self.hidden_size = hidden_size
+        self.output_size = output_size or hidden_size
         self.rank = rank
         self.num_shared = num_shared
         self.num_basic = num_basic
@@ -56,7 +58,7 @@ class IcMoeExperts(nn.Module):
 
         self.down_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
         self.down_bias = nn.Parameter(torch.empty(self.num_experts, rank))
-        self.up_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
+        self.up_proj = nn.Parameter(torch.empty(self.num_experts, rank, self.output_size))
         self.pixel_head = nn.Parameter(torch.empty(self.num_experts, rank))
         self.pixel_bias = nn.Parameter(torch.empty(self.num_experts))
 
@@ -157,18 +159,23 @@ class IcMoeExperts(nn.Module):
         """Each expert's foreground logit per token, `(B, H, W, E)`, from its activated bottleneck."""
         return (activations * self.pixel_head).sum(dim=-1) + self.pixel_bias
 
-    def combine(self, activations: torch.Tensor, votes: torch.Tensor, base: torch.Tensor, scale: float) -> torch.Tensor:
+    def combine(
+        self, activations: torch.Tensor, votes: torch.Tensor, base: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
         """`base + scale * sum_e votes_e * up_e(activations_e)` as one fused matmul.
 
         Args:
             activations (`torch.Tensor` of shape `(B, H, W, E, r)`)
             votes (`torch.Tensor` of shape `(B, H, W, E)`): each expert's weight per token (1 for shared experts,
                 zero for routed experts outside the token's top-k).
-            base (`torch.Tensor` of shape `(B, H, W, C)`): what the mixture is added to (the block MLP's output).
+            base (`torch.Tensor` of shape `(B, H, W, O)`): what the mixture is added to (the block MLP's output, or the
+                qkv projection's), `O` being `output_size`; `None` for the scaled mixture alone.
 
         Returns:
-            `torch.Tensor` of shape `(B, H, W, C)`.
+            `torch.Tensor` of shape `(B, H, W, O)`.
         """
         weighted = (activations * votes.unsqueeze(-1)).flatten(0, 2).flatten(1)  # (B*H*W, E*r)
-        up = self.up_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
-        return torch.addmm(base.reshape(-1, self.hidden_size), weighted, up, alpha=scale).view_as(base)
+        up = self.up_proj.reshape(self.num_experts * self.rank, self.output_size)  # (E*r, O), a view
+        if base is None:
+            return torch.mm(weighted, up).mul_(scale).view(*activations.shape[:3], self.output_size)
+        return torch.addmm(base.reshape(-1, self.output_size), weighted, up, alpha=scale).view_as(base)

@@ -45,7 +45,7 @@ class IcMoeRouting(ModelOutput):
 class IcMoeLayer(nn.Module):
     """One IC-MoE layer: experts and voting router, run beside a ViT block's MLP on the same input."""
 
-    def __init__(self, *, hidden_size: int, config: IcMoeAdapterConfig):
+    def __init__(self, *, hidden_size: int, config: IcMoeAdapterConfig, output_size: int | None = None):
         super().__init__()
         self.scale = config.expert_output_scale
         self.num_shared = config.num_shared_experts
@@ -57,6 +57,7 @@ class IcMoeLayer(nn.Module):
             num_semantic=config.num_semantic_experts,
             num_adaptive=config.num_adaptive_experts,
             semantic_dilations=config.semantic_dilations,
+            output_size=output_size,
         )
         self.router = IcMoeVotingRouter(
             hidden_size=hidden_size,
@@ -71,14 +72,18 @@ class IcMoeLayer(nn.Module):
         self.experts.reset_parameters()
         self.router.reset_parameters()
 
-    def forward(self, hidden_states: torch.Tensor, base_output: torch.Tensor) -> tuple[torch.Tensor, IcMoeRouting]:
+    def forward(
+        self, hidden_states: torch.Tensor, base_output: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, IcMoeRouting]:
         """
         Args:
-            hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the block's normalised input (LN2 output).
-            base_output (`torch.Tensor` of shape `(B, H, W, C)`): the block MLP's output, which the mixture joins.
+            hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the block's normalised input (LN2 output, or LN1
+                output for the attention placement).
+            base_output (`torch.Tensor` of shape `(B, H, W, O)`): what the mixture joins: the block MLP's output
+                (`O = C`) or the qkv projection's (`O = 3 C`). `None` returns the scaled mixture alone.
 
         Returns:
-            `base_output + scale * MoE(hidden_states)` and the layer's [`IcMoeRouting`].
+            `base_output + scale * MoE(hidden_states)` (`(B, H, W, O)`) and the layer's [`IcMoeRouting`].
         """
         activations = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r)
         pixel_logits = self.experts.pixel_logits(activations)  # (B, H, W, E)

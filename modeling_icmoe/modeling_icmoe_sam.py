@@ -84,6 +84,50 @@ class IcMoeMLPBlock(SamMLPBlock):
         return output
 
 
+def _window_unpartition(windows: torch.Tensor, window_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """`(B * nW, ws, ws, D)` windows, as SAM's windowed blocks lay them out (padded to whole windows), back to the
+    `(B, H, W, D)` grid."""
+    height, width = grid
+    rows, cols = -(-height // window_size), -(-width // window_size)
+    tokens = windows.unflatten(0, (-1, rows, cols)).transpose(2, 3)  # (B, rows, ws, cols, ws, D)
+    return tokens.reshape(tokens.shape[0], rows * window_size, cols * window_size, -1)[:, :height, :width]
+
+
+def _window_partition(tokens: torch.Tensor, window_size: int) -> torch.Tensor:
+    """The inverse of `_window_unpartition`: `(B, H, W, D)` to zero-padded `(B * nW, ws, ws, D)` windows."""
+    batch, height, width, depth = tokens.shape
+    tokens = F.pad(tokens, (0, 0, 0, -width % window_size, 0, -height % window_size))
+    rows, cols = tokens.shape[1] // window_size, tokens.shape[2] // window_size
+    tokens = tokens.reshape(batch, rows, window_size, cols, window_size, depth).transpose(2, 3)
+    return tokens.reshape(-1, window_size, window_size, depth)
+
+
+class IcMoeAttentionQkv(nn.Linear):
+    """SAM's fused qkv projection with an IC-MoE layer beside it on the same input: `qkv(h) + scale * MoE(h)`.
+
+    In windowed-attention blocks the projection sees the tokens cut into windows; the mixture runs on the whole
+    grid (its semantic experts' convolutions and adaptive experts' pooling see across windows, and its routing is
+    laid out like the MLP placement's) and is cut into the same windows. SAM's `weight`/`bias` keep their names.
+    """
+
+    def __init__(self, vision_config: PreTrainedConfig, adapter_config: IcMoeAdapterConfig, window_size: int):
+        hidden_size = vision_config.hidden_size
+        super().__init__(hidden_size, 3 * hidden_size, bias=vision_config.qkv_bias)
+        self.window_size = window_size
+        grid = vision_config.image_size // vision_config.patch_size
+        self.grid = (grid, grid)
+        self.icmoe = IcMoeLayer(hidden_size=hidden_size, output_size=3 * hidden_size, config=adapter_config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        base = super().forward(hidden_states)
+        if self.window_size == 0:
+            output, _ = self.icmoe(hidden_states, base)
+            return output
+        # Only the mixture is cut into windows: padding tokens keep the projection's own output, as in SAM.
+        mixture, _ = self.icmoe(_window_unpartition(hidden_states, self.window_size, self.grid))
+        return base + _window_partition(mixture, self.window_size)
+
+
 class IcMoeProjectionHead(nn.Module):
     """Training-only 2-layer projection of image embeddings `(B, C, h, w)` to L2-normalised `(B, D, h, w)`."""
 
@@ -147,7 +191,11 @@ class IcMoeSamModel(SamModel):
         adapter_config = config.icmoe_config
         vision_config = config.vision_config
         for index in adapter_config.resolve_target_layers(vision_config.num_hidden_layers):
-            self.vision_encoder.layers[index].mlp = IcMoeMLPBlock(vision_config, adapter_config)
+            block = self.vision_encoder.layers[index]
+            if adapter_config.expert_placement == "attention":
+                block.attn.qkv = IcMoeAttentionQkv(vision_config, adapter_config, block.window_size)
+            else:
+                block.mlp = IcMoeMLPBlock(vision_config, adapter_config)
         self.icmoe_projection = (
             IcMoeProjectionHead(hidden_size=vision_config.output_channels, projection_dim=adapter_config.projection_dim)
             if adapter_config.contrastive_loss_coef > 0
@@ -502,4 +550,4 @@ def get_icmoe_model(sam_model: SamModel, adapter_config: IcMoeAdapterConfig | di
 
 IcMoeSamModel.register_for_auto_class("AutoModel")
 
-__all__ = ["IcMoeSamModel", "IcMoeSamOutput", "IcMoeMLPBlock", "IcMoeProjectionHead", "get_icmoe_model"]
+__all__ = ["IcMoeSamModel", "IcMoeSamOutput", "IcMoeMLPBlock", "IcMoeAttentionQkv", "IcMoeProjectionHead", "get_icmoe_model"]

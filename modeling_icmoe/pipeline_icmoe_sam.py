@@ -29,6 +29,16 @@ ICMOE_PIPELINE_TASK = "medical-mask-segmentation"
 # Robust intensity range of non-8-bit images (CT, MR, 16-bit microscopy): outliers such as metal artefacts or hot
 # pixels would otherwise squeeze the tissue into a few grey levels. The same rule as MedSAM's preprocessing.
 DEFAULT_INTENSITY_PERCENTILES = (0.5, 99.5)
+# CT display windows (level, width) in Hounsfield units, as radiology viewers name them.
+CT_WINDOWS = {
+    "soft_tissue": (40.0, 400.0),
+    "abdomen": (60.0, 400.0),
+    "liver": (80.0, 150.0),
+    "mediastinum": (50.0, 350.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
 _PROMPT_KEYS = ("input_boxes", "input_points", "input_labels")
 
 
@@ -54,8 +64,67 @@ def _pil_to_numpy(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
+def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """`(level, width)` of a CT window given as a preset name (`CT_WINDOWS`) or as two numbers; `None` stays `None`."""
+    if window is None:
+        return None
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise ValueError(f"Unknown window preset {window!r}; choose one of {sorted(CT_WINDOWS)} or give level and width.")
+        return CT_WINDOWS[window]
+    values = tuple(float(v) for v in window)
+    if len(values) != 2 or not all(np.isfinite(values)) or values[1] <= 0:
+        raise ValueError(f"A window is (level, width) with a finite level and a width > 0, got {window!r}.")
+    return values
+
+
+def scale_intensities(
+    values: np.ndarray,
+    *,
+    window: str | Sequence[float] | None = None,
+    intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+) -> np.ndarray:
+    """Intensities of any shape (a 2-D image or a whole volume) to uint8, one rule for training and inference.
+
+    uint8 stays as it is and bool becomes {0, 255}. Otherwise a CT `window` (level, width, or a `CT_WINDOWS` preset)
+    maps `[level - width / 2, level + width / 2]` to `[0, 255]`; without one, float values within `[0, 1]` are scaled
+    by 255, and anything else is clipped to its `intensity_percentiles` (computed over the whole array) and scaled.
+    Non-finite values are set to the lowest finite value.
+    """
+    window = resolve_window(window)
+    if values.dtype == np.uint8 and window is None:
+        return values
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise ValueError(f"Unsupported image dtype {values.dtype}; use an integer, float or bool image.")
+    floating = np.issubdtype(values.dtype, np.floating)
+    values = values.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ValueError("The image holds no finite value.")
+    if not finite.all():
+        values = np.where(finite, values, values[finite].min())
+    if window is not None:
+        level, width = window
+        low, high = level - width / 2.0, level + width / 2.0
+    elif floating and values.min() >= 0.0 and values.max() <= 1.0:
+        low, high = 0.0, 1.0
+    else:
+        low_pct, high_pct = intensity_percentiles
+        if not 0.0 <= low_pct < high_pct <= 100.0:
+            raise ValueError(f"`intensity_percentiles` must satisfy 0 <= low < high <= 100, got {intensity_percentiles}.")
+        low, high = np.percentile(values, [low_pct, high_pct])
+    if high <= low:  # a constant image carries no contrast to keep
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((np.clip(values, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
+
+
 def to_uint8_rgb(
-    image: Any, *, intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES
+    image: Any,
+    *,
+    intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+    window: str | Sequence[float] | None = None,
 ) -> np.ndarray:
     """Brings an image of any common medical format to the 8-bit RGB array SAM's processor expects.
 
@@ -65,6 +134,8 @@ def to_uint8_rgb(
         intensity_percentiles: for images that are not already 8-bit, the lower and upper percentiles clipped to
             before scaling to `[0, 255]`. Float images within `[0, 1]` are scaled by 255 instead, keeping their
             absolute intensities.
+        window: a CT window, `(level, width)` in the image's units (Hounsfield units for CT) or a preset name of
+            `CT_WINDOWS`; replaces the percentile rule (see `scale_intensities`).
 
     Returns:
         `np.ndarray` of shape `(H, W, 3)` and dtype `uint8`.
@@ -89,32 +160,7 @@ def to_uint8_rgb(
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"The image is empty: shape {tuple(array.shape)}.")
 
-    if array.dtype == np.uint8:
-        scaled = array
-    elif array.dtype == np.bool_:
-        scaled = array.astype(np.uint8) * 255
-    else:
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-            raise ValueError(f"Unsupported image dtype {array.dtype}; use an integer, float or bool image.")
-        values = array.astype(np.float64)
-        finite = np.isfinite(values)
-        if not finite.any():
-            raise ValueError("The image holds no finite value.")
-        values = np.where(finite, values, np.nanmin(np.where(finite, values, np.nan)))
-        if np.issubdtype(array.dtype, np.floating) and values.min() >= 0.0 and values.max() <= 1.0:
-            low, high = 0.0, 1.0
-        else:
-            low_pct, high_pct = intensity_percentiles
-            if not 0.0 <= low_pct < high_pct <= 100.0:
-                raise ValueError(
-                    f"`intensity_percentiles` must satisfy 0 <= low < high <= 100, got {intensity_percentiles}."
-                )
-            low, high = np.percentile(values, [low_pct, high_pct])
-        if high <= low:  # a constant image carries no contrast to keep
-            scaled = np.zeros(values.shape, dtype=np.uint8)
-        else:
-            scaled = np.round((np.clip(values, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
-
+    scaled = scale_intensities(array, window=window, intensity_percentiles=intensity_percentiles)
     if scaled.ndim == 2:
         scaled = scaled[..., None]
     if scaled.shape[-1] == 1:
@@ -127,11 +173,12 @@ def load_medical_image(
     *,
     timeout: float | None = None,
     intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+    window: str | Sequence[float] | None = None,
 ) -> np.ndarray:
     """Loads a path, URL, PIL image, numpy array or torch tensor as an `(H, W, 3)` uint8 array (see `to_uint8_rgb`)."""
     if isinstance(image, (str, os.PathLike)):
         image = _open_image(image, timeout)
-    return to_uint8_rgb(image, intensity_percentiles=intensity_percentiles)
+    return to_uint8_rgb(image, intensity_percentiles=intensity_percentiles, window=window)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -249,6 +296,9 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         mask_threshold (`float`, defaults to 0.0): threshold on the mask logits.
         intensity_percentiles (`tuple[float, float]`, defaults to `(0.5, 99.5)`): intensity clipping of images that
             are not 8-bit.
+        window (`str` or `tuple[float, float]`, *optional*): CT window, `(level, width)` in Hounsfield units or a
+            preset name (`soft_tissue`, `lung`, `bone`, ...; see `CT_WINDOWS`), instead of the percentile rule. Use
+            the window the model was trained with (its card names it).
         timeout (`float`, *optional*): timeout of URL downloads, in seconds.
 
     Returns:
@@ -276,6 +326,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         multimask_output: bool | None = None,
         mask_threshold: float | None = None,
         intensity_percentiles: tuple[float, float] | None = None,
+        window: str | Sequence[float] | None = None,
         timeout: float | None = None,
         **kwargs,
     ):
@@ -284,6 +335,8 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         preprocess_params: dict[str, Any] = {}
         if intensity_percentiles is not None:
             preprocess_params["intensity_percentiles"] = tuple(intensity_percentiles)
+        if window is not None:
+            preprocess_params["window"] = resolve_window(window)
         if timeout is not None:
             preprocess_params["timeout"] = timeout
         forward_params = {} if multimask_output is None else {"multimask_output": bool(multimask_output)}
@@ -324,6 +377,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         self,
         inputs: dict[str, Any],
         intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+        window: tuple[float, float] | None = None,
         timeout: float | None = None,
     ) -> dict[str, torch.Tensor]:
         if "image" not in inputs:
@@ -331,7 +385,9 @@ class IcMoeSamSegmentationPipeline(Pipeline):
         unknown = sorted(set(inputs) - {"image", *_PROMPT_KEYS})
         if unknown:
             raise ValueError(f"Unknown input keys {unknown}; expected `image` and {list(_PROMPT_KEYS)}.")
-        image = load_medical_image(inputs["image"], timeout=timeout, intensity_percentiles=intensity_percentiles)
+        image = load_medical_image(
+            inputs["image"], timeout=timeout, intensity_percentiles=intensity_percentiles, window=window
+        )
         encoding = self.processor(images=image, **_check_prompts(inputs, image.shape[:2]), return_tensors="pt")
         # The processor gives float64 coordinates; the model computes in its own dtype.
         return {key: value.to(self.dtype) if value.is_floating_point() else value for key, value in encoding.items()}

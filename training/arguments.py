@@ -6,6 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
+from modeling_icmoe.pipeline_icmoe_sam import resolve_window
+from modeling_icmoe.volumes import resolve_slice_axis
+
 from .methods import DEFAULT_LEARNING_RATES, METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval_split", default=None, help="Default: test, else validation, else a hold-out.")
     data.add_argument("--validation_fraction", type=float, default=0.2)
     data.add_argument("--label_ids", type=int, nargs="+", default=None,
-                      help="Mask values that count as foreground, for masks that are not binary.")
+                      help="Mask values that count as foreground, for masks that are not binary. For volumes: the "
+                           "classes, each its own prompt per slice (default: every non-zero label).")
+    volumes = parser.add_argument_group(
+        "volumes", "For --dataset a Decathlon / nnU-Net folder (imagesTr/, labelsTr/) or a CSV of NIfTI image,label pairs."
+    )
+    volumes.add_argument("--slice_axis", default="axial",
+                         help="Axis the volumes are cut along: axial, coronal, sagittal or 0/1/2 (canonical RAS axes).")
+    volumes.add_argument("--window", nargs="+", default=None,
+                         help="CT window: a preset (soft_tissue, abdomen, liver, mediastinum, lung, bone, brain) or "
+                              "LEVEL WIDTH in HU. Default: percentiles 0.5-99.5 over each volume (MRI).")
+    volumes.add_argument("--nsd_tolerance_mm", type=float, default=1.0,
+                         help="Tolerance of the normalised surface Dice in the per-volume evaluation.")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
@@ -119,6 +133,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}")
     if not 0 <= args.box_jitter < 1:
         parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
+    if args.window is not None:
+        try:
+            window = args.window[0] if len(args.window) == 1 else [float(v) for v in args.window]
+            args.window = resolve_window(window)
+        except ValueError as err:
+            parser.error(f"--window: {err}")
+    try:
+        args.slice_axis = resolve_slice_axis(args.slice_axis)
+    except ValueError as err:
+        parser.error(f"--slice_axis: {err}")
+    if not 0 <= args.nsd_tolerance_mm < math.inf:
+        parser.error(f"--nsd_tolerance_mm must be >= 0 and finite, got {args.nsd_tolerance_mm}")
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LEARNING_RATES[args.method]
     elif not 0 < args.learning_rate < math.inf:

@@ -34,7 +34,7 @@ FINGERPRINT_ARGS = (
     "method", "base_model", "dataset", "image_column", "mask_column", "train_split", "eval_split",
     "validation_fraction", "label_ids", "max_train_samples", "max_eval_samples", "per_device_train_batch_size",
     "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "seed",
-    "mixed_precision", "prompt", "num_points", "box_jitter",
+    "mixed_precision", "prompt", "num_points", "box_jitter", "slice_axis", "window",
 )
 # What a run writes at the top of its output folder besides the model's own files (listed in the run manifest).
 RUN_OUTPUTS = (

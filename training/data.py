@@ -214,6 +214,7 @@ class SamPairTransform:
     mask_column: str
     label_ids: list[int] | None = None
     keep_masks: bool = False
+    meta_columns: tuple[str, ...] = ()  # passed through unchanged (volume rows: case, slice, class, spacing)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {
@@ -221,6 +222,8 @@ class SamPairTransform:
         }
         if self.keep_masks:
             out["gt_masks"] = []
+        for column in self.meta_columns:
+            out[column] = list(batch[column])
         for image, mask in zip(batch[self.image_column], batch[self.mask_column]):
             # The same conversion as the inference pipeline, so that training sees what inference will see.
             rgb = to_uint8_rgb(image)
@@ -247,10 +250,11 @@ class SamPairTransform:
 
 
 def collate(examples: list[dict]) -> dict:
-    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key != "gt_masks"}
-    if "gt_masks" in examples[0]:
-        batch["gt_masks"] = [e["gt_masks"] for e in examples]
-    return batch
+    """Tensors stacked; masks kept for scoring and row metadata (volume rows) as lists."""
+    return {
+        key: torch.stack([e[key] for e in examples]) if isinstance(examples[0][key], torch.Tensor) else [e[key] for e in examples]
+        for key in examples[0]
+    }
 
 
 def default_num_workers(num_processes: int) -> int:

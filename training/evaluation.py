@@ -9,11 +9,13 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_icmoe import IcMoeSamModel
+from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .diagnostics import VotingStats
 from .methods import sam_of
 from .metrics import load_segmentation_metric
 from .prompts import jitter_boxes, sample_points
+from .volume_data import VOLUME_COLUMNS
 
 
 def routed_counts(router_probs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -41,8 +43,43 @@ def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: floa
     return inputs
 
 
+def volume_scores(predictions: list, references: list, metas: list[dict], *, nsd_tolerance_mm: float) -> dict:
+    """Per-volume, per-class scores of slice predictions: each (case, class)'s slices stacked back into a volume.
+
+    Slices without the class were not prompted, so they are empty in prediction and reference alike; the stack spans
+    the prompted slice indices with their true spacing, which leaves distances unchanged.
+    """
+    groups: dict[tuple[str, int], list[int]] = {}
+    for row, meta in enumerate(metas):
+        groups.setdefault((meta["case"], int(meta["label_id"])), []).append(row)
+    per_case, by_class = [], {}
+    for (case, label), rows in sorted(groups.items()):
+        first = min(int(metas[r]["slice_index"]) for r in rows)
+        depth = max(int(metas[r]["slice_index"]) for r in rows) - first + 1
+        shape = (depth, *np.asarray(references[rows[0]]).shape)
+        prediction, reference = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+        for r in rows:
+            index = int(metas[r]["slice_index"]) - first
+            prediction[index], reference[index] = np.asarray(predictions[r], bool), np.asarray(references[r], bool)
+        scores = score_volume(prediction, reference, metas[rows[0]]["spacing"], nsd_tolerance_mm=nsd_tolerance_mm)
+        record = {"case": case, "label_id": label, "label_name": metas[rows[0]]["label_name"], "slices": len(rows),
+                  **{k: round(float(v), 5) for k, v in scores.items()}}
+        per_case.append(record)
+        by_class.setdefault(label, []).append(scores)
+    return {
+        "mean": summarize(per_case),
+        "per_class": {str(label): summarize(scores) for label, scores in sorted(by_class.items())},
+        "per_case": per_case,
+        "nsd_tolerance_mm": nsd_tolerance_mm,
+        "units": "hd95 in mm",
+    }
+
+
 @torch.no_grad()
-def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_points: int, num_examples: int = 0):
+def evaluate_model(
+    model, loader, processor, accelerator, *, prompt: str, num_points: int, num_examples: int = 0,
+    nsd_tolerance_mm: float = 1.0,
+):
     """Scores `model` on `loader`; returns (metrics on the main process else {}, expert load, examples).
 
     The expert load is the share of each layer's tokens routed to each routed expert, over the whole split and all
@@ -54,7 +91,7 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
     model.eval()
     sam = sam_of(accelerator.unwrap_model(model))
     is_icmoe = isinstance(sam, IcMoeSamModel)
-    predictions, references, examples, shown = [], [], [], set()
+    predictions, references, metas, examples, shown = [], [], [], [], set()
     load, voting = None, VotingStats()
     batches = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in batches:
@@ -67,6 +104,9 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
         local = [m[0, int(b[0])].numpy().astype(bool) for m, b in zip(masks, best.cpu())]
         predictions += accelerator.gather_for_metrics(local, use_gather_object=True)
         references += accelerator.gather_for_metrics(list(batch["gt_masks"]), use_gather_object=True)
+        if "case" in batch:  # slices of volumes: scored per volume as well
+            local_meta = [dict(zip(VOLUME_COLUMNS, values)) for values in zip(*(batch[k] for k in VOLUME_COLUMNS))]
+            metas += accelerator.gather_for_metrics(local_meta, use_gather_object=True)
         if is_icmoe:
             counts = routed_counts(outputs.router_probs)
             load = counts if load is None else load + counts  # (L, R)
@@ -84,6 +124,8 @@ def evaluate_model(model, loader, processor, accelerator, *, prompt: str, num_po
         metrics = load_segmentation_metric().compute(predictions=predictions, references=references)
         if load is not None:
             metrics["voting"] = voting.summary()
+        if metas:
+            metrics["volumes"] = volume_scores(predictions, references, metas, nsd_tolerance_mm=nsd_tolerance_mm)
     return metrics, load, examples
 
 

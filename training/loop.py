@@ -49,6 +49,7 @@ from .data import (
 )
 from .diagnostics import load_by_kind, training_diagnostics
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
+from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
 from .methods import (
     build_model,
     check_base_model,
@@ -64,7 +65,26 @@ METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_imag
 
 
 def _prepare_data(args, processor, accelerator):
-    raw = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column)
+    volume_summary = None
+    columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
+    if is_volume_source(args.dataset):
+        with accelerator.main_process_first():  # one process slices and caches; the others read the cache
+            raw, volume_summary = load_volume_dataset(
+                args.dataset, image_column=args.image_column, mask_column=args.mask_column, slice_axis=args.slice_axis,
+                window=args.window, label_ids=args.label_ids, validation_fraction=args.validation_fraction,
+                seed=args.seed,
+            )
+        columns["label_ids"] = None  # each row's mask is already one class
+        columns["meta_columns"] = VOLUME_COLUMNS
+        for note in volume_summary.notes:
+            accelerator.print(note)
+        for split, counts in volume_summary.splits.items():
+            accelerator.print(
+                f"{split}: {counts['volumes']} volumes, {counts['rows']} (slice, class) prompts; "
+                f"{counts['slices_without_label']} slices without a chosen label are not used."
+            )
+    else:
+        raw = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column)
     train_set, eval_set, eval_split = select_splits(
         raw,
         train_split=args.train_split,
@@ -76,13 +96,13 @@ def _prepare_data(args, processor, accelerator):
         train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
-    columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
     label_size = processor.image_processor.mask_size["longest_edge"]
+    check_columns = {k: v for k, v in columns.items() if k != "meta_columns"}
     with accelerator.main_process_first():
-        check_masks(train_set, name="train", label_size=label_size, **columns)
-        check_masks(eval_set, name="eval", label_size=label_size, **columns)
+        check_masks(train_set, name="train", label_size=label_size, **check_columns)
+        check_masks(eval_set, name="eval", label_size=label_size, **check_columns)
     eval_images = count_source_images(eval_set, args.image_column)
-    train_set = train_set.with_transform(SamPairTransform(processor, **columns))
+    train_set = train_set.with_transform(SamPairTransform(processor, **{**columns, "meta_columns": ()}))
     eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True))
     workers = args.dataloader_num_workers
     if workers is None:
@@ -98,7 +118,7 @@ def _prepare_data(args, processor, accelerator):
         generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
-    return train_loader, eval_loader, eval_split, eval_images
+    return train_loader, eval_loader, eval_split, eval_images, volume_summary
 
 
 def _step_generator(args, epoch: int, batch_index: int, process_index: int) -> torch.Generator:
@@ -179,7 +199,7 @@ def run(args) -> dict:
     set_seed(args.seed)
 
     processor = AutoProcessor.from_pretrained(args.base_model)
-    train_loader, eval_loader, eval_split, eval_images = _prepare_data(args, processor, accelerator)
+    train_loader, eval_loader, eval_split, eval_images, volume_summary = _prepare_data(args, processor, accelerator)
     icmoe_config = load_icmoe_config(
         args.icmoe_config, {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok}
     )
@@ -221,12 +241,14 @@ def run(args) -> dict:
     if args.report_to != "none":
         accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(args))
 
-    eval_kwargs = {"prompt": args.prompt, "num_points": args.num_points}
+    eval_kwargs = {"prompt": args.prompt, "num_points": args.num_points, "nsd_tolerance_mm": args.nsd_tolerance_mm}
     comparisons = {}
     if not args.no_zeroshot_eval and not args.resume_from_checkpoint:
         accelerator.print("Evaluating the base model (zero-shot) ...")
         metrics, _, _ = evaluate_model(model, eval_loader, processor, accelerator, **eval_kwargs)
         comparisons["zeroshot"] = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+        if "volumes" in metrics:
+            comparisons["zeroshot"]["volumes"] = metrics["volumes"]["mean"]
 
     completed_steps, starting_epoch, resume_batches = 0, 0, 0
     if checkpoint is not None:
@@ -346,7 +368,7 @@ def run(args) -> dict:
         results = _write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
-            fingerprint=fingerprint, run_info=_run_info(args, accelerator, eval_images),
+            fingerprint=fingerprint, run_info=_run_info(args, accelerator, eval_images, volume_summary),
         )
         _print_table(accelerator, results)
         if "diagnostics" in results:
@@ -361,9 +383,11 @@ def run(args) -> dict:
     return results
 
 
-def _run_info(args, accelerator, eval_images: int) -> dict:
+def _run_info(args, accelerator, eval_images: int, volume_summary) -> dict:
     """What a reader of the results needs to reproduce or weigh them, beyond the metrics."""
+    volume_info = {} if volume_summary is None else {"volume_data": volume_summary.to_dict()}
     return {
+        **volume_info,
         "seed": args.seed,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -428,6 +452,7 @@ def _write_outputs(
         "dataset": args.dataset,
         "eval_split": eval_split,
         **{k: metrics[k] for k in METRIC_KEYS},
+        **({"volumes": metrics["volumes"]} if "volumes" in metrics else {}),
         "train_steps": steps,
         "learning_rate": args.learning_rate,
         "trainable_params": trainable,
@@ -501,3 +526,13 @@ def _print_table(accelerator, results: dict) -> None:
             f"{name:<16} {m['dice']:.4f}±{m['dice_std']:.3f} {m['iou']:.4f}±{m['iou_std']:.3f} "
             f"{m['hd95']:8.2f}±{m['hd95_std']:6.2f}  {m['n_images']}"
         )
+    if "volumes" in results:
+        accelerator.print(f"\nper volume and class (HD95 in mm, NSD at {results['volumes']['nsd_tolerance_mm']:g} mm)")
+        for name, m in rows:
+            v = m["volumes"] if name == results["method"] else m.get("volumes")
+            v = v.get("mean", v) if v else None
+            if v:
+                accelerator.print(
+                    f"{name:<16} Dice {v['dice']:.4f}±{v['dice_std']:.3f}  HD95 {v['hd95']:.2f}±{v['hd95_std']:.2f} mm  "
+                    f"NSD {v['nsd']:.4f}  n={v['n_cases']}"
+                )

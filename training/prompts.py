@@ -10,16 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-
-def mask_box(mask) -> list[float]:
-    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy or tensor): the first and last foreground column and
-    row, inclusive, as the common SAM fine-tuning recipes derive box prompts."""
-    mask = torch.as_tensor(mask)
-    rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
-    cols = torch.nonzero(mask.any(dim=0)).squeeze(1)
-    if rows.numel() == 0:
-        raise ValueError("Cannot derive a box prompt from an empty mask.")
-    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
+from modeling_icmoe.volumes import mask_box  # noqa: F401  (one box rule for training, evaluation and prediction)
 
 
 def jitter_boxes(

@@ -1,0 +1,153 @@
+"""`icmoe-sam`, the command installed with the package.
+
+    icmoe-sam predict --model DIR --input CT.nii.gz --output PRED.nii.gz --prompt_labels COARSE.nii.gz
+    icmoe-sam predict --model DIR --input MR.nii.gz --output PRED.nii.gz --boxes boxes.json --reference GT.nii.gz
+
+`predict` segments a volume slice by slice, one box prompt per class and slice (from a label map such as an
+earlier reader's coarse segmentation, or given as JSON), and writes the label map with the input's shape, affine
+and header. With `--reference`, it also scores the prediction per class in millimetres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .pipeline_icmoe_sam import resolve_window
+from .volumes import (
+    is_nifti,
+    load_label_map,
+    load_nifti,
+    prompts_from_boxes,
+    prompts_from_label_map,
+    resolve_slice_axis,
+    save_label_map,
+    segment_volume,
+)
+
+
+def _predict_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="Segment a NIfTI volume slice by slice with box prompts per class.",
+        description="Segment a NIfTI volume slice by slice, one box prompt per class and slice, and write the label "
+                    "map at the input's geometry.",
+    )
+    parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
+    parser.add_argument("--input", required=True, help="The volume (.nii or .nii.gz).")
+    parser.add_argument("--output", required=True, help="Where to write the predicted label map (.nii or .nii.gz).")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt_labels", help="A label map on the input's grid: each class's box in each slice.")
+    prompts.add_argument("--boxes", help='JSON list of {"slice": s, "label": l, "box": [x0, y0, x1, y1]} in the '
+                                         "pixels of canonical (RAS) slices along --slice_axis.")
+    parser.add_argument("--label_ids", type=int, nargs="+", default=None,
+                        help="With --prompt_labels: the classes to segment (default: every non-zero label).")
+    parser.add_argument("--slice_axis", default="axial", help="axial, coronal, sagittal or 0/1/2 (canonical axes).")
+    parser.add_argument("--window", nargs="+", default=None,
+                        help="CT window preset or LEVEL WIDTH. Default: the window the model was trained with "
+                             "(eval_results.json in --model), else percentiles over the volume.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Slices per forward pass.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... Default: cuda when available.")
+    parser.add_argument("--reference", default=None, help="A ground-truth label map: score the prediction per class.")
+    parser.add_argument("--nsd_tolerance_mm", type=float, default=1.0, help="Tolerance of the surface Dice.")
+    parser.add_argument("--metrics_output", default=None,
+                        help="Where to write the scores as JSON (default: beside --output, with --reference).")
+    parser.set_defaults(handler=predict)
+
+
+def _trained_window(model: str):
+    """The window recorded by training, when the model folder holds its eval_results.json."""
+    path = Path(model) / "eval_results.json"
+    if not path.is_file():
+        return None
+    window = json.loads(path.read_text(encoding="utf-8")).get("volume_data", {}).get("window")
+    return resolve_window(window) if window is not None else None
+
+
+def load_model(model: str, device: str | None):
+    """An IC-MoE or SAM checkpoint and its processor, in eval mode on `device`."""
+    import torch
+    from transformers import PreTrainedConfig, SamModel, SamProcessor
+
+    from .modeling_icmoe_sam import IcMoeSamModel
+
+    model_type = PreTrainedConfig.get_config_dict(model)[0].get("model_type")
+    model_class = {"icmoe_sam": IcMoeSamModel, "sam": SamModel}.get(model_type)
+    if model_class is None:
+        raise ValueError(f"{model} holds a `{model_type}` model; `icmoe-sam predict` runs `icmoe_sam` or `sam` models.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model_class.from_pretrained(model).to(device).eval(), SamProcessor.from_pretrained(model)
+
+
+def predict(args: argparse.Namespace) -> dict:
+    for name in ("input", "output", "prompt_labels", "reference"):
+        value = getattr(args, name)
+        if value is not None and not is_nifti(value):
+            raise ValueError(f"--{name} {value}: expected a NIfTI file (.nii or .nii.gz).")
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size}.")
+    axis = resolve_slice_axis(args.slice_axis)
+    window = resolve_window(args.window[0] if len(args.window) == 1 else args.window) if args.window else None
+    if window is None and args.window is None:
+        window = _trained_window(args.model)
+        if window is not None:
+            print(f"Using the CT window the model was trained with: level {window[0]:g}, width {window[1]:g}.")
+    volume = load_nifti(args.input)
+    if args.prompt_labels:
+        prompts = prompts_from_label_map(load_label_map(args.prompt_labels, volume), axis, args.label_ids)
+    else:
+        try:
+            entries = json.loads(Path(args.boxes).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--boxes {args.boxes}: cannot be read as JSON ({err}).") from err
+        if not isinstance(entries, list):
+            raise ValueError(f"--boxes {args.boxes}: expected a JSON list of box entries.")
+        prompts = prompts_from_boxes(entries, volume, axis)
+    if not prompts:
+        raise ValueError("No prompt: the prompt label map has none of the chosen labels in any slice.")
+    model, processor = load_model(args.model, args.device)
+    labels = segment_volume(
+        model, processor, volume, prompts, axis=axis, window=window, slices_per_batch=args.batch_size
+    )
+    written = save_label_map(labels, volume, args.output)
+    print(f"Wrote {written} ({len(prompts)} prompts in {len({p.index for p in prompts})} slices).")
+    if args.reference is None:
+        return {}
+    return _score(args, labels, load_label_map(args.reference, volume), sorted({p.label for p in prompts}))
+
+
+def _score(args, labels, reference, classes: list[int]) -> dict:
+    from .volume_metrics import score_volume
+
+    scores = {
+        str(label): {k: round(float(v), 5) for k, v in score_volume(
+            labels == label, reference.data == label, reference.spacing, nsd_tolerance_mm=args.nsd_tolerance_mm
+        ).items()}
+        for label in classes
+    }
+    result = {"input": args.input, "reference": args.reference, "nsd_tolerance_mm": args.nsd_tolerance_mm,
+              "units": "hd95 in mm", "per_class": scores}
+    output = Path(args.metrics_output or str(args.output).removesuffix(".gz").removesuffix(".nii") + "_metrics.json")
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for label, values in scores.items():
+        print(f"label {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    print(f"Wrote {output}.")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="icmoe-sam", description="IC-MoE SAM for medical image segmentation.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _predict_parser(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except ValueError as err:
+        print(f"icmoe-sam {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

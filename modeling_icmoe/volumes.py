@@ -1,0 +1,292 @@
+"""Medical volumes: NIfTI in and out at the input's geometry, slicing, and slice-by-slice prompted segmentation.
+
+SAM and IC-MoE segment 2-D images. A volume is read with nibabel and brought to the closest canonical (RAS+)
+orientation, so that "axis 2" is the axial direction whatever the scanner wrote; it is cut into 2-D slices along
+a chosen axis, each class present in a slice gets its own prompt (a box), and the predicted masks are stacked back
+into a label map that is written with the input's own orientation, shape, affine and header.
+
+Intensities go to 8 bits once per volume (a CT window, or percentiles over the whole volume), with the rule the
+2-D pipeline applies to single images (`scale_intensities`), so that training slices, pipeline calls and
+`icmoe-sam predict` see the same pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .pipeline_icmoe_sam import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
+
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Largest disagreement (in mm) between a label map's affine and its image's that still counts as the same grid.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as err:  # an optional dependency: only volume users need it
+        raise ImportError("Reading NIfTI volumes needs nibabel: pip install 'icmoe-sam[volumes]'.") from err
+    return nibabel
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def resolve_slice_axis(axis: int | str) -> int:
+    """A canonical axis index from 0/1/2 or `sagittal`/`coronal`/`axial`."""
+    if isinstance(axis, str) and not axis.lstrip("-").isdigit():
+        if axis not in SLICE_AXES:
+            raise ValueError(f"Unknown slice axis {axis!r}; choose 0, 1, 2 or one of {sorted(SLICE_AXES)}.")
+        return SLICE_AXES[axis]
+    index = int(axis)
+    if index not in (0, 1, 2):
+        raise ValueError(f"The slice axis must be 0, 1 or 2 (sagittal, coronal, axial), got {axis!r}.")
+    return index
+
+
+@dataclass
+class Volume:
+    """A volume in the closest canonical (RAS+) orientation, with what is needed to write results back.
+
+    data: the voxel array in canonical orientation (lazy until first read for large files).
+    spacing: voxel size along the canonical axes, in mm.
+    image: the NIfTI image as stored (its orientation, affine and header), the reference for writing back.
+    path: the file it came from.
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    image: object
+    path: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    def num_slices(self, axis: int) -> int:
+        return self.data.shape[axis]
+
+    def slice(self, axis: int, index: int) -> np.ndarray:
+        """The 2-D slice `index` along canonical `axis` (rows and columns: the other two axes, in order)."""
+        return np.take(self.data, index, axis=axis)
+
+    def slice_spacing(self, axis: int) -> tuple[float, float]:
+        """Pixel spacing (rows, columns) of a slice along `axis`, in mm."""
+        return tuple(s for i, s in enumerate(self.spacing) if i != axis)
+
+
+def load_nifti(path: str | os.PathLike) -> Volume:
+    """Reads a 3-D NIfTI file (a 4-D file with one frame counts as 3-D) in canonical orientation."""
+    nib = _nibabel()
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file.")
+    try:
+        image = nib.load(path)
+        if len(image.shape) == 4 and image.shape[3] == 1:
+            image = image.slicer[..., 0]
+        if len(image.shape) != 3:
+            raise ValueError(f"expected a 3-D volume, got shape {tuple(image.shape)}")
+        canonical = nib.as_closest_canonical(image)
+        data = np.asanyarray(canonical.dataobj)
+    except (OSError, EOFError, nib.filebasedimages.ImageFileError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: cannot be read as a NIfTI volume ({err}).") from err
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ValueError(f"{path}: voxel sizes {spacing} are not positive; the header is broken.")
+    return Volume(data=data, spacing=spacing, image=image, path=path)
+
+
+def load_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
+    """Reads an integer label map that must lie on `reference`'s voxel grid (same shape and affine)."""
+    labels = load_nifti(path)
+    if labels.image.shape != reference.image.shape:
+        raise ValueError(
+            f"{labels.path}: label map shape {tuple(labels.image.shape)} differs from its image {reference.path} "
+            f"{tuple(reference.image.shape)}."
+        )
+    difference = np.abs(np.asarray(labels.image.affine) - np.asarray(reference.image.affine)).max()
+    if difference > AFFINE_TOLERANCE_MM:
+        raise ValueError(
+            f"{labels.path}: its affine differs from that of its image {reference.path} by up to {difference:.4g} mm; "
+            "the label map must lie on the image's voxel grid (resample it first)."
+        )
+    data = np.asarray(labels.data)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all() or not np.equal(np.round(data), data).all():
+            raise ValueError(f"{labels.path}: a label map must hold integer labels, found non-integral values.")
+    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
+        raise ValueError(f"{labels.path}: unsupported label map dtype {data.dtype}.")
+    labels.data = data.astype(np.int64)
+    if labels.data.min() < 0:
+        raise ValueError(f"{labels.path}: negative labels ({int(labels.data.min())}); labels must be >= 0.")
+    return labels
+
+
+def to_uint8_volume(
+    volume: Volume,
+    *,
+    window: str | Sequence[float] | None = None,
+    intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+) -> np.ndarray:
+    """The whole volume as uint8, one rule for every slice (a CT window, or percentiles over the volume)."""
+    return scale_intensities(np.asarray(volume.data), window=window, intensity_percentiles=intensity_percentiles)
+
+
+def to_stored_orientation(array: np.ndarray, reference: Volume) -> np.ndarray:
+    """A canonical-orientation array back in the orientation `reference` is stored in (the inverse of reading)."""
+    nib = _nibabel()
+    stored = nib.orientations.io_orientation(reference.image.affine)
+    canonical = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(canonical, stored))
+
+
+def save_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
+    """Writes a canonical-orientation label map with `reference`'s shape, orientation, affine and header."""
+    nib = _nibabel()
+    stored = to_stored_orientation(labels, reference)
+    if stored.shape != tuple(reference.image.shape):
+        raise ValueError(f"The label map has shape {stored.shape}, its image {tuple(reference.image.shape)}.")
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    header = reference.image.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1.0, 0.0)
+    image = nib.Nifti1Image(stored.astype(dtype), reference.image.affine, header=header)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def mask_box(mask) -> list[float]:
+    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy array or CPU tensor): the first and last foreground column
+    and row, inclusive, as the common SAM fine-tuning recipes derive box prompts."""
+    mask = np.asarray(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("Cannot derive a box prompt from an empty mask.")
+    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
+
+
+@dataclass
+class SlicePrompt:
+    """One prompt: the class `label` in slice `index` along the slice axis, as a box in that slice's pixels."""
+
+    index: int
+    label: int
+    box: list[float]
+
+
+def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] | None = None) -> list[SlicePrompt]:
+    """One box per (slice, class) present in `labels`; `label_ids` chooses the classes (default: every non-zero)."""
+    present = np.unique(labels.data)
+    chosen = sorted(int(v) for v in present if v != 0) if label_ids is None else [int(v) for v in label_ids]
+    missing = sorted(set(chosen) - {int(v) for v in present})
+    if missing:
+        raise ValueError(f"{labels.path}: label ids {missing} never occur (labels present: {present.tolist()}).")
+    prompts = []
+    for index in range(labels.num_slices(axis)):
+        plane = labels.slice(axis, index)
+        for label in chosen:
+            mask = plane == label
+            if mask.any():
+                prompts.append(SlicePrompt(index, label, mask_box(mask)))
+    return prompts
+
+
+def prompts_from_boxes(entries: Sequence[dict], volume: Volume, axis: int) -> list[SlicePrompt]:
+    """Prompts from `[{"slice": s, "label": l, "box": [x0, y0, x1, y1]}, ...]` in canonical slice pixels."""
+    prompts = []
+    for number, entry in enumerate(entries):
+        try:
+            index, label, box = int(entry["slice"]), int(entry["label"]), [float(v) for v in entry["box"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"Box entry {number} must be {{'slice': int, 'label': int, 'box': [x0, y0, x1, y1]}}, got "
+                             f"{entry!r}.") from err
+        height, width = volume.slice(axis, 0).shape
+        if not 0 <= index < volume.num_slices(axis):
+            raise ValueError(f"Box entry {number}: slice {index} is outside 0..{volume.num_slices(axis) - 1}.")
+        if label <= 0 or len(box) != 4 or not (0 <= box[0] <= box[2] < width and 0 <= box[1] <= box[3] < height):
+            raise ValueError(
+                f"Box entry {number}: needs a label > 0 and a box inside the {height}x{width} slice with x0 <= x1 and "
+                f"y0 <= y1, got label {label} and box {box}."
+            )
+        prompts.append(SlicePrompt(index, label, box))
+    return prompts
+
+
+def _batches(prompts: list[SlicePrompt], slices_per_batch: int) -> Iterator[tuple[list[int], list[SlicePrompt]]]:
+    """Groups prompts by slice, `slices_per_batch` slices at a time."""
+    by_slice: dict[int, list[SlicePrompt]] = {}
+    for prompt in prompts:
+        by_slice.setdefault(prompt.index, []).append(prompt)
+    indices = sorted(by_slice)
+    for start in range(0, len(indices), slices_per_batch):
+        chunk = indices[start : start + slices_per_batch]
+        yield chunk, [p for i in chunk for p in by_slice[i]]
+
+
+@torch.no_grad()
+def segment_volume(
+    model,
+    processor,
+    volume: Volume,
+    prompts: list[SlicePrompt],
+    *,
+    axis: int,
+    window: str | Sequence[float] | None = None,
+    intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+    slices_per_batch: int = 8,
+    mask_threshold: float = 0.0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Segments every prompt and stacks the masks into a canonical-orientation label map of `volume`'s shape.
+
+    Each slice's image embedding is computed once, whatever the number of classes prompted in it. Where masks of
+    two classes overlap, the one with the higher predicted IoU wins.
+    """
+    from tqdm.auto import tqdm
+
+    pixels = to_uint8_volume(volume, window=window, intensity_percentiles=intensity_percentiles)
+    labels = np.zeros(volume.shape, dtype=np.int32)
+    best = np.full(volume.shape, -np.inf, dtype=np.float32)
+    device, dtype = model.device, model.dtype
+    batches = list(_batches(prompts, slices_per_batch))
+    for indices, chunk in tqdm(batches, desc="Segmenting slices", disable=not progress):
+        images = [np.repeat(np.take(pixels, i, axis=axis)[..., None], 3, axis=-1) for i in indices]
+        encoding = processor(images=images, return_tensors="pt")
+        embeddings = model.get_image_embeddings(encoding["pixel_values"].to(device, dtype))
+        (height, width), (new_height, new_width) = encoding["original_sizes"][0].tolist(), encoding[
+            "reshaped_input_sizes"][0].tolist()
+        scale = torch.tensor([new_width / width, new_height / height] * 2)
+        position = {index: n for n, index in enumerate(indices)}
+        boxes = torch.tensor([p.box for p in chunk]) * scale  # (N, 4) in the model's input frame
+        outputs = model(
+            image_embeddings=embeddings[[position[p.index] for p in chunk]],
+            input_boxes=boxes[:, None].to(device, dtype),
+            multimask_output=False,
+        )
+        masks = processor.post_process_masks(
+            outputs.pred_masks.float().cpu(),
+            encoding["original_sizes"][:1].repeat(len(chunk), 1),
+            encoding["reshaped_input_sizes"][:1].repeat(len(chunk), 1),
+            mask_threshold=mask_threshold,
+        )
+        scores = outputs.iou_scores[:, 0, 0].float().cpu().numpy()
+        for prompt, mask, score in zip(chunk, masks, scores):
+            region = [slice(None)] * 3
+            region[axis] = prompt.index
+            plane_labels, plane_best = labels[tuple(region)], best[tuple(region)]
+            wins = mask[0, 0].numpy() & (score > plane_best)
+            plane_labels[wins] = prompt.label
+            plane_best[wins] = score
+    return labels

@@ -1,0 +1,106 @@
+"""The attention placement: the mixture beside SAM's fused qkv projection, on the whole token grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import SamModel
+
+from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
+from modeling_icmoe.modeling_icmoe_sam import IcMoeAttentionQkv, _window_partition, _window_unpartition
+from training.sam_init import init_sam_from_scratch, tiny_sam_config
+
+ATTENTION = IcMoeAdapterConfig(
+    expert_rank=4, contrastive_samples_per_class=8, projection_dim=8, expert_placement="attention"
+)
+
+
+@pytest.fixture
+def padded_base() -> SamModel:
+    """A tiny SAM whose windowed block pads its 8 x 8 grid to 9 x 9 (window 3): padding tokens are attended to."""
+    config = tiny_sam_config()
+    config.vision_config.window_size = 3
+    return init_sam_from_scratch(SamModel(config), seed=0).eval()
+
+
+def _randomise_outputs(model: IcMoeSamModel) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, IcMoeAttentionQkv):
+                module.icmoe.experts.up_proj.normal_(0.0, 0.5)
+
+
+def test_config_rejects_unknown_placement():
+    with pytest.raises(ValueError, match="expert_placement"):
+        IcMoeAdapterConfig(expert_placement="decoder")
+
+
+def test_window_partition_round_trip():
+    tokens = torch.randn(2, 8, 7, 5)
+    windows = _window_partition(tokens, 3)
+    assert windows.shape == (2 * 3 * 3, 3, 3, 5)
+    assert torch.equal(_window_unpartition(windows, 3, (8, 7)), tokens)
+
+
+def test_fresh_attention_model_matches_base(padded_base, images, boxes):
+    model = get_icmoe_model(padded_base, ATTENTION).eval()
+    assert all(isinstance(layer.attn.qkv, IcMoeAttentionQkv) for layer in model.vision_encoder.layers)
+    assert not any(hasattr(layer.mlp, "icmoe") for layer in model.vision_encoder.layers)
+    with torch.no_grad():
+        expected = padded_base(pixel_values=images, input_boxes=boxes).pred_masks
+        actual = model(pixel_values=images, input_boxes=boxes).pred_masks
+    assert expected.abs().max() > 1e-2
+    assert (actual - expected).abs().max() <= 1e-5
+
+
+def test_windowed_mixture_equals_whole_grid_mixture(padded_base):
+    """In a windowed block the mixture is computed on the whole grid and cut into windows; padding tokens keep the
+    projection's own output (its bias), as in SAM."""
+    model = get_icmoe_model(padded_base, ATTENTION).eval()
+    _randomise_outputs(model)
+    windowed = model.vision_encoder.layers[0].attn.qkv
+    assert windowed.window_size == 3
+    whole = IcMoeAttentionQkv(model.config.vision_config, ATTENTION, window_size=0).eval()
+    whole.load_state_dict(windowed.state_dict())
+    tokens = torch.randn(2, 8, 8, windowed.in_features)
+    with torch.no_grad():
+        expected = whole(tokens)
+        actual = _window_unpartition(windowed(_window_partition(tokens, 3)), 3, (9, 9))
+    assert (expected - F.linear(tokens, whole.weight, whole.bias)).abs().max() > 1e-2  # the mixture does work
+    assert (actual[:, :8, :8] - expected).abs().max() <= 1e-5
+    # Windows of the last row and column hold padding: there the output is the projection of a zero token.
+    last = _window_unpartition(windowed(_window_partition(tokens, 3)), 3, (9, 9))[:, 8]
+    assert torch.allclose(last, windowed.bias.expand_as(last), atol=1e-6)
+
+
+def test_attention_experts_train_and_route(padded_base, images, boxes, masks):
+    model = get_icmoe_model(padded_base, ATTENTION).train()
+    output = model(pixel_values=images, input_boxes=boxes, labels=masks, output_router_probs=True)
+    output.loss.backward()
+    assert len(output.routing) == len(model.vision_encoder.layers)
+    for routing in output.routing:
+        assert routing.pixel_logits.shape == (2, 8, 8, ATTENTION.num_experts)
+    for layer in model.vision_encoder.layers:
+        experts = layer.attn.qkv.icmoe.experts
+        assert experts.up_proj.shape[-1] == 3 * layer.attn.qkv.in_features
+        for name in ("up_proj", "down_proj", "semantic_kernel"):
+            grad = getattr(experts, name).grad
+            assert grad is not None and grad.abs().sum() > 0, name
+        assert layer.attn.qkv.weight.grad is None  # SAM's projection stays frozen
+
+
+def test_attention_checkpoint_round_trip(tmp_path, padded_base, images, boxes):
+    model = get_icmoe_model(padded_base, ATTENTION).eval()
+    _randomise_outputs(model)
+    model.save_pretrained(tmp_path / "model")
+    loaded = IcMoeSamModel.from_pretrained(tmp_path / "model").eval()
+    assert loaded.config.icmoe_config.expert_placement == "attention"
+    with torch.no_grad():
+        expected = model(pixel_values=images, input_boxes=boxes).pred_masks
+        actual = loaded(pixel_values=images, input_boxes=boxes).pred_masks
+    assert torch.allclose(actual, expected, atol=1e-6)
+    # The SAM weights of an attention-placed model load back into SamModel under their own names.
+    sam = SamModel.from_pretrained(tmp_path / "model")
+    assert torch.equal(sam.vision_encoder.layers[0].attn.qkv.weight, padded_base.vision_encoder.layers[0].attn.qkv.weight)
+

@@ -1,0 +1,251 @@
+"""Volumes as training data: Decathlon / nnU-Net folders or a CSV of NIfTI pairs, cut into per-class 2-D samples.
+
+Layouts:
+- a folder with `imagesTr/` and `labelsTr/` (optional `imagesTs/` + `labelsTs/`, optional `dataset.json` naming the
+  labels), as the Medical Segmentation Decathlon and nnU-Net lay data out. nnU-Net's channel suffix is understood
+  (`case_0000.nii.gz` pairs with `labelsTr/case.nii.gz`); only channel `_0000` is read, and other channels are
+  reported.
+- a CSV file with the columns `image,label[,split]`, paths relative to the CSV's folder.
+
+Each volume is read once (canonical orientation), brought to 8 bits with one rule for the whole volume (a CT
+window, or percentiles over the volume: `modeling_icmoe.volumes.to_uint8_volume`), cut along the slice axis, and
+every chosen class present in a slice becomes one row: the slice, that class's binary mask, and where it came from
+(`case`, `slice_index`, `label_id`, `label_name`, `spacing`). Rows are written to the `datasets` cache one volume
+at a time, so no more than one volume is held in memory. Splits are made of whole volumes: no case is in two
+splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from modeling_icmoe.volumes import is_nifti, load_label_map, load_nifti, resolve_slice_axis, to_uint8_volume
+
+VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
+CHANNEL_SUFFIX = "_0000"
+
+
+@dataclass
+class Case:
+    name: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class VolumeDataSummary:
+    """What the slicing did, per split: volumes, rows (one per class and slice) and slices without a chosen class."""
+
+    slice_axis: int
+    window: object
+    label_names: dict[int, str]
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "slice_axis": self.slice_axis,
+            "window": self.window,
+            "label_names": {str(k): v for k, v in self.label_names.items()},
+            "splits": self.splits,
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+
+def is_volume_source(source: str) -> bool:
+    """A Decathlon / nnU-Net folder or a CSV file of volume pairs."""
+    path = Path(source)
+    return (path.is_dir() and (path / "imagesTr").is_dir()) or (path.is_file() and path.suffix.lower() == ".csv")
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _folder_cases(images: Path, labels: Path, notes: list[str]) -> list[Case]:
+    if not labels.is_dir():
+        raise ValueError(f"{images} has no label folder {labels.name}/ beside it.")
+    cases, other_channels = [], 0
+    for image in sorted(p for p in images.iterdir() if is_nifti(p) and not p.name.startswith(".")):
+        name = _case_name(image)
+        if name[-5:-4] == "_" and name[-4:].isdigit():  # nnU-Net channel suffix
+            if name[-5:] != CHANNEL_SUFFIX:
+                other_channels += 1
+                continue
+            name = name[:-5]
+        matches = [labels / f"{name}{suffix}" for suffix in (".nii.gz", ".nii")]
+        label = next((m for m in matches if m.is_file()), None)
+        if label is None:
+            raise ValueError(f"{image}: no label map {matches[0].name} in {labels}.")
+        cases.append(Case(name, image, label))
+    if other_channels:
+        notes.append(f"{images}: {other_channels} files of channels other than {CHANNEL_SUFFIX} are not read.")
+    if not cases:
+        raise ValueError(f"{images} holds no NIfTI volume (.nii or .nii.gz).")
+    return cases
+
+
+def _label_names(folder: Path) -> dict[int, str]:
+    """Label names from `dataset.json`: Decathlon's `{"1": "edema"}` or nnU-Net v2's `{"edema": 1}`."""
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8")).get("labels", {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}.") from err
+    names = {}
+    for key, value in labels.items():
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
+            names[int(value)] = key
+        elif str(key).isdigit():
+            names[int(key)] = str(value)
+    return names
+
+
+def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]], dict[int, str]]:
+    """The cases of each split given by the source (`train`, and `test` when it has labelled test volumes)."""
+    path = Path(source)
+    if path.is_dir():
+        splits = {"train": _folder_cases(path / "imagesTr", path / "labelsTr", notes)}
+        if (path / "imagesTs").is_dir() and (path / "labelsTs").is_dir():
+            splits["test"] = _folder_cases(path / "imagesTs", path / "labelsTs", notes)
+        elif (path / "imagesTs").is_dir():
+            notes.append(f"{path / 'imagesTs'} has no labelsTs/: its volumes cannot be scored and are not used.")
+        return splits, _label_names(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise ValueError(f"{path} must have the columns image,label[,split].")
+    splits: dict[str, list[Case]] = {}
+    for line, row in enumerate(rows, start=2):
+        image, label = path.parent / row["image"], path.parent / row["label"]
+        for file in (image, label):
+            if not file.is_file():
+                raise ValueError(f"{path} line {line}: {file} does not exist.")
+        splits.setdefault(row.get("split") or "train", []).append(Case(_case_name(image), image, label))
+    return splits, {}
+
+
+def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """A seeded hold-out of whole volumes (at least one each side)."""
+    if len(cases) < 2:
+        raise ValueError(
+            f"A validation split needs at least two training volumes, got {len(cases)}; add labelsTs/ or more cases."
+        )
+    order = list(cases)
+    random.Random(seed).shuffle(order)
+    held = min(len(order) - 1, max(1, round(fraction * len(order))))
+    return order[held:], order[:held]
+
+
+def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: dict[int, str], counts: dict):
+    for case in cases:
+        volume = load_nifti(case.image)
+        labels = load_label_map(case.label, volume)
+        present = set(np.unique(labels.data).tolist()) - {0}
+        if label_ids is not None and not present & set(label_ids):
+            raise ValueError(f"{case.label}: none of the label ids {sorted(label_ids)} occurs (labels: {sorted(present)}).")
+        chosen = sorted(present) if label_ids is None else [i for i in label_ids if i in present]
+        pixels = to_uint8_volume(volume, window=window)
+        spacing = [volume.spacing[slice_axis], *volume.slice_spacing(slice_axis)]
+        counts["volumes"] += 1
+        for index in range(volume.num_slices(slice_axis)):
+            plane = labels.slice(slice_axis, index)
+            image = None
+            for label in chosen:
+                mask = plane == label
+                if not mask.any():
+                    continue
+                if image is None:
+                    image = np.ascontiguousarray(np.take(pixels, index, axis=slice_axis))
+                counts["rows"] += 1
+                yield {
+                    "image": image,
+                    "mask": mask.astype(np.uint8),
+                    "case": case.name,
+                    "slice_index": index,
+                    "label_id": label,
+                    "label_name": label_names.get(label, str(label)),
+                    "spacing": spacing,
+                }
+            if image is None:
+                counts["slices_without_label"] += 1
+
+
+def _count_slices_without_label(cases: list[Case], axis: int, label_ids: list[int] | None) -> int:
+    count = 0
+    for case in cases:
+        labels = load_label_map(case.label, load_nifti(case.image))
+        chosen = labels.data > 0 if label_ids is None else np.isin(labels.data, label_ids)
+        other_axes = tuple(i for i in range(3) if i != axis)
+        count += int((~chosen.any(axis=other_axes)).sum())
+    return count
+
+
+def load_volume_dataset(
+    source: str,
+    *,
+    image_column: str,
+    mask_column: str,
+    slice_axis: int | str = "axial",
+    window=None,
+    label_ids: list[int] | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 42,
+) -> tuple[datasets.DatasetDict, VolumeDataSummary]:
+    """The per-class slice rows of every split, and what slicing skipped and kept."""
+    axis = resolve_slice_axis(slice_axis)
+    notes: list[str] = []
+    splits, label_names = discover_cases(source, notes)
+    if "test" not in splits and "validation" not in splits:
+        splits["train"], splits["validation"] = split_by_volume(splits["train"], validation_fraction, seed)
+        notes.append(f"validation: {len(splits['validation'])} whole volumes held out of train (seed {seed}).")
+    summary = VolumeDataSummary(slice_axis=axis, window=window, label_names=label_names, notes=notes)
+    features = datasets.Features({
+        image_column: datasets.Image(),
+        mask_column: datasets.Image(),
+        "case": datasets.Value("string"),
+        "slice_index": datasets.Value("int32"),
+        "label_id": datasets.Value("int32"),
+        "label_name": datasets.Value("string"),
+        "spacing": datasets.Sequence(datasets.Value("float32"), length=3),
+    })
+    result = {}
+    for split, cases in splits.items():
+        counts = {"volumes": 0, "rows": 0, "slices_without_label": 0}
+
+        def generate(cases, stamp, counts=counts):
+            for row in _rows(cases, axis, window, label_ids, label_names, counts):
+                yield {image_column: row.pop("image"), mask_column: row.pop("mask"), **row}
+
+        # The files' sizes and times are part of the cache key: a volume changed on disk is sliced again.
+        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for c in cases for p in (c.image, c.label))
+        try:
+            dataset = datasets.Dataset.from_generator(
+                generate, features=features, gen_kwargs={"cases": cases, "stamp": stamp}
+            )
+        except datasets.exceptions.DatasetGenerationError as err:  # our own message (a bad file) is the cause
+            raise (err.__cause__ if isinstance(err.__cause__, ValueError) else err) from None
+        if counts["volumes"] == 0:  # loaded from the cache: the generator did not run, count again from the labels
+            counts["slices_without_label"] = _count_slices_without_label(cases, axis, label_ids)
+        if len(dataset) == 0:
+            raise ValueError(f"Split `{split}` of {source} has no slice with a chosen label.")
+        summary.splits[split] = {
+            "volumes": len(cases),
+            "rows": len(dataset),
+            "slices_without_label": counts["slices_without_label"],
+        }
+        result[split] = dataset
+    return datasets.DatasetDict(result), summary
