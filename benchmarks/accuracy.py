@@ -104,8 +104,8 @@ DEFAULT_LR_GRID = {
     "decoder": (1e-4, 3e-4, 1e-3),
     "full": (3e-5, 1e-4, 3e-4, 1e-3),
     "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "adapter": (1e-4, 3e-4, 1e-3),
-    "icmoe": (1e-4, 3e-4, 1e-3),
+    "adapter": (1e-4, 3e-4, 1e-3, 3e-3),
+    "icmoe": (1e-4, 3e-4, 1e-3, 3e-3),
 }
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
@@ -290,11 +290,19 @@ def match_rank(count, target: int) -> tuple[int, int]:
                key=lambda rank_count: (abs(rank_count[1] - target), rank_count[0]))
 
 
-def matched_ranks(base_model: str) -> dict:
-    """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts."""
+def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
+    """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts.
+
+    `recorded`: the matched ranks of an existing results file. A recorded rank is kept while its count stays within
+    the tolerance of the current target, so that a change of IC-MoE's default inside the tolerance does not make
+    every matched baseline's runs stale."""
     target = count_encoder_params("icmoe", base_model)
     matched = {"icmoe_encoder_params": target, "tolerance": MATCH_TOLERANCE}
     for kind in ("lora", "adapter"):
+        kept = (recorded or {}).get(f"{kind}_encoder_params")
+        if kept is not None and abs(kept - target) <= MATCH_TOLERANCE * target:
+            matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = recorded[f"{kind}_rank"], kept
+            continue
         cache: dict[int, int] = {}
 
         def count(rank: int, kind=kind, cache=cache) -> int:
@@ -530,7 +538,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         protocol["lr_grid"] = {**old.get("lr_grid", {}), **protocol["lr_grid"]}
     protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
     protocol["machine"] = machine()
-    protocol["matched_ranks"] = matched_ranks(args.base_model)
+    protocol["matched_ranks"] = matched_ranks(args.base_model, data["protocol"].get("matched_ranks"))
     data["protocol"] = protocol
     save(data, args.output, {(task["name"], method) for task in tasks for method in args.methods})
 

@@ -18,11 +18,13 @@ from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
 from .experts import IcMoeExperts
 from .modeling_icmoe_sam import IcMoeSamModel, IcMoeSamOutput, get_icmoe_model
 from .pipeline_icmoe_sam import (
+    CT_WINDOWS,
     ICMOE_PIPELINE_TASK,
     IcMoeSamSegmentationPipeline,
     load_medical_image,
     register_icmoe_pipeline,
     save_pretrained_with_pipeline,
+    scale_intensities,
     to_uint8_rgb,
 )
 from .layer import IcMoeLayer, IcMoeRouting
@@ -36,6 +38,7 @@ register_icmoe_pipeline()
 __version__ = "0.1.0"
 
 __all__ = [
+    "CT_WINDOWS",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "ICMOE_PIPELINE_TASK",
@@ -55,5 +58,6 @@ __all__ = [
     "register_icmoe_pipeline",
     "save_icmoe_adapter",
     "save_pretrained_with_pipeline",
+    "scale_intensities",
     "to_uint8_rgb",
 ]

@@ -2,16 +2,22 @@
 
     icmoe-sam predict --model DIR --input CT.nii.gz --output PRED.nii.gz --prompt_labels COARSE.nii.gz
     icmoe-sam predict --model DIR --input MR.nii.gz --output PRED.nii.gz --boxes boxes.json --reference GT.nii.gz
+    icmoe-sam predict --model DIR --input SERIES_FOLDER/ --output PRED_SEG.dcm --prompt_labels COARSE_SEG.dcm
+    icmoe-sam export --model DIR --output DIR_ONNX --format onnx
 
-`predict` segments a volume slice by slice, one box prompt per class and slice (from a label map such as an
-earlier reader's coarse segmentation, or given as JSON), and writes the label map with the input's shape, affine
-and header. With `--reference`, it also scores the prediction per class in millimetres.
+`export` writes ONNX files of a trained model (see `export.py`).
+
+`predict` segments a volume (NIfTI, or a folder holding one DICOM series) slice by slice, one box prompt per class
+and slice (from a label map such as an earlier reader's coarse segmentation, NIfTI or DICOM SEG, or given as JSON),
+and writes the label map with the input's shape, affine and header (NIfTI), or as a DICOM SEG referencing the input
+series (`--output` ending in `.dcm`). With `--reference`, it also scores the prediction per class in millimetres.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from .pipeline_icmoe_sam import resolve_window
 from .volumes import (
     is_nifti,
     load_label_map,
-    load_nifti,
+    load_volume,
     prompts_from_boxes,
     prompts_from_label_map,
     resolve_slice_axis,
@@ -35,10 +41,12 @@ def _predict_parser(subparsers) -> None:
                     "map at the input's geometry.",
     )
     parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
-    parser.add_argument("--input", required=True, help="The volume (.nii or .nii.gz).")
-    parser.add_argument("--output", required=True, help="Where to write the predicted label map (.nii or .nii.gz).")
+    parser.add_argument("--input", required=True, help="The volume: .nii / .nii.gz, or a folder of one DICOM series.")
+    parser.add_argument("--output", required=True,
+                        help="The predicted label map: .nii / .nii.gz, or .dcm for a DICOM SEG (DICOM input only).")
     prompts = parser.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--prompt_labels", help="A label map on the input's grid: each class's box in each slice.")
+    prompts.add_argument("--prompt_labels",
+                         help="A label map on the input's grid (NIfTI or DICOM SEG): each class's box in each slice.")
     prompts.add_argument("--boxes", help='JSON list of {"slice": s, "label": l, "box": [x0, y0, x1, y1]} in the '
                                          "pixels of canonical (RAS) slices along --slice_axis.")
     parser.add_argument("--label_ids", type=int, nargs="+", default=None,
@@ -49,7 +57,8 @@ def _predict_parser(subparsers) -> None:
                              "(eval_results.json in --model), else percentiles over the volume.")
     parser.add_argument("--batch_size", type=int, default=8, help="Slices per forward pass.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... Default: cuda when available.")
-    parser.add_argument("--reference", default=None, help="A ground-truth label map: score the prediction per class.")
+    parser.add_argument("--reference", default=None,
+                        help="A ground-truth label map (NIfTI or DICOM SEG): score the prediction per class.")
     parser.add_argument("--nsd_tolerance_mm", type=float, default=1.0, help="Tolerance of the surface Dice.")
     parser.add_argument("--metrics_output", default=None,
                         help="Where to write the scores as JSON (default: beside --output, with --reference).")
@@ -63,6 +72,15 @@ def _trained_window(model: str):
         return None
     window = json.loads(path.read_text(encoding="utf-8")).get("volume_data", {}).get("window")
     return resolve_window(window) if window is not None else None
+
+
+def _trained_label_names(model: str) -> dict[int, str]:
+    """Label names recorded by training on volumes (from dataset.json), when the model folder has them."""
+    path = Path(model) / "eval_results.json"
+    if not path.is_file():
+        return {}
+    names = json.loads(path.read_text(encoding="utf-8")).get("volume_data", {}).get("label_names", {})
+    return {int(k): str(v) for k, v in names.items()}
 
 
 def load_model(model: str, device: str | None):
@@ -80,22 +98,36 @@ def load_model(model: str, device: str | None):
     return model_class.from_pretrained(model).to(device).eval(), SamProcessor.from_pretrained(model)
 
 
-def predict(args: argparse.Namespace) -> dict:
-    for name in ("input", "output", "prompt_labels", "reference"):
+def _check_paths(args: argparse.Namespace) -> None:
+    if not (os.path.isdir(args.input) or is_nifti(args.input)):
+        raise ValueError(f"--input {args.input}: expected a NIfTI file (.nii, .nii.gz) or a DICOM series folder.")
+    dicom_output = str(args.output).lower().endswith(".dcm")
+    if not (is_nifti(args.output) or dicom_output):
+        raise ValueError(f"--output {args.output}: expected .nii, .nii.gz or .dcm (DICOM SEG).")
+    if dicom_output and not os.path.isdir(args.input):
+        raise ValueError("--output .dcm writes a DICOM SEG, which references a DICOM series: give --input as a series folder.")
+    for name in ("prompt_labels", "reference"):
         value = getattr(args, name)
-        if value is not None and not is_nifti(value):
-            raise ValueError(f"--{name} {value}: expected a NIfTI file (.nii or .nii.gz).")
+        if value is not None and not (is_nifti(value) or str(value).lower().endswith(".dcm")):
+            raise ValueError(f"--{name} {value}: expected a NIfTI label map or a DICOM SEG (.dcm).")
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}.")
+
+
+def predict(args: argparse.Namespace) -> dict:
+    _check_paths(args)
     axis = resolve_slice_axis(args.slice_axis)
     window = resolve_window(args.window[0] if len(args.window) == 1 else args.window) if args.window else None
     if window is None and args.window is None:
         window = _trained_window(args.model)
         if window is not None:
             print(f"Using the CT window the model was trained with: level {window[0]:g}, width {window[1]:g}.")
-    volume = load_nifti(args.input)
+    volume = load_volume(args.input)
+    label_names = _trained_label_names(args.model)
     if args.prompt_labels:
-        prompts = prompts_from_label_map(load_label_map(args.prompt_labels, volume), axis, args.label_ids)
+        prompt_labels = load_label_map(args.prompt_labels, volume)
+        label_names.update(prompt_labels.label_names or {})
+        prompts = prompts_from_label_map(prompt_labels, axis, args.label_ids)
     else:
         try:
             entries = json.loads(Path(args.boxes).read_text(encoding="utf-8"))
@@ -110,7 +142,7 @@ def predict(args: argparse.Namespace) -> dict:
     labels = segment_volume(
         model, processor, volume, prompts, axis=axis, window=window, slices_per_batch=args.batch_size
     )
-    written = save_label_map(labels, volume, args.output)
+    written = save_label_map(labels, volume, args.output, label_names)
     print(f"Wrote {written} ({len(prompts)} prompts in {len({p.index for p in prompts})} slices).")
     if args.reference is None:
         return {}
@@ -128,7 +160,12 @@ def _score(args, labels, reference, classes: list[int]) -> dict:
     }
     result = {"input": args.input, "reference": args.reference, "nsd_tolerance_mm": args.nsd_tolerance_mm,
               "units": "hd95 in mm", "per_class": scores}
-    output = Path(args.metrics_output or str(args.output).removesuffix(".gz").removesuffix(".nii") + "_metrics.json")
+    stem = str(args.output)
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    output = Path(args.metrics_output or f"{stem}_metrics.json")
     output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for label, values in scores.items():
         print(f"label {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -136,10 +173,36 @@ def _score(args, labels, reference, classes: list[int]) -> dict:
     return result
 
 
+def _export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="Export a trained model to ONNX (image encoder with the experts, prompt decoders).",
+        description="Export a model to ONNX as SAM deployments split it: the image encoder (with the IC-MoE experts "
+                    "and routing) and the prompt-encoder-plus-mask-decoder for boxes and for points. Each part is "
+                    "checked against PyTorch with onnxruntime; a model that does not export faithfully is refused.",
+    )
+    parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
+    parser.add_argument("--output", required=True, help="A new (or empty) folder for the ONNX files.")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="Export format.")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version.")
+    parser.set_defaults(handler=export)
+
+
+def export(args: argparse.Namespace) -> dict:
+    from .export import export_onnx
+
+    model, processor = load_model(args.model, "cpu")
+    report = export_onnx(model, processor, args.output, opset=args.opset, source=args.model)
+    worst = max(part["max_difference"] for part in report["parts"].values())
+    print(f"Wrote {args.output} ({', '.join(p['file'] for p in report['parts'].values())}); largest difference from "
+          f"PyTorch {worst:.2e}.")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="icmoe-sam", description="IC-MoE SAM for medical image segmentation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _predict_parser(subparsers)
+    _export_parser(subparsers)
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -52,13 +52,13 @@ class IcMoeAdapterConfig:
             Bottleneck experts whose channels are modulated per image from the image's pooled features.
         num_experts_per_tok (`int`, *optional*, defaults to 2):
             Top-k: how many routed experts each token is sent to.
-        expert_rank (`int`, *optional*, defaults to 16):
+        expert_rank (`int`, *optional*, defaults to 8):
             Bottleneck width of every expert.
         expert_output_scale (`float`, *optional*, defaults to 2.0):
             Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
         target_layers (`list[int]`, *optional*):
             Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
-        expert_placement (`str`, *optional*, defaults to `"mlp"`):
+        expert_placement (`str`, *optional*, defaults to `"attention"`):
             Where the mixture joins each chosen block. `"mlp"`: on the MLP's input, added to the MLP's output
             (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`). `"attention"`: on the attention's input, added to the
             fused qkv projection (`qkv(h) + scale * MoE(h)`, `h = LN1(x)`), so the experts change what tokens attend
@@ -108,13 +108,13 @@ class IcMoeAdapterConfig:
         default=2, metadata={"help": "Number of experts with per-image channel modulation."}
     )
     num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k routed experts per token."})
-    expert_rank: int = field(default=16, metadata={"help": "Bottleneck width of every expert."})
+    expert_rank: int = field(default=8, metadata={"help": "Bottleneck width of every expert."})
     expert_output_scale: float = field(default=2.0, metadata={"help": "Scale of the mixture output."})
     target_layers: list[int] | None = field(
         default=None, metadata={"help": "Vision block indices that get an IC-MoE layer; None = all."}
     )
     expert_placement: str = field(
-        default="mlp",
+        default="attention",
         metadata={
             "help": "Where the mixture joins each block: `mlp` (beside the MLP, added to its output) or `attention` "
             "(beside the fused qkv projection, added to queries, keys and values)."
@@ -283,6 +283,9 @@ class IcMoeAdapterConfig:
         unknown = sorted(set(config_dict) - known)
         if unknown:
             raise ValueError(f"Unknown IC-MoE adapter config fields: {unknown}.")
+        if "expert_placement" not in config_dict and known - {"expert_placement"} <= set(config_dict):
+            # A complete config written before the placement was configurable: its experts sit beside the MLP.
+            config_dict = {**config_dict, "expert_placement": "mlp"}
         return cls(**config_dict)
 
     def to_json_file(self, path: str | os.PathLike) -> None:

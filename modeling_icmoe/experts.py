@@ -174,8 +174,10 @@ class IcMoeExperts(nn.Module):
         Returns:
             `torch.Tensor` of shape `(B, H, W, O)`.
         """
-        weighted = (activations * votes.unsqueeze(-1)).flatten(0, 2).flatten(1)  # (B*H*W, E*r)
+        # `flatten(-2)` and `reshape(-1, ...)` keep the token count symbolic, so traced graphs (ONNX) take any batch.
+        weighted = (activations * votes.unsqueeze(-1)).flatten(-2)  # (B, H, W, E*r)
         up = self.up_proj.reshape(self.num_experts * self.rank, self.output_size)  # (E*r, O), a view
         if base is None:
-            return torch.mm(weighted, up).mul_(scale).view(*activations.shape[:3], self.output_size)
-        return torch.addmm(base.reshape(-1, self.output_size), weighted, up, alpha=scale).view_as(base)
+            return torch.matmul(weighted, up).mul_(scale)  # (B, H, W, O)
+        flat = weighted.reshape(-1, self.num_experts * self.rank)  # (B*H*W, E*r)
+        return torch.addmm(base.reshape(-1, self.output_size), flat, up, alpha=scale).view_as(base)

@@ -86,19 +86,19 @@ class IcMoeMLPBlock(SamMLPBlock):
 
 def _window_unpartition(windows: torch.Tensor, window_size: int, grid: tuple[int, int]) -> torch.Tensor:
     """`(B * nW, ws, ws, D)` windows, as SAM's windowed blocks lay them out (padded to whole windows), back to the
-    `(B, H, W, D)` grid."""
+    `(B, H, W, D)` grid. Only the batch size is left to `-1`, so traced graphs (ONNX) take any batch."""
     height, width = grid
-    rows, cols = -(-height // window_size), -(-width // window_size)
-    tokens = windows.unflatten(0, (-1, rows, cols)).transpose(2, 3)  # (B, rows, ws, cols, ws, D)
-    return tokens.reshape(tokens.shape[0], rows * window_size, cols * window_size, -1)[:, :height, :width]
+    rows, cols, depth = -(-height // window_size), -(-width // window_size), windows.shape[-1]
+    tokens = windows.reshape(-1, rows, cols, window_size, window_size, depth).transpose(2, 3)
+    return tokens.reshape(-1, rows * window_size, cols * window_size, depth)[:, :height, :width]
 
 
 def _window_partition(tokens: torch.Tensor, window_size: int) -> torch.Tensor:
     """The inverse of `_window_unpartition`: `(B, H, W, D)` to zero-padded `(B * nW, ws, ws, D)` windows."""
-    batch, height, width, depth = tokens.shape
+    _, height, width, depth = tokens.shape
     tokens = F.pad(tokens, (0, 0, 0, -width % window_size, 0, -height % window_size))
-    rows, cols = tokens.shape[1] // window_size, tokens.shape[2] // window_size
-    tokens = tokens.reshape(batch, rows, window_size, cols, window_size, depth).transpose(2, 3)
+    rows, cols = -(-height // window_size), -(-width // window_size)
+    tokens = tokens.reshape(-1, rows, window_size, cols, window_size, depth).transpose(2, 3)
     return tokens.reshape(-1, window_size, window_size, depth)
 
 

@@ -58,14 +58,21 @@ class Volume:
 
     data: the voxel array in canonical orientation (lazy until first read for large files).
     spacing: voxel size along the canonical axes, in mm.
-    image: the NIfTI image as stored (its orientation, affine and header), the reference for writing back.
-    path: the file it came from.
+    image: the NIfTI image as stored (its orientation, affine and header), the reference for writing back; for a
+        DICOM series, the equivalent image built from it (voxel axes: columns, rows, slices).
+    path: the file or series folder it came from.
+    affine: the voxel-to-world (RAS, mm) matrix of `data`, in canonical orientation.
+    dicom_sources: the series' DICOM datasets in slice order (without pixel data), for DICOM volumes.
+    label_names: names of the labels, for label maps that carry them (DICOM SEG segment labels).
     """
 
     data: np.ndarray
     spacing: tuple[float, float, float]
     image: object
     path: str
+    affine: np.ndarray | None = None
+    dicom_sources: list | None = None
+    label_names: dict[int, str] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,6 +90,23 @@ class Volume:
         return tuple(s for i, s in enumerate(self.spacing) if i != axis)
 
 
+def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Volume:
+    """A `Volume` of a 3-D nibabel image (from a file, or built from a DICOM series), read in canonical orientation."""
+    nib = _nibabel()
+    try:
+        canonical = nib.as_closest_canonical(image)
+        data = np.asanyarray(canonical.dataobj)
+    except (OSError, EOFError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: cannot be read as a volume ({err}).") from err
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ValueError(f"{path}: voxel sizes {spacing} are not positive; the header is broken.")
+    return Volume(
+        data=data, spacing=spacing, image=image, path=path, affine=np.asarray(canonical.affine),
+        dicom_sources=dicom_sources,
+    )
+
+
 def load_nifti(path: str | os.PathLike) -> Volume:
     """Reads a 3-D NIfTI file (a 4-D file with one frame counts as 3-D) in canonical orientation."""
     nib = _nibabel()
@@ -93,27 +117,42 @@ def load_nifti(path: str | os.PathLike) -> Volume:
         image = nib.load(path)
         if len(image.shape) == 4 and image.shape[3] == 1:
             image = image.slicer[..., 0]
-        if len(image.shape) != 3:
-            raise ValueError(f"expected a 3-D volume, got shape {tuple(image.shape)}")
-        canonical = nib.as_closest_canonical(image)
-        data = np.asanyarray(canonical.dataobj)
     except (OSError, EOFError, nib.filebasedimages.ImageFileError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: cannot be read as a NIfTI volume ({err}).") from err
-    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
-    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise ValueError(f"{path}: voxel sizes {spacing} are not positive; the header is broken.")
-    return Volume(data=data, spacing=spacing, image=image, path=path)
+    if len(image.shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got shape {tuple(image.shape)}.")
+    return volume_from_image(image, path)
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """A NIfTI file, or a folder holding one DICOM series."""
+    if os.path.isdir(path):
+        from .dicom import load_dicom_series
+
+        return load_dicom_series(path)
+    return load_nifti(path)
 
 
 def load_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
-    """Reads an integer label map that must lie on `reference`'s voxel grid (same shape and affine)."""
-    labels = load_nifti(path)
-    if labels.image.shape != reference.image.shape:
+    """Reads an integer label map that must lie on `reference`'s voxel grid (same shape and affine): a NIfTI file,
+    or a DICOM SEG that references `reference`'s DICOM series."""
+    if not is_nifti(path) and os.path.isfile(path):
+        from .dicom import is_dicom_seg, load_dicom_seg
+
+        if is_dicom_seg(path):
+            return load_dicom_seg(path, reference)
+    return _checked_labels(load_nifti(path), reference)
+
+
+def _checked_labels(labels: Volume, reference: Volume) -> Volume:
+    """`labels` as an integer map, after checking it lies on `reference`'s voxel grid (compared in canonical
+    orientation, so a label map stored with another axis order but on the same grid is accepted)."""
+    if labels.shape != reference.shape:
         raise ValueError(
-            f"{labels.path}: label map shape {tuple(labels.image.shape)} differs from its image {reference.path} "
-            f"{tuple(reference.image.shape)}."
+            f"{labels.path}: label map shape {labels.shape} differs from its image {reference.path} {reference.shape} "
+            "(both in canonical orientation)."
         )
-    difference = np.abs(np.asarray(labels.image.affine) - np.asarray(reference.image.affine)).max()
+    difference = np.abs(labels.affine - reference.affine).max()
     if difference > AFFINE_TOLERANCE_MM:
         raise ValueError(
             f"{labels.path}: its affine differs from that of its image {reference.path} by up to {difference:.4g} mm; "
@@ -149,8 +188,15 @@ def to_stored_orientation(array: np.ndarray, reference: Volume) -> np.ndarray:
     return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(canonical, stored))
 
 
-def save_label_map(labels: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
-    """Writes a canonical-orientation label map with `reference`'s shape, orientation, affine and header."""
+def save_label_map(
+    labels: np.ndarray, reference: Volume, path: str | os.PathLike, label_names: dict[int, str] | None = None
+) -> Path:
+    """Writes a canonical-orientation label map with `reference`'s shape, orientation, affine and header (NIfTI), or
+    as a DICOM SEG referencing `reference`'s series when `path` ends in `.dcm`."""
+    if str(path).lower().endswith(".dcm"):
+        from .dicom import save_dicom_seg
+
+        return save_dicom_seg(labels, reference, path, label_names)
     nib = _nibabel()
     stored = to_stored_orientation(labels, reference)
     if stored.shape != tuple(reference.image.shape):

@@ -187,7 +187,7 @@ def test_fingerprint_ignores_where_and_how_often(extra):
 @pytest.mark.parametrize(
     "extra, field",
     [
-        (("--seed", "7"), "seed"), (("--learning_rate", "1e-3"), "learning_rate"), (("--method", "lora"), "method"),
+        (("--seed", "7"), "seed"), (("--learning_rate", "2e-3"), "learning_rate"), (("--method", "lora"), "method"),
         (("--dataset", "other"), "dataset"), (("--base_model", "other"), "base_model"),
         (("--prompt", "point"), "prompt"), (("--per_device_train_batch_size", "8"), "per_device_train_batch_size"),
     ],
@@ -199,13 +199,13 @@ def test_fingerprint_holds_what_changes_the_weights(extra, field):
 def test_resuming_another_runs_checkpoint_is_refused(run_copy, tiny_base_dir, blob_dataset_dir):
     before = (run_copy / "model.safetensors").read_bytes()
     result = _train(
-        tiny_base_dir, blob_dataset_dir, run_copy, *SIX_STEPS, "--seed", "7", "--expert_rank", "8",
+        tiny_base_dir, blob_dataset_dir, run_copy, *SIX_STEPS, "--seed", "7", "--expert_rank", "4",
         "--resume_from_checkpoint", "latest",
     )
     assert result.returncode != 0
     assert f"{run_copy / 'checkpoints' / 'step_6'} belongs to another run" in result.stderr
     assert "seed: checkpoint 42, this run 7" in result.stderr
-    assert "adapter_config.expert_rank: checkpoint 16, this run 8" in result.stderr
+    assert "adapter_config.expert_rank: checkpoint 8, this run 4" in result.stderr
     assert (run_copy / "model.safetensors").read_bytes() == before
 
 

@@ -19,6 +19,7 @@ from modeling_icmoe import (
     IcMoeSamSegmentationPipeline,
     load_medical_image,
     save_pretrained_with_pipeline,
+    scale_intensities,
     to_uint8_rgb,
 )
 
@@ -291,3 +292,16 @@ def test_mask_generation_pipeline(saved):
     )
     assert len(outputs["masks"]) == len(outputs["scores"]) >= 1
     assert outputs["masks"][0].shape == (48, 56)
+
+
+def test_pipeline_applies_a_ct_window(segmenter, model, processor):
+    """`window=` segments exactly what the windowed image gives the model, and not what the percentile rule gives."""
+    rng = np.random.default_rng(4)
+    hu = rng.normal(-600.0, 300.0, (48, 56))
+    hu[10:30, 12:40] = rng.normal(60.0, 20.0, (20, 28))  # soft tissue inside lung-like background
+    boxes = [[12, 10, 40, 30]]
+    windowed = segmenter(hu, input_boxes=boxes, window="soft_tissue")
+    expected_masks, _ = _expected(model, processor, scale_intensities(hu, window=(40.0, 400.0)), boxes)
+    assert np.array_equal(windowed["masks"], expected_masks)
+    with pytest.raises(ValueError, match="Unknown window preset"):
+        segmenter(hu, input_boxes=boxes, window="kidney")

@@ -1,6 +1,8 @@
-"""The attention placement: the mixture beside SAM's fused qkv projection, on the whole token grid."""
+"""Where the mixture sits: beside SAM's fused qkv projection (the default, on the whole token grid) or its MLP."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -8,12 +10,18 @@ from torch.nn import functional as F
 from transformers import SamModel
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
+from modeling_icmoe.layer import IcMoeLayer
 from modeling_icmoe.modeling_icmoe_sam import IcMoeAttentionQkv, _window_partition, _window_unpartition
 from training.sam_init import init_sam_from_scratch, tiny_sam_config
 
 ATTENTION = IcMoeAdapterConfig(
     expert_rank=4, contrastive_samples_per_class=8, projection_dim=8, expert_placement="attention"
 )
+PLACEMENTS = {"attention": ATTENTION, "mlp": dataclasses.replace(ATTENTION, expert_placement="mlp")}
+
+
+def _layers(model: IcMoeSamModel) -> list[IcMoeLayer]:
+    return [m for m in model.modules() if isinstance(m, IcMoeLayer)]
 
 
 @pytest.fixture
@@ -26,14 +34,21 @@ def padded_base() -> SamModel:
 
 def _randomise_outputs(model: IcMoeSamModel) -> None:
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, IcMoeAttentionQkv):
-                module.icmoe.experts.up_proj.normal_(0.0, 0.5)
+        for layer in _layers(model):
+            layer.experts.up_proj.normal_(0.0, 0.5)
 
 
 def test_config_rejects_unknown_placement():
     with pytest.raises(ValueError, match="expert_placement"):
         IcMoeAdapterConfig(expert_placement="decoder")
+
+
+def test_configs_written_before_the_placement_existed_load_as_mlp():
+    legacy = IcMoeAdapterConfig().to_dict()
+    del legacy["expert_placement"]
+    assert IcMoeAdapterConfig.from_dict(legacy).expert_placement == "mlp"
+    # A partial preset takes the current default.
+    assert IcMoeAdapterConfig.from_dict({"expert_rank": 4}).expert_placement == "attention"
 
 
 def test_window_partition_round_trip():
@@ -43,10 +58,13 @@ def test_window_partition_round_trip():
     assert torch.equal(_window_unpartition(windows, 3, (8, 7)), tokens)
 
 
-def test_fresh_attention_model_matches_base(padded_base, images, boxes):
-    model = get_icmoe_model(padded_base, ATTENTION).eval()
-    assert all(isinstance(layer.attn.qkv, IcMoeAttentionQkv) for layer in model.vision_encoder.layers)
-    assert not any(hasattr(layer.mlp, "icmoe") for layer in model.vision_encoder.layers)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_fresh_model_matches_base(padded_base, images, boxes, placement):
+    model = get_icmoe_model(padded_base, PLACEMENTS[placement]).eval()
+    in_attention = [isinstance(block.attn.qkv, IcMoeAttentionQkv) for block in model.vision_encoder.layers]
+    in_mlp = [hasattr(block.mlp, "icmoe") for block in model.vision_encoder.layers]
+    assert all(in_attention if placement == "attention" else in_mlp)
+    assert not any(in_mlp if placement == "attention" else in_attention)
     with torch.no_grad():
         expected = padded_base(pixel_values=images, input_boxes=boxes).pred_masks
         actual = model(pixel_values=images, input_boxes=boxes).pred_masks
@@ -74,28 +92,32 @@ def test_windowed_mixture_equals_whole_grid_mixture(padded_base):
     assert torch.allclose(last, windowed.bias.expand_as(last), atol=1e-6)
 
 
-def test_attention_experts_train_and_route(padded_base, images, boxes, masks):
-    model = get_icmoe_model(padded_base, ATTENTION).train()
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_experts_train_and_route(padded_base, images, boxes, masks, placement):
+    config = PLACEMENTS[placement]
+    model = get_icmoe_model(padded_base, config).train()
     output = model(pixel_values=images, input_boxes=boxes, labels=masks, output_router_probs=True)
     output.loss.backward()
     assert len(output.routing) == len(model.vision_encoder.layers)
     for routing in output.routing:
-        assert routing.pixel_logits.shape == (2, 8, 8, ATTENTION.num_experts)
-    for layer in model.vision_encoder.layers:
-        experts = layer.attn.qkv.icmoe.experts
-        assert experts.up_proj.shape[-1] == 3 * layer.attn.qkv.in_features
+        assert routing.pixel_logits.shape == (2, 8, 8, config.num_experts)
+    width = model.config.vision_config.hidden_size
+    for block, layer in zip(model.vision_encoder.layers, _layers(model)):
+        experts = layer.experts
+        assert experts.up_proj.shape[-1] == (3 * width if placement == "attention" else width)
         for name in ("up_proj", "down_proj", "semantic_kernel"):
             grad = getattr(experts, name).grad
             assert grad is not None and grad.abs().sum() > 0, name
-        assert layer.attn.qkv.weight.grad is None  # SAM's projection stays frozen
+        assert block.attn.qkv.weight.grad is None and block.mlp.lin1.weight.grad is None  # SAM stays frozen
 
 
-def test_attention_checkpoint_round_trip(tmp_path, padded_base, images, boxes):
-    model = get_icmoe_model(padded_base, ATTENTION).eval()
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_checkpoint_round_trip(tmp_path, padded_base, images, boxes, placement):
+    model = get_icmoe_model(padded_base, PLACEMENTS[placement]).eval()
     _randomise_outputs(model)
     model.save_pretrained(tmp_path / "model")
     loaded = IcMoeSamModel.from_pretrained(tmp_path / "model").eval()
-    assert loaded.config.icmoe_config.expert_placement == "attention"
+    assert loaded.config.icmoe_config.expert_placement == placement
     with torch.no_grad():
         expected = model(pixel_values=images, input_boxes=boxes).pred_masks
         actual = loaded(pixel_values=images, input_boxes=boxes).pred_masks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -231,8 +232,10 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
     SamProcessor.from_pretrained(tiny_base_dir).save_pretrained(tmp_path / "model")
     output = tmp_path / "pred.nii.gz"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    console = shutil.which("icmoe-sam", path=str(Path(sys.executable).parent))  # the command pip installs
+    assert console is not None, "icmoe-sam is not installed beside this Python"
     command = [
-        sys.executable, "-m", "modeling_icmoe.cli", "predict", "--model", str(tmp_path / "model"),
+        console, "predict", "--model", str(tmp_path / "model"),
         "--input", str(image_path), "--output", str(output), "--prompt_labels", str(label_path),
         "--reference", str(label_path), "--window", "40", "400", "--batch_size", "3", "--device", "cpu",
     ]

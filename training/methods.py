@@ -26,7 +26,7 @@ METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
 # Each method's default learning rate: the best validation Dice averaged over the benchmark tasks
 # (docs/BENCHMARKS.md, "Learning-rate selection"), so that a plain `--method X` run is that method at its best
 # measured setting.
-DEFAULT_LEARNING_RATES = {"icmoe": 3e-4, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-3, "full": 3e-4, "zeroshot": 0.0}
+DEFAULT_LEARNING_RATES = {"icmoe": 1e-3, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-3, "full": 3e-4, "zeroshot": 0.0}
 
 
 BASE_MODEL_TYPES = ("sam", "icmoe_sam")
@@ -71,6 +71,7 @@ def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
         num_adaptive_experts=0,
         num_experts_per_tok=1,
         expert_rank=rank,
+        expert_placement="mlp",  # beside the MLP, as SAM-Adapter and the common bottleneck adapters sit
         expert_output_scale=1.0,  # the plain adapter as commonly built; its learning rate is tuned like every method's
         router_jitter_noise=0.0,
         pixel_vote_weight=0.0,

@@ -5,7 +5,8 @@ Layouts:
   labels), as the Medical Segmentation Decathlon and nnU-Net lay data out. nnU-Net's channel suffix is understood
   (`case_0000.nii.gz` pairs with `labelsTr/case.nii.gz`); only channel `_0000` is read, and other channels are
   reported.
-- a CSV file with the columns `image,label[,split]`, paths relative to the CSV's folder.
+- a CSV file with the columns `image,label[,split]`, paths relative to the CSV's folder: NIfTI files, or a DICOM
+  series folder with a NIfTI label map or a DICOM SEG.
 
 Each volume is read once (canonical orientation), brought to 8 bits with one rule for the whole volume (a CT
 window, or percentiles over the volume: `modeling_icmoe.volumes.to_uint8_volume`), cut along the slice axis, and
@@ -26,7 +27,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from modeling_icmoe.volumes import is_nifti, load_label_map, load_nifti, resolve_slice_axis, to_uint8_volume
+from modeling_icmoe.volumes import is_nifti, load_label_map, load_volume, resolve_slice_axis, to_uint8_volume
 
 VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
 CHANNEL_SUFFIX = "_0000"
@@ -131,11 +132,18 @@ def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]]
     splits: dict[str, list[Case]] = {}
     for line, row in enumerate(rows, start=2):
         image, label = path.parent / row["image"], path.parent / row["label"]
-        for file in (image, label):
-            if not file.is_file():
-                raise ValueError(f"{path} line {line}: {file} does not exist.")
+        if not (image.is_file() or image.is_dir()):
+            raise ValueError(f"{path} line {line}: {image} does not exist.")
+        if not label.is_file():
+            raise ValueError(f"{path} line {line}: {label} does not exist.")
         splits.setdefault(row.get("split") or "train", []).append(Case(_case_name(image), image, label))
     return splits, {}
+
+
+def _stamp(path: Path) -> tuple:
+    """Name, sizes and modification times of a file or of a series folder's files: part of the cache key."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -152,7 +160,7 @@ def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list
 
 def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: dict[int, str], counts: dict):
     for case in cases:
-        volume = load_nifti(case.image)
+        volume = load_volume(case.image)
         labels = load_label_map(case.label, volume)
         present = set(np.unique(labels.data).tolist()) - {0}
         if label_ids is not None and not present & set(label_ids):
@@ -177,7 +185,7 @@ def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: di
                     "case": case.name,
                     "slice_index": index,
                     "label_id": label,
-                    "label_name": label_names.get(label, str(label)),
+                    "label_name": label_names.get(label) or (labels.label_names or {}).get(label) or str(label),
                     "spacing": spacing,
                 }
             if image is None:
@@ -187,7 +195,7 @@ def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: di
 def _count_slices_without_label(cases: list[Case], axis: int, label_ids: list[int] | None) -> int:
     count = 0
     for case in cases:
-        labels = load_label_map(case.label, load_nifti(case.image))
+        labels = load_label_map(case.label, load_volume(case.image))
         chosen = labels.data > 0 if label_ids is None else np.isin(labels.data, label_ids)
         other_axes = tuple(i for i in range(3) if i != axis)
         count += int((~chosen.any(axis=other_axes)).sum())
@@ -231,7 +239,7 @@ def load_volume_dataset(
                 yield {image_column: row.pop("image"), mask_column: row.pop("mask"), **row}
 
         # The files' sizes and times are part of the cache key: a volume changed on disk is sliced again.
-        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for c in cases for p in (c.image, c.label))
+        stamp = tuple(_stamp(p) for c in cases for p in (c.image, c.label))
         try:
             dataset = datasets.Dataset.from_generator(
                 generate, features=features, gen_kwargs={"cases": cases, "stamp": stamp}
