@@ -51,10 +51,12 @@ def _predict_parser(subparsers) -> None:
                                          "pixels of canonical (RAS) slices along --slice_axis.")
     parser.add_argument("--label_ids", type=int, nargs="+", default=None,
                         help="With --prompt_labels: the classes to segment (default: every non-zero label).")
-    parser.add_argument("--slice_axis", default="axial", help="axial, coronal, sagittal or 0/1/2 (canonical axes).")
+    parser.add_argument("--slice_axis", default=None,
+                        help="axial, coronal, sagittal or 0/1/2 (canonical axes). Default: the axis the model was "
+                             "trained on (eval_results.json of --model), else axial.")
     parser.add_argument("--window", nargs="+", default=None,
                         help="CT window preset or LEVEL WIDTH. Default: the window the model was trained with "
-                             "(eval_results.json in --model), else percentiles over the volume.")
+                             "(eval_results.json of --model), else percentiles over the volume.")
     parser.add_argument("--batch_size", type=int, default=8, help="Slices per forward pass.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... Default: cuda when available.")
     parser.add_argument("--reference", default=None,
@@ -65,22 +67,24 @@ def _predict_parser(subparsers) -> None:
     parser.set_defaults(handler=predict)
 
 
-def _trained_window(model: str):
-    """The window recorded by training, when the model folder holds its eval_results.json."""
+def _training_record(model: str) -> dict:
+    """What training recorded about volume data (`volume_data` of eval_results.json: window, slice axis, label
+    names), from the model folder or its Hub repo; empty when there is none."""
     path = Path(model) / "eval_results.json"
-    if not path.is_file():
-        return None
-    window = json.loads(path.read_text(encoding="utf-8")).get("volume_data", {}).get("window")
-    return resolve_window(window) if window is not None else None
+    if not path.is_file() and not Path(model).exists():
+        try:
+            from huggingface_hub import hf_hub_download
 
-
-def _trained_label_names(model: str) -> dict[int, str]:
-    """Label names recorded by training on volumes (from dataset.json), when the model folder has them."""
-    path = Path(model) / "eval_results.json"
+            path = Path(hf_hub_download(model, "eval_results.json"))
+        except Exception as err:  # no such file in the repo, or offline: prediction goes on with the defaults
+            print(f"No training record for {model} ({type(err).__name__}); using the command-line settings.")
+            return {}
     if not path.is_file():
         return {}
-    names = json.loads(path.read_text(encoding="utf-8")).get("volume_data", {}).get("label_names", {})
-    return {int(k): str(v) for k, v in names.items()}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("volume_data", {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}.") from err
 
 
 def load_model(model: str, device: str | None):
@@ -116,14 +120,21 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> dict:
     _check_paths(args)
+    if args.boxes and args.label_ids:
+        raise ValueError("--label_ids chooses classes of --prompt_labels; with --boxes, give only the boxes you want.")
+    record = _training_record(args.model)
+    if args.slice_axis is None:
+        args.slice_axis = record.get("slice_axis", "axial")
     axis = resolve_slice_axis(args.slice_axis)
-    window = resolve_window(args.window[0] if len(args.window) == 1 else args.window) if args.window else None
-    if window is None and args.window is None:
-        window = _trained_window(args.model)
-        if window is not None:
-            print(f"Using the CT window the model was trained with: level {window[0]:g}, width {window[1]:g}.")
+    if args.window:
+        window = resolve_window(args.window[0] if len(args.window) == 1 else args.window)
+    else:
+        window = resolve_window(record["window"]) if record.get("window") is not None else None
+    print(f"Slicing along canonical axis {axis}; intensities: "
+          + (f"CT window level {window[0]:g}, width {window[1]:g}." if window else "percentiles 0.5-99.5 of the volume."))
     volume = load_volume(args.input)
-    label_names = _trained_label_names(args.model)
+    reference = load_label_map(args.reference, volume) if args.reference else None  # fail before the slow part
+    label_names = {int(k): str(v) for k, v in record.get("label_names", {}).items()}
     if args.prompt_labels:
         prompt_labels = load_label_map(args.prompt_labels, volume)
         label_names.update(prompt_labels.label_names or {})
@@ -144,9 +155,9 @@ def predict(args: argparse.Namespace) -> dict:
     )
     written = save_label_map(labels, volume, args.output, label_names)
     print(f"Wrote {written} ({len(prompts)} prompts in {len({p.index for p in prompts})} slices).")
-    if args.reference is None:
+    if reference is None:
         return {}
-    return _score(args, labels, load_label_map(args.reference, volume), sorted({p.label for p in prompts}))
+    return _score(args, labels, reference, sorted({p.label for p in prompts}))
 
 
 def _score(args, labels, reference, classes: list[int]) -> dict:
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except ValueError as err:
+    except (ValueError, ImportError, OSError) as err:  # bad input, a missing optional package, an unwritable path
         print(f"icmoe-sam {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -283,8 +283,9 @@ class IcMoeAdapterConfig:
         unknown = sorted(set(config_dict) - known)
         if unknown:
             raise ValueError(f"Unknown IC-MoE adapter config fields: {unknown}.")
-        if "expert_placement" not in config_dict and known - {"expert_placement"} <= set(config_dict):
-            # A complete config written before the placement was configurable: its experts sit beside the MLP.
+        if "expert_placement" not in config_dict and "base_model_name_or_path" in config_dict:
+            # Written by `to_dict` (which always writes `base_model_name_or_path`) before the placement was
+            # configurable: its experts sit beside the MLP.
             config_dict = {**config_dict, "expert_placement": "mlp"}
         return cls(**config_dict)
 

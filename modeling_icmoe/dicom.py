@@ -20,6 +20,7 @@ from .volumes import Volume, _checked_labels, _nibabel, to_stored_orientation, v
 SLICE_GAP_TOLERANCE = 0.01
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+TRACKING_PREFIX = "icmoe-sam label "
 
 
 def _pydicom():
@@ -60,10 +61,13 @@ def load_dicom_series(folder: str | os.PathLike) -> Volume:
             dataset = pydicom.dcmread(str(path))
         except pydicom.errors.InvalidDicomError as err:
             raise ValueError(f"{path}: not a DICOM file; a series folder must hold only that series' files.") from err
-        missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData")
-                   if k not in dataset]
+        missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                               "PixelData") if k not in dataset]
         if missing:
-            raise ValueError(f"{path}: not an image slice with a position ({', '.join(missing)} missing).")
+            raise ValueError(
+                f"{path}: not a single-frame image slice with a position ({', '.join(missing)} missing); enhanced "
+                "multi-frame files are not read."
+            )
         slices.append((path, dataset))
     series = sorted({str(ds.SeriesInstanceUID) for _, ds in slices})
     if len(series) > 1:
@@ -124,7 +128,8 @@ def _check_series(reference: Volume, what: str) -> None:
 
 
 def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
-    """A DICOM SEG of `reference`'s series as a label map: segment numbers become labels (overlaps are an error)."""
+    """A DICOM SEG of `reference`'s series as a label map: each segment's label id (from its TrackingID when this
+    package wrote it, else its segment number) marks its voxels (overlapping segments are an error)."""
     highdicom = _highdicom()
     _check_series(reference, f"The DICOM SEG {path}")
     try:
@@ -143,17 +148,29 @@ def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
     except (ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"{path}: its frames do not map onto {reference.path} ({err}).") from err
     nib = _nibabel()
-    stored = np.stack([frame.T for frame in frames], axis=-1).astype(np.int32)  # (columns, rows, slices)
+    numbers = np.stack([frame.T for frame in frames], axis=-1).astype(np.int32)  # (columns, rows, slices)
+    # Segments written by `save_dicom_seg` carry their label id in TrackingID; other SEGs' segment numbers are labels.
+    ids = {int(d.SegmentNumber): _tracked_label(d) or int(d.SegmentNumber) for d in seg.SegmentSequence}
+    stored = np.zeros_like(numbers)
+    for number, label in ids.items():
+        stored[numbers == number] = label
     labels = volume_from_image(nib.Nifti1Image(stored, reference.image.affine), str(path))
-    labels.label_names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    labels.label_names = {ids[int(d.SegmentNumber)]: str(d.SegmentLabel) for d in seg.SegmentSequence}
     return _checked_labels(labels, reference)
+
+
+def _tracked_label(description) -> int | None:
+    tracking = str(description.get("TrackingID", ""))
+    return int(tracking[len(TRACKING_PREFIX):]) if tracking.startswith(TRACKING_PREFIX) and tracking[
+        len(TRACKING_PREFIX):].isdigit() else None
 
 
 def save_dicom_seg(
     labels: np.ndarray, reference: Volume, path: str | os.PathLike, label_names: dict[int, str] | None = None
 ) -> Path:
     """Writes a canonical-orientation label map as a DICOM SEG of `reference`'s series: one segment per label present
-    (numbered 1..N in label order, named `label_names` or `label <id>`), referencing the source instances."""
+    (numbered 1..N in label order as DICOM requires, named `label_names` or `label <id>`, with the label id in its
+    TrackingID so that `load_dicom_seg` gives the ids back), referencing the source instances."""
     highdicom = _highdicom()
     from pydicom.sr.codedict import codes
 
@@ -177,6 +194,8 @@ def save_dicom_seg(
             segmented_property_type=codes.SCT.Tissue,
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            tracking_id=f"{TRACKING_PREFIX}{label}",  # DICOM numbers segments 1..N; the label id travels here
+            tracking_uid=highdicom.UID(),
         )
         for number, label in enumerate(present, start=1)
     ]

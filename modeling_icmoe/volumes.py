@@ -13,6 +13,7 @@ Intensities go to 8 bits once per volume (a CT window, or percentiles over the w
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,10 @@ def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Vo
     try:
         canonical = nib.as_closest_canonical(image)
         data = np.asanyarray(canonical.dataobj)
-    except (OSError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: cannot be read as a volume ({err}).") from err
-    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    except Exception as err:  # truncated or corrupt data raise zlib, EOF, OS and value errors alike
+        raise ValueError(f"{path}: cannot be read as a volume ({type(err).__name__}: {err}).") from err
+    # From the affine (what places the voxels), not the header's pixdim, which may disagree with it.
+    spacing = tuple(float(z) for z in np.linalg.norm(np.asarray(canonical.affine)[:3, :3], axis=0))
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ValueError(f"{path}: voxel sizes {spacing} are not positive; the header is broken.")
     return Volume(
@@ -108,17 +110,23 @@ def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Vo
 
 
 def load_nifti(path: str | os.PathLike) -> Volume:
-    """Reads a 3-D NIfTI file (a 4-D file with one frame counts as 3-D) in canonical orientation."""
+    """Reads a 3-D NIfTI file in canonical orientation. Of a 4-D file (the Decathlon's multi-modal images) the
+    first channel is read, with a warning that names the file and the channels left out."""
     nib = _nibabel()
     path = str(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file.")
     try:
         image = nib.load(path)
-        if len(image.shape) == 4 and image.shape[3] == 1:
+        if len(image.shape) == 4:
+            if image.shape[3] > 1:
+                warnings.warn(
+                    f"{path} holds {image.shape[3]} channels (4-D); channel 0 is read and the others are not used.",
+                    stacklevel=2,
+                )
             image = image.slicer[..., 0]
-    except (OSError, EOFError, nib.filebasedimages.ImageFileError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: cannot be read as a NIfTI volume ({err}).") from err
+    except Exception as err:  # nibabel raises many types for broken files (ImageFileError, zlib, EOF, OS)
+        raise ValueError(f"{path}: cannot be read as a NIfTI volume ({type(err).__name__}: {err}).") from err
     if len(image.shape) != 3:
         raise ValueError(f"{path}: expected a 3-D volume, got shape {tuple(image.shape)}.")
     return volume_from_image(image, path)

@@ -30,6 +30,7 @@ def write_ct_series(folder: Path, *, shuffle: bool = True) -> tuple[Path, np.nda
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
+        ds.PixelSpacing = [0.5, 0.8]  # rows 0.5 mm apart, columns 0.8 mm apart: the order matters
         position = [float(v) for v in source.ImagePositionPatient]
         ds.ImagePositionPatient = [position[0], position[1], position[2] + 5.0 * k]
         ds.SliceLocation = position[2] + 5.0 * k

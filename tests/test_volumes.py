@@ -166,7 +166,9 @@ def test_decathlon_folder_splits_by_volume(tmp_path):
     train_cases, validation_cases = set(data["train"]["case"]), set(data["validation"]["case"])
     assert len(validation_cases) == 1 and len(train_cases) == 3 and not train_cases & validation_cases
     # Label 1 lies in slices 1..4, label 2 in 2..3: 6 rows and 2 empty slices (0 and 5) per volume.
-    assert summary.splits["train"] == {"volumes": 3, "rows": 18, "slices_without_label": 6}
+    assert summary.splits["train"] == {
+        "volumes": 3, "rows": 18, "slices_without_label": 6, "objects_too_small": 0, "volumes_without_label": 0
+    }
     row = data["validation"][0]
     assert row["label_name"] in {"organ", "lesion"} and row["spacing"] == pytest.approx([3.0, 0.9, 0.8])
     assert np.asarray(row["image"]).dtype == np.uint8 and set(np.unique(np.asarray(row["mask"]))) <= {0, 1}
@@ -245,8 +247,9 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
     assert saved.shape == source.shape and np.allclose(saved.affine, source.affine)
     predicted = np.asarray(saved.dataobj)
     assert set(np.unique(predicted)) <= {0, 1, 2}
-    # Predictions only where a prompt was: slices holding no label stay empty.
+    # Predictions only where a prompt was: slices holding no label stay empty; prompted ones are not.
     assert not predicted[..., 0].any() and not predicted[..., 5].any()
+    assert all(predicted[..., k].any() for k in (1, 2, 3, 4))
     scores = json.loads((tmp_path / "pred_metrics.json").read_text())
     assert set(scores["per_class"]) == {"1", "2"} and "hd95" in scores["per_class"]["1"]
 
@@ -262,3 +265,66 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
     bad = subprocess.run(command[:-2] + ["--prompt_labels", str(tmp_path / "missing.nii.gz")], env=env,
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert bad.returncode == 2 and "missing.nii.gz: no such file" in bad.stderr
+
+
+def test_case_names_splits_and_amos_style_numbering(tmp_path):
+    folder = tmp_path / "Amos"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for n in range(1, 4):  # four-digit case numbers that are not nnU-Net channel suffixes
+        image, labels = volume_arrays(seed=n)
+        save_nifti(image, folder / "imagesTr" / f"amos_{n:04d}.nii.gz")
+        save_nifti(labels, folder / "labelsTr" / f"amos_{n:04d}.nii.gz")
+    data, _ = load_volume_dataset(str(folder), image_column="image", mask_column="mask", validation_fraction=0.34)
+    assert set(data["train"]["case"]) | set(data["validation"]["case"]) == {"amos_0001", "amos_0002", "amos_0003"}
+
+    for patient in ("p1", "p2"):  # the same file name in two folders: two cases
+        (tmp_path / patient).mkdir()
+        save_nifti(volume_arrays()[0], tmp_path / patient / "ct.nii.gz")
+        save_nifti(volume_arrays()[1], tmp_path / patient / "seg.nii.gz")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image,label,split\np1/ct.nii.gz,p1/seg.nii.gz,train\np2/ct.nii.gz,p2/seg.nii.gz,test\n")
+    data, _ = load_volume_dataset(str(csv), image_column="image", mask_column="mask")
+    assert set(data["train"]["case"]) == {"p1/ct.nii.gz"} and set(data["test"]["case"]) == {"p2/ct.nii.gz"}
+    csv.write_text("image,label,split\np1/ct.nii.gz,p1/seg.nii.gz,train\np1/ct.nii.gz,p2/seg.nii.gz,test\n")
+    with pytest.raises(ValueError, match="lines 2 and 3 name the same image"):
+        load_volume_dataset(str(csv), image_column="image", mask_column="mask")
+    csv.write_text("image,label,split\np1/ct.nii.gz,p1/seg.nii.gz,train\np2/ct.nii.gz,p2/seg.nii.gz,val\n")
+    with pytest.raises(ValueError, match="line 3: split 'val' is not one of train, validation, test"):
+        load_volume_dataset(str(csv), image_column="image", mask_column="mask")
+
+
+def test_small_objects_and_volumes_without_the_chosen_label_are_counted(tmp_path):
+    folder = write_decathlon(tmp_path / "Task04", cases=3)
+    # Case 2 gets a class-3 object of one voxel: at a label resolution of 8 pixels it vanishes.
+    path = folder / "labelsTr" / "case002.nii.gz"
+    labels = np.asarray(nib.load(str(path)).dataobj).copy()
+    labels[2, 2, 0] = 3
+    save_nifti(labels, path)
+    with pytest.raises(ValueError, match="has no slice with a chosen label"):
+        load_volume_dataset(str(folder), image_column="image", mask_column="mask", label_ids=[3],
+                            validation_fraction=0.34, seed=0, label_size=8)
+    data, summary = load_volume_dataset(
+        str(folder), image_column="image", mask_column="mask", validation_fraction=0.34, seed=0, label_size=8
+    )
+    counts = {split: summary.splits[split] for split in summary.splits}
+    assert sum(c["objects_too_small"] for c in counts.values()) == 1
+    assert all(3 not in set(data[split]["label_id"]) for split in data)
+    only_lesion, summary = load_volume_dataset(
+        str(folder), image_column="image", mask_column="mask", label_ids=[2], validation_fraction=0.34, seed=0
+    )
+    assert all(c["volumes_without_label"] == 0 for c in summary.splits.values())
+
+
+def test_corrupt_and_inconsistent_headers(tmp_path, volume_files):
+    image_path, _, image, _ = volume_files
+    blob = image_path.read_bytes()
+    broken = tmp_path / "corrupt.nii.gz"
+    broken.write_bytes(blob[: len(blob) * 2 // 3])  # a truncated download
+    with pytest.raises(ValueError, match="corrupt.nii.gz: cannot be read"):
+        load_nifti(broken)
+    # An sform of 2 mm voxels with a header pixdim of 1 mm: the affine places the voxels, so spacing follows it.
+    mismatch = nib.Nifti1Image(image, np.diag([2.0, 2.0, 2.0, 1.0]))
+    mismatch.header.set_zooms((1.0, 1.0, 1.0))
+    nib.save(mismatch, str(tmp_path / "mismatch.nii.gz"))
+    assert load_nifti(tmp_path / "mismatch.nii.gz").spacing == pytest.approx((2.0, 2.0, 2.0))

@@ -156,7 +156,7 @@ def check_masks(
                     raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
                 if not array.any():
                     raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
-                if label_size is not None and not _survives_resize(array, label_size):
+                if label_size is not None and not survives_resize(array, label_size):
                     raise ValueError(
                         f"the object ({int(array.sum())} pixels) vanishes at SAM's label resolution (longest side "
                         f"{label_size}); remove such rows or crop the images"
@@ -198,7 +198,7 @@ def _decode(encoded: dict, what: str) -> Image.Image:
     return image
 
 
-def _survives_resize(mask: np.ndarray, longest_side: int) -> bool:
+def survives_resize(mask: np.ndarray, longest_side: int) -> bool:
     height, width = mask.shape
     scale = longest_side / max(height, width)
     size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))

@@ -67,12 +67,13 @@ METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_imag
 def _prepare_data(args, processor, accelerator):
     volume_summary = None
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
+    label_size = processor.image_processor.mask_size["longest_edge"]
     if is_volume_source(args.dataset):
-        with accelerator.main_process_first():  # one process slices and caches; the others read the cache
+        with accelerator.local_main_process_first():  # one process per node slices and caches; the others read it
             raw, volume_summary = load_volume_dataset(
                 args.dataset, image_column=args.image_column, mask_column=args.mask_column, slice_axis=args.slice_axis,
                 window=args.window, label_ids=args.label_ids, validation_fraction=args.validation_fraction,
-                seed=args.seed,
+                seed=args.seed, label_size=label_size,
             )
         columns["label_ids"] = None  # each row's mask is already one class
         columns["meta_columns"] = VOLUME_COLUMNS
@@ -80,8 +81,9 @@ def _prepare_data(args, processor, accelerator):
             accelerator.print(note)
         for split, counts in volume_summary.splits.items():
             accelerator.print(
-                f"{split}: {counts['volumes']} volumes, {counts['rows']} (slice, class) prompts; "
-                f"{counts['slices_without_label']} slices without a chosen label are not used."
+                f"{split}: {counts['volumes']} volumes, {counts['rows']} (slice, class) prompts; not used: "
+                f"{counts['slices_without_label']} slices without a chosen label, {counts['objects_too_small']} objects "
+                "too small for SAM's label resolution."
             )
     else:
         raw = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column)
@@ -96,7 +98,6 @@ def _prepare_data(args, processor, accelerator):
         train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
-    label_size = processor.image_processor.mask_size["longest_edge"]
     check_columns = {k: v for k, v in columns.items() if k != "meta_columns"}
     with accelerator.main_process_first():
         check_masks(train_set, name="train", label_size=label_size, **check_columns)

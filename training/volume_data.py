@@ -29,8 +29,12 @@ import numpy as np
 
 from modeling_icmoe.volumes import is_nifti, load_label_map, load_volume, resolve_slice_axis, to_uint8_volume
 
+from .data import survives_resize
+
 VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
+SLICING_VERSION = 2  # part of the cache key: raise it when what a slice row holds changes
 CHANNEL_SUFFIX = "_0000"
+CSV_SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -80,21 +84,25 @@ def _folder_cases(images: Path, labels: Path, notes: list[str]) -> list[Case]:
     cases, other_channels = [], 0
     for image in sorted(p for p in images.iterdir() if is_nifti(p) and not p.name.startswith(".")):
         name = _case_name(image)
-        if name[-5:-4] == "_" and name[-4:].isdigit():  # nnU-Net channel suffix
+        label = _label_file(labels, name)
+        if label is None and name[-5:-4] == "_" and name[-4:].isdigit():  # nnU-Net channel suffix
             if name[-5:] != CHANNEL_SUFFIX:
                 other_channels += 1
                 continue
             name = name[:-5]
-        matches = [labels / f"{name}{suffix}" for suffix in (".nii.gz", ".nii")]
-        label = next((m for m in matches if m.is_file()), None)
+            label = _label_file(labels, name)
         if label is None:
-            raise ValueError(f"{image}: no label map {matches[0].name} in {labels}.")
+            raise ValueError(f"{image}: no label map {name}.nii.gz (or .nii) in {labels}.")
         cases.append(Case(name, image, label))
     if other_channels:
         notes.append(f"{images}: {other_channels} files of channels other than {CHANNEL_SUFFIX} are not read.")
     if not cases:
         raise ValueError(f"{images} holds no NIfTI volume (.nii or .nii.gz).")
     return cases
+
+
+def _label_file(labels: Path, name: str) -> Path | None:
+    return next((m for m in (labels / f"{name}.nii.gz", labels / f"{name}.nii") if m.is_file()), None)
 
 
 def _label_names(folder: Path) -> dict[int, str]:
@@ -122,6 +130,9 @@ def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]]
         splits = {"train": _folder_cases(path / "imagesTr", path / "labelsTr", notes)}
         if (path / "imagesTs").is_dir() and (path / "labelsTs").is_dir():
             splits["test"] = _folder_cases(path / "imagesTs", path / "labelsTs", notes)
+            shared = sorted({c.name for c in splits["train"]} & {c.name for c in splits["test"]})
+            if shared:
+                raise ValueError(f"{path}: cases {shared[:5]} are in both imagesTr/ and imagesTs/.")
         elif (path / "imagesTs").is_dir():
             notes.append(f"{path / 'imagesTs'} has no labelsTs/: its volumes cannot be scored and are not used.")
         return splits, _label_names(path)
@@ -130,13 +141,24 @@ def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]]
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise ValueError(f"{path} must have the columns image,label[,split].")
     splits: dict[str, list[Case]] = {}
+    lines: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         image, label = path.parent / row["image"], path.parent / row["label"]
         if not (image.is_file() or image.is_dir()):
             raise ValueError(f"{path} line {line}: {image} does not exist.")
         if not label.is_file():
             raise ValueError(f"{path} line {line}: {label} does not exist.")
-        splits.setdefault(row.get("split") or "train", []).append(Case(_case_name(image), image, label))
+        split = (row.get("split") or "train").strip()
+        if split not in CSV_SPLITS:
+            raise ValueError(f"{path} line {line}: split {split!r} is not one of {', '.join(CSV_SPLITS)}.")
+        # The path as written, not the file name: `p1/ct.nii.gz` and `p2/ct.nii.gz` are two cases.
+        name = row["image"].strip().rstrip("/")
+        if name in lines:
+            raise ValueError(f"{path} lines {lines[name]} and {line} name the same image {row['image']!r}.")
+        lines[name] = line
+        splits.setdefault(split, []).append(Case(name, image, label))
+    if "train" not in splits:
+        raise ValueError(f"{path} has no row of split `train`.")
     return splits, {}
 
 
@@ -158,23 +180,33 @@ def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list
     return order[held:], order[:held]
 
 
-def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: dict[int, str], counts: dict):
+def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts):
     for case in cases:
-        volume = load_volume(case.image)
-        labels = load_label_map(case.label, volume)
+        try:
+            volume = load_volume(case.image)
+            labels = load_label_map(case.label, volume)
+        except ValueError:
+            raise
+        except Exception as err:  # name the case whatever broke (a codec, a truncated file)
+            raise ValueError(f"{case.image} / {case.label}: {type(err).__name__}: {err}") from err
         present = set(np.unique(labels.data).tolist()) - {0}
-        if label_ids is not None and not present & set(label_ids):
-            raise ValueError(f"{case.label}: none of the label ids {sorted(label_ids)} occurs (labels: {sorted(present)}).")
         chosen = sorted(present) if label_ids is None else [i for i in label_ids if i in present]
+        counts["volumes"] += 1
+        if not chosen:
+            counts["volumes_without_label"].append(case.name)
+            continue
         pixels = to_uint8_volume(volume, window=window)
         spacing = [volume.spacing[slice_axis], *volume.slice_spacing(slice_axis)]
-        counts["volumes"] += 1
         for index in range(volume.num_slices(slice_axis)):
             plane = labels.slice(slice_axis, index)
-            image = None
+            image, any_label = None, False
             for label in chosen:
                 mask = plane == label
                 if not mask.any():
+                    continue
+                any_label = True
+                if label_size is not None and not survives_resize(mask, label_size):
+                    counts["objects_too_small"] += 1  # it would vanish at SAM's label resolution
                     continue
                 if image is None:
                     image = np.ascontiguousarray(np.take(pixels, index, axis=slice_axis))
@@ -188,18 +220,22 @@ def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: di
                     "label_name": label_names.get(label) or (labels.label_names or {}).get(label) or str(label),
                     "spacing": spacing,
                 }
-            if image is None:
+            if not any_label:
                 counts["slices_without_label"] += 1
 
 
-def _count_slices_without_label(cases: list[Case], axis: int, label_ids: list[int] | None) -> int:
-    count = 0
-    for case in cases:
-        labels = load_label_map(case.label, load_volume(case.image))
-        chosen = labels.data > 0 if label_ids is None else np.isin(labels.data, label_ids)
-        other_axes = tuple(i for i in range(3) if i != axis)
-        count += int((~chosen.any(axis=other_axes)).sum())
-    return count
+def _cached_counts(dataset: datasets.Dataset, counts: dict) -> dict:
+    """What slicing counted, kept beside the dataset's cache file: a dataset loaded from the cache (the generator
+    did not run, in later runs and in every process but the first) reads it back instead of re-reading volumes."""
+    files = dataset.cache_files
+    sidecar = Path(files[0]["filename"]).with_suffix(".icmoe_counts.json") if files else None
+    if counts["volumes"]:  # the generator ran
+        if sidecar is not None:
+            sidecar.write_text(json.dumps(counts), encoding="utf-8")
+        return counts
+    if sidecar is not None and sidecar.is_file():
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    raise ValueError(f"The sliced dataset at {files} was cached without its counts; clear the datasets cache.")
 
 
 def load_volume_dataset(
@@ -212,8 +248,14 @@ def load_volume_dataset(
     label_ids: list[int] | None = None,
     validation_fraction: float = 0.2,
     seed: int = 42,
+    label_size: int | None = None,
 ) -> tuple[datasets.DatasetDict, VolumeDataSummary]:
-    """The per-class slice rows of every split, and what slicing skipped and kept."""
+    """The per-class slice rows of every split, and what slicing skipped and kept.
+
+    Args:
+        label_size: the longest side of SAM's label masks (the processor's `mask_size`); an object that would vanish
+            at it (a one-voxel tip of an organ) gives no row and is counted in `objects_too_small`.
+    """
     axis = resolve_slice_axis(slice_axis)
     notes: list[str] = []
     splits, label_names = discover_cases(source, notes)
@@ -232,28 +274,45 @@ def load_volume_dataset(
     })
     result = {}
     for split, cases in splits.items():
-        counts = {"volumes": 0, "rows": 0, "slices_without_label": 0}
+        counts = {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0,
+                  "volumes_without_label": []}
 
         def generate(cases, stamp, counts=counts):
-            for row in _rows(cases, axis, window, label_ids, label_names, counts):
+            for row in _rows(cases, axis, window, label_ids, label_names, label_size, counts):
                 yield {image_column: row.pop("image"), mask_column: row.pop("mask"), **row}
 
-        # The files' sizes and times are part of the cache key: a volume changed on disk is sliced again.
-        stamp = tuple(_stamp(p) for c in cases for p in (c.image, c.label))
+        # The files' sizes and times are part of the cache key: a volume changed on disk is sliced again; so is
+        # the slicing code's version.
+        stamp = (SLICING_VERSION, label_size, *(_stamp(p) for c in cases for p in (c.image, c.label)))
         try:
             dataset = datasets.Dataset.from_generator(
                 generate, features=features, gen_kwargs={"cases": cases, "stamp": stamp}
             )
         except datasets.exceptions.DatasetGenerationError as err:  # our own message (a bad file) is the cause
             raise (err.__cause__ if isinstance(err.__cause__, ValueError) else err) from None
-        if counts["volumes"] == 0:  # loaded from the cache: the generator did not run, count again from the labels
-            counts["slices_without_label"] = _count_slices_without_label(cases, axis, label_ids)
+        except ValueError as err:
+            if counts["volumes"] and not counts["rows"]:  # `datasets` refuses a split that generated nothing
+                raise ValueError(
+                    f"Split `{split}` of {source} has no slice with a chosen label ({counts['volumes']} volumes; "
+                    f"{counts['objects_too_small']} objects too small for SAM's label resolution; "
+                    f"{len(counts['volumes_without_label'])} volumes without the chosen labels)."
+                ) from err
+            raise
+        counts = _cached_counts(dataset, counts)
+        if counts["volumes_without_label"]:
+            notes.append(
+                f"{split}: {len(counts['volumes_without_label'])} volumes hold none of the chosen labels and give no "
+                f"prompt: {', '.join(counts['volumes_without_label'][:10])}"
+                f"{' ...' if len(counts['volumes_without_label']) > 10 else ''}."
+            )
         if len(dataset) == 0:
             raise ValueError(f"Split `{split}` of {source} has no slice with a chosen label.")
         summary.splits[split] = {
             "volumes": len(cases),
             "rows": len(dataset),
             "slices_without_label": counts["slices_without_label"],
+            "objects_too_small": counts["objects_too_small"],
+            "volumes_without_label": len(counts["volumes_without_label"]),
         }
         result[split] = dataset
     return datasets.DatasetDict(result), summary
