@@ -134,17 +134,21 @@ class IcMoeExperts(nn.Module):
         modulated = torch.addcmul(hidden, hidden, gate.transpose(0, 1)[:, None, None])  # a * (1 + gate)
         return modulated.flatten(-2)  # (B, H, W, A*r)
 
-    def bottleneck(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, hidden_states: torch.Tensor | None, down: torch.Tensor | None = None) -> torch.Tensor:
         """Runs every expert up to its activated bottleneck.
 
         Args:
             hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the normalised block input.
+            down (`torch.Tensor` of shape `(B, H, W, E*r)`, *optional*): the down projections already applied (with
+                their bias), as the fused inference path computes them; `hidden_states` is then not read.
 
         Returns:
             `torch.Tensor` of shape `(B, H, W, E, r)`.
         """
-        down = self.down_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
-        hidden = F.linear(hidden_states, down, self.down_bias.reshape(-1))  # (B, H, W, E*r)
+        if down is None:
+            weight = self.down_proj.reshape(self.num_experts * self.rank, self.hidden_size)  # (E*r, C), a view
+            down = F.linear(hidden_states, weight, self.down_bias.reshape(-1))  # (B, H, W, E*r)
+        hidden = down
         sizes = [n * self.rank for n in (self.num_shared + self.num_basic, self.num_semantic, self.num_adaptive)]
         basic, semantic, adaptive = hidden.split(sizes, dim=-1)
         parts = [basic]

@@ -72,24 +72,49 @@ class IcMoeLayer(nn.Module):
         self.experts.reset_parameters()
         self.router.reset_parameters()
 
+    def input_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(weight (E*r + R, C), bias (E*r + R,))` of the two linear maps that read the layer's input: the experts'
+        stacked down projections and the router. A caller that projects the same input with its own weights (SAM's
+        qkv) can concatenate these to its own and pass the result as `projected`."""
+        experts = self.experts
+        down = experts.down_proj.reshape(experts.num_experts * experts.rank, experts.hidden_size)  # (E*r, C)
+        weight = torch.cat([down, self.router.weight], dim=0)  # (E*r + R, C)
+        bias = torch.cat([experts.down_bias.reshape(-1), experts.down_bias.new_zeros(self.router.num_experts)])
+        return weight, bias
+
     def forward(
-        self, hidden_states: torch.Tensor, base_output: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor | None,
+        base_output: torch.Tensor | None = None,
+        projected: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, IcMoeRouting]:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(B, H, W, C)`): the block's normalised input (LN2 output, or LN1
-                output for the attention placement).
+                output for the attention placement). May be `None` when `projected` is given.
             base_output (`torch.Tensor` of shape `(B, H, W, O)`): what the mixture joins: the block MLP's output
                 (`O = C`) or the qkv projection's (`O = 3 C`). `None` returns the scaled mixture alone.
+            projected (`torch.Tensor` of shape `(B, H, W, E*r + R)`, *optional*): the input already multiplied by
+                `input_projections()` (the fused inference path); the router's jitter is a training-time input
+                perturbation and does not apply to it.
 
         Returns:
             `base_output + scale * MoE(hidden_states)` (`(B, H, W, O)`) and the layer's [`IcMoeRouting`].
         """
-        activations = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r)
+        if projected is None:
+            activations = self.experts.bottleneck(hidden_states)  # (B, H, W, E, r)
+            router_input, router_logits = hidden_states, None
+        else:
+            width = self.experts.num_experts * self.experts.rank
+            down, router_logits = projected.split([width, self.router.num_experts], dim=-1)
+            activations = self.experts.bottleneck(None, down=down)  # (B, H, W, E, r)
+            router_input = None
         pixel_logits = self.experts.pixel_logits(activations)  # (B, H, W, E)
-        router_logits, votes, top_k_indices = self.router(hidden_states, pixel_logits[..., self.num_shared :])
+        router_logits, votes, top_k_indices = self.router(
+            router_input, pixel_logits[..., self.num_shared :], router_logits=router_logits
+        )
         weights = F.pad(votes, (self.num_shared, 0), value=1.0) if self.num_shared else votes  # (B, H, W, E)
-        output = self.experts.combine(activations, weights, base_output, self.scale)  # (B, H, W, C)
+        output = self.experts.combine(activations, weights, base_output, self.scale)  # (B, H, W, O)
         return output, IcMoeRouting(
             router_logits=router_logits, votes=votes, top_k_indices=top_k_indices, pixel_logits=pixel_logits
         )

@@ -66,21 +66,27 @@ class IcMoeVotingRouter(nn.Module):
         init.normal_(self.weight, std=1.0 / math.sqrt(self.hidden_size))
 
     def forward(
-        self, hidden_states: torch.Tensor, pixel_logits: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor | None,
+        pixel_logits: torch.Tensor | None = None,
+        router_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(B, H, W, C)`)
             pixel_logits (`torch.Tensor` of shape `(B, H, W, E)`, *optional*): the routed experts' foreground
                 logits; their confidence joins the router scores when `pixel_vote_weight > 0`.
+            router_logits (`torch.Tensor` of shape `(B, H, W, E)`, *optional*): `W_r h` computed by the caller (the
+                fused inference path); `hidden_states` is then not read.
 
         Returns:
             router_logits `(B, H, W, E)`, votes `(B, H, W, E)`, top_k_indices `(B, H, W, k)`.
         """
-        if self.training and self.jitter_noise > 0:
-            noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
-            hidden_states = hidden_states * noise
-        router_logits = F.linear(hidden_states, self.weight)  # (B, H, W, E)
+        if router_logits is None:
+            if self.training and self.jitter_noise > 0:
+                noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+                hidden_states = hidden_states * noise
+            router_logits = F.linear(hidden_states, self.weight)  # (B, H, W, E)
         scores = router_logits
         if self.pixel_vote_weight > 0 and pixel_logits is not None:
             scores = torch.add(scores, pixel_confidence_scores(pixel_logits), alpha=self.pixel_vote_weight)

@@ -126,3 +126,38 @@ def test_checkpoint_round_trip(tmp_path, padded_base, images, boxes, placement):
     sam = SamModel.from_pretrained(tmp_path / "model")
     assert torch.equal(sam.vision_encoder.layers[0].attn.qkv.weight, padded_base.vision_encoder.layers[0].attn.qkv.weight)
 
+
+
+def _set_fused(model: IcMoeSamModel, fused: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, IcMoeAttentionQkv):
+            module.fused_inference = fused
+
+
+def test_fused_inference_equals_the_unfused_path(padded_base, images, boxes):
+    """qkv, the experts' down projections and the router as one matmul: same masks, same routing, and the cached
+    weights follow parameter changes."""
+    model = get_icmoe_model(padded_base, ATTENTION).eval()
+    _randomise_outputs(model)
+
+    def run(fused: bool):
+        _set_fused(model, fused)
+        with torch.no_grad():
+            return model(pixel_values=images, input_boxes=boxes, output_router_probs=True)
+
+    unfused, fused = run(False), run(True)
+    assert (fused.pred_masks - unfused.pred_masks).abs().max() <= 1e-5
+    for a, b in zip(fused.routing, unfused.routing):
+        assert torch.equal(a.top_k_indices, b.top_k_indices)
+        torch.testing.assert_close(a.router_logits, b.router_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.pixel_logits, b.pixel_logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # an in-place change (an optimizer step) must reach the cached concatenation
+        for layer in _layers(model):
+            layer.experts.down_proj.mul_(1.5)
+            layer.router.weight.add_(0.3)
+    unfused, fused = run(False), run(True)
+    assert (fused.pred_masks - unfused.pred_masks).abs().max() <= 1e-5
+    # With autograd on, the unfused path runs, so gradients reach every expert parameter.
+    _set_fused(model, True)
+    model(pixel_values=images, input_boxes=boxes).pred_masks.sum().backward()
+    assert _layers(model)[0].experts.down_proj.grad is not None

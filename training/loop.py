@@ -79,6 +79,9 @@ def _prepare_data(args, processor, accelerator):
         columns["meta_columns"] = VOLUME_COLUMNS
         for note in volume_summary.notes:
             accelerator.print(note)
+        if args.max_train_samples or args.max_eval_samples:
+            accelerator.print("--max_train_samples / --max_eval_samples keep the first rows: per-volume scores then "
+                              "cover only the slices kept, not whole volumes.")
         for split, counts in volume_summary.splits.items():
             accelerator.print(
                 f"{split}: {counts['volumes']} volumes, {counts['rows']} (slice, class) prompts; not used: "
