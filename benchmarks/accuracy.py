@@ -463,12 +463,14 @@ class Benchmark:
         return record
 
     def encoder_params(self, method: str) -> int:
+        _, config, info = method_run_args(method, self.data["protocol"]["matched_ranks"])
+        ranks = {k: v for k, v in info.items() if k.endswith("_rank")}
+        # Keyed by what is built, not by the method's name: a method keeps its name when the default config changes.
+        key = json.dumps([RUN_METHOD[method], config.to_dict() if config else None, ranks], sort_keys=True)
         cache = self.data["protocol"].setdefault("trainable_encoder_params", {})
-        if method not in cache:
-            _, config, info = method_run_args(method, self.data["protocol"]["matched_ranks"])
-            ranks = {k: v for k, v in info.items() if k.endswith("_rank")}
-            cache[method] = count_encoder_params(RUN_METHOD[method], self.args.base_model, icmoe_config=config, **ranks)
-        return cache[method]
+        if key not in cache:
+            cache[key] = count_encoder_params(RUN_METHOD[method], self.args.base_model, icmoe_config=config, **ranks)
+        return cache[key]
 
     def task_method(self, task: dict, method: str) -> None:
         lr = None

@@ -63,6 +63,7 @@ ADAPTER_CARD_FIELDS = (
     "num_experts_per_tok",
     "expert_rank",
     "target_layers",
+    "expert_placement",
     "train_mask_decoder",
     "pixel_vote_weight",
     "router_aux_loss_coef",
