@@ -160,9 +160,10 @@ def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
 
 
 def _tracked_label(description) -> int | None:
+    """The label id `save_dicom_seg` wrote into a segment's TrackingID, if it is one of ours."""
     tracking = str(description.get("TrackingID", ""))
-    return int(tracking[len(TRACKING_PREFIX):]) if tracking.startswith(TRACKING_PREFIX) and tracking[
-        len(TRACKING_PREFIX):].isdigit() else None
+    label = tracking[len(TRACKING_PREFIX):]
+    return int(label) if tracking.startswith(TRACKING_PREFIX) and label.isdigit() else None
 
 
 def save_dicom_seg(

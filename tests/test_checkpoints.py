@@ -51,7 +51,8 @@ def test_save_and_auto_load_identical(tmp_path, trained, images, boxes, auto_cla
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "icmoe_sam"
     assert config["auto_map"]["AutoModelForMaskGeneration"] == "modeling_icmoe_sam.IcMoeSamModel"
-    for code in ("modeling_icmoe_sam.py", "configuration_icmoe_sam.py", "layer.py", "router.py", "experts.py", "losses.py"):
+    for code in ("modeling_icmoe_sam.py", "configuration_icmoe_sam.py", "layer.py", "router.py", "experts.py", "losses.py",
+                 "placement.py"):
         assert (tmp_path / code).is_file(), code
     loaded = auto_class.from_pretrained(tmp_path)
     assert isinstance(loaded, IcMoeSamModel)

@@ -20,6 +20,7 @@ FULL_FILES = {
     "layer.py",
     "router.py",
     "losses.py",
+    "placement.py",
     "pipeline_icmoe_sam.py",
     "processor_config.json",
     "eval_results.json",

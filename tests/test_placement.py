@@ -11,7 +11,7 @@ from transformers import SamModel
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
 from modeling_icmoe.layer import IcMoeLayer
-from modeling_icmoe.modeling_icmoe_sam import IcMoeAttentionQkv, _window_partition, _window_unpartition
+from modeling_icmoe.placement import IcMoeAttentionQkv, _window_partition, _window_unpartition
 from training.sam_init import init_sam_from_scratch, tiny_sam_config
 
 ATTENTION = IcMoeAdapterConfig(

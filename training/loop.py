@@ -65,7 +65,7 @@ METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_imag
 
 
 def _prepare_data(args, processor, accelerator):
-    volume_summary = None
+    volume_summary, meta_columns = None, ()
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
     label_size = processor.image_processor.mask_size["longest_edge"]
     if is_volume_source(args.dataset):
@@ -76,18 +76,9 @@ def _prepare_data(args, processor, accelerator):
                 seed=args.seed, label_size=label_size,
             )
         columns["label_ids"] = None  # each row's mask is already one class
-        columns["meta_columns"] = VOLUME_COLUMNS
-        for note in volume_summary.notes:
-            accelerator.print(note)
-        if args.max_train_samples or args.max_eval_samples:
-            accelerator.print("--max_train_samples / --max_eval_samples keep the first rows: per-volume scores then "
-                              "cover only the slices kept, not whole volumes.")
-        for split, counts in volume_summary.splits.items():
-            accelerator.print(
-                f"{split}: {counts['volumes']} volumes, {counts['rows']} (slice, class) prompts; not used: "
-                f"{counts['slices_without_label']} slices without a chosen label, {counts['objects_too_small']} objects "
-                "too small for SAM's label resolution."
-            )
+        meta_columns = VOLUME_COLUMNS  # evaluation scores whole volumes from them
+        for line in volume_summary.report_lines(truncated=bool(args.max_train_samples or args.max_eval_samples)):
+            accelerator.print(line)
     else:
         raw = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column)
     train_set, eval_set, eval_split = select_splits(
@@ -101,13 +92,12 @@ def _prepare_data(args, processor, accelerator):
         train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
-    check_columns = {k: v for k, v in columns.items() if k != "meta_columns"}
     with accelerator.main_process_first():
-        check_masks(train_set, name="train", label_size=label_size, **check_columns)
-        check_masks(eval_set, name="eval", label_size=label_size, **check_columns)
+        check_masks(train_set, name="train", label_size=label_size, **columns)
+        check_masks(eval_set, name="eval", label_size=label_size, **columns)
     eval_images = count_source_images(eval_set, args.image_column)
-    train_set = train_set.with_transform(SamPairTransform(processor, **{**columns, "meta_columns": ()}))
-    eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True))
+    train_set = train_set.with_transform(SamPairTransform(processor, **columns))
+    eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True, meta_columns=meta_columns))
     workers = args.dataloader_num_workers
     if workers is None:
         workers = default_num_workers(accelerator.num_processes)

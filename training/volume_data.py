@@ -54,6 +54,19 @@ class VolumeDataSummary:
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def report_lines(self, *, truncated: bool = False) -> list[str]:
+        """What to print before training: the notes, and per split what was kept and what was not used."""
+        lines = list(self.notes)
+        if truncated:
+            lines.append("--max_train_samples / --max_eval_samples keep the first rows: per-volume scores then cover "
+                         "only the slices kept, not whole volumes.")
+        lines += [
+            f"{split}: {c['volumes']} volumes, {c['rows']} (slice, class) prompts; not used: {c['slices_without_label']} "
+            f"slices without a chosen label, {c['objects_too_small']} objects too small for SAM's label resolution."
+            for split, c in self.splits.items()
+        ]
+        return lines
+
     def to_dict(self) -> dict:
         return {
             "slice_axis": self.slice_axis,
