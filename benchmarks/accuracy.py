@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.sections import write_section  # noqa: E402
 from modeling_icmoe import IcMoeAdapterConfig  # noqa: E402
 from training.arguments import DEFAULT_BASE_MODEL  # noqa: E402
 
@@ -56,20 +57,25 @@ FALLBACK_TASKS = [
 # IC-MoE variants as overrides of the default `IcMoeAdapterConfig`: the one table to edit when its fields change.
 ALL_ROUTED = "all"  # top-k = every routed expert left after the other overrides
 ROUTED_EXPERT_FIELDS = ("num_basic_experts", "num_semantic_experts", "num_adaptive_experts")
+# The ablations were measured around the third-round default, whose semantic-guided contrastive loss (weight 0.01)
+# the fourth round turned off (docs/METHOD.md): they keep that weight, so that each differs from `icmoe_round3` by
+# one change and their records stay valid; `icmoe_no_contrastive` is the current default's config.
+ROUND3 = {"contrastive_loss_coef": 0.01}
 ICMOE_VARIANTS: dict[str, dict] = {
     "icmoe": {},
-    "icmoe_no_basic": {"num_basic_experts": 0, "num_shared_experts": 0},  # the shared experts are basic ones too
-    "icmoe_no_shared": {"num_shared_experts": 0},
-    "icmoe_no_semantic": {"num_semantic_experts": 0},
-    "icmoe_no_adaptive": {"num_adaptive_experts": 0},
+    "icmoe_round3": ROUND3,
+    "icmoe_no_basic": {**ROUND3, "num_basic_experts": 0, "num_shared_experts": 0},  # shared experts are basic too
+    "icmoe_no_shared": {**ROUND3, "num_shared_experts": 0},
+    "icmoe_no_semantic": {**ROUND3, "num_semantic_experts": 0},
+    "icmoe_no_adaptive": {**ROUND3, "num_adaptive_experts": 0},
     # Router only: pixel votes neither route tokens nor teach the router.
-    "icmoe_no_voting": {"pixel_vote_weight": 0.0, "vote_loss_coef": 0.0},
-    "icmoe_no_pixel_loss": {"pixel_loss_coef": 0.0},
+    "icmoe_no_voting": {**ROUND3, "pixel_vote_weight": 0.0, "vote_loss_coef": 0.0},
+    "icmoe_no_pixel_loss": {**ROUND3, "pixel_loss_coef": 0.0},
     "icmoe_no_contrastive": {"contrastive_loss_coef": 0.0},
-    "icmoe_no_balance": {"router_aux_loss_coef": 0.0},
-    "icmoe_top1": {"num_experts_per_tok": 1},
-    "icmoe_top2": {"num_experts_per_tok": 2},
-    "icmoe_dense": {"num_experts_per_tok": ALL_ROUTED},
+    "icmoe_no_balance": {**ROUND3, "router_aux_loss_coef": 0.0},
+    "icmoe_top1": {**ROUND3, "num_experts_per_tok": 1},
+    "icmoe_top2": {**ROUND3, "num_experts_per_tok": 2},
+    "icmoe_dense": {**ROUND3, "num_experts_per_tok": ALL_ROUTED},
 }
 ABLATIONS = tuple(name for name in ICMOE_VARIANTS if name != "icmoe")
 # Candidate recipes for the default config, compared with `--selection_only` on validation splits (docs/METHOD.md).
@@ -256,14 +262,10 @@ def icmoe_variant_config(overrides: dict) -> IcMoeAdapterConfig:
     return IcMoeAdapterConfig(**values)
 
 
-def encoder_trainable_params(model) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and "vision_encoder" in name)
-
-
 def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None, lora_rank=4, adapter_rank=64) -> int:
     from transformers.utils import logging
 
-    from training.methods import build_model
+    from training.methods import build_model, encoder_trainable_params
 
     if run_method == "zeroshot":
         return 0
@@ -277,25 +279,14 @@ def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None,
     return encoder_trainable_params(model)
 
 
-def match_rank(count, target: int) -> tuple[int, int]:
-    """(rank, count(rank)) with count(rank) closest to `target`.
-
-    LoRA and bottleneck parameters grow linearly in the rank, so ranks 1 and 2 give the line and the rank where it
-    meets `target`; that rank and its neighbours are then counted (each count builds a model, so few are made)."""
-    slope = count(2) - count(1)
-    if slope <= 0:
-        raise ValueError(f"Trainable encoder parameters do not grow with the rank ({count(1)} at 1, {count(2)} at 2).")
-    guess = max(1, round(1 + (target - count(1)) / slope))
-    return min(((r, count(r)) for r in (guess - 1, guess, guess + 1) if r >= 1),
-               key=lambda rank_count: (abs(rank_count[1] - target), rank_count[0]))
-
-
 def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
     """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts.
 
     `recorded`: the matched ranks of an existing results file. A recorded rank is kept while its count stays within
     the tolerance of the current target, so that a change of IC-MoE's default inside the tolerance does not make
     every matched baseline's runs stale."""
+    from training.methods import match_rank
+
     target = count_encoder_params("icmoe", base_model)
     matched = {"icmoe_encoder_params": target, "tolerance": MATCH_TOLERANCE}
     for kind in ("lora", "adapter"):
@@ -721,14 +712,7 @@ def write_report(data: dict, report_path: Path) -> None:
         plot_dice(data, figure_path)
         figure = os.path.relpath(figure_path, report_path.parent)
     section = render_section(data, figure)
-    text = report_path.read_text() if report_path.is_file() else "# Benchmarks\n\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        before, rest = text.split(MARK_BEGIN, 1)
-        text = before + section.rstrip("\n") + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(text)
+    write_section(report_path, section, MARK_BEGIN, MARK_END)
     print(f"[accuracy] report in {report_path}", flush=True)
 
 

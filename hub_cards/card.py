@@ -316,6 +316,8 @@ def render_model_card(
         "method_label": METHOD_LABELS[method],
         "is_icmoe": adapter_config is not None,
         "trains_mask_decoder": bool(adapter_config and adapter_config.get("train_mask_decoder")),
+        "expert_placement": (adapter_config or {}).get("expert_placement", "mlp"),
+        "trains_contrastive": bool(adapter_config and adapter_config.get("contrastive_loss_coef")),
         "base_model": base_model,
         "base_model_is_hub": is_hub_repo_id(base_model),
         "dataset": dataset,

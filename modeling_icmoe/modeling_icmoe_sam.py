@@ -352,6 +352,8 @@ class IcMoeSamModel(SamModel):
             raise ValueError(
                 f"`input_boxes` must have shape (batch_size, num_boxes, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}."
             )
+        if torch.compiler.is_compiling():
+            return  # value checks read the tensor on the host: under torch.compile they would break the graph
         if not torch.isfinite(boxes).all():
             raise ValueError("`input_boxes` holds NaN or infinite values.")
         inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])

@@ -10,7 +10,9 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
 from modeling_icmoe.modeling_icmoe_sam import LOSS_TERMS, IcMoeProjectionHead
 from modeling_icmoe.layer import IcMoeLayer
 
-ADAPTER = IcMoeAdapterConfig(expert_rank=4, contrastive_samples_per_class=8, projection_dim=8)
+ADAPTER = IcMoeAdapterConfig(
+    expert_rank=4, contrastive_loss_coef=0.01, contrastive_samples_per_class=8, projection_dim=8
+)
 
 
 def _icmoe_layers(model) -> list[IcMoeLayer]:

@@ -15,7 +15,8 @@ from modeling_icmoe.placement import IcMoeAttentionQkv, _window_partition, _wind
 from training.sam_init import init_sam_from_scratch, tiny_sam_config
 
 ATTENTION = IcMoeAdapterConfig(
-    expert_rank=4, contrastive_samples_per_class=8, projection_dim=8, expert_placement="attention"
+    expert_rank=4, contrastive_loss_coef=0.01, contrastive_samples_per_class=8, projection_dim=8,
+    expert_placement="attention",
 )
 PLACEMENTS = {"attention": ATTENTION, "mlp": dataclasses.replace(ATTENTION, expert_placement="mlp")}
 
@@ -161,3 +162,20 @@ def test_fused_inference_equals_the_unfused_path(padded_base, images, boxes):
     _set_fused(model, True)
     model(pixel_values=images, input_boxes=boxes).pred_masks.sum().backward()
     assert _layers(model)[0].experts.down_proj.grad is not None
+
+
+@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
+def test_eval_forward_compiles_as_one_graph(padded_base, images, boxes, placement):
+    """The experts, routing and votes trace without a graph break (`fullgraph=True` raises on any), so
+    `torch.compile` can fuse the whole encoder; the compiled model computes the eager model's masks."""
+    model = get_icmoe_model(padded_base, PLACEMENTS[placement]).eval()
+    _randomise_outputs(model)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            expected = model(pixel_values=images, input_boxes=boxes).pred_masks
+            actual = compiled(pixel_values=images, input_boxes=boxes).pred_masks
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

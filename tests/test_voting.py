@@ -12,7 +12,9 @@ from modeling_icmoe.router import IcMoeVotingRouter, pixel_confidence_scores
 from training.diagnostics import VotingStats, load_by_kind, training_diagnostics
 from training.methods import model_loss
 
-ADAPTER = IcMoeAdapterConfig(expert_rank=4, contrastive_samples_per_class=8, projection_dim=8)
+ADAPTER = IcMoeAdapterConfig(
+    expert_rank=4, contrastive_loss_coef=0.01, contrastive_samples_per_class=8, projection_dim=8
+)
 
 
 def _router(pixel_vote_weight: float) -> IcMoeVotingRouter:

@@ -143,6 +143,24 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def encoder_trainable_params(model: nn.Module) -> int:
+    """Trainable parameters inside the image encoder (what the parameter budgets compare)."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and "vision_encoder" in name)
+
+
+def match_rank(count, target: int) -> tuple[int, int]:
+    """(rank, count(rank)) with count(rank) closest to `target`.
+
+    LoRA and bottleneck parameters grow linearly in the rank, so ranks 1 and 2 give the line and the rank where it
+    meets `target`; that rank and its neighbours are then counted (each count builds a model, so few are made)."""
+    slope = count(2) - count(1)
+    if slope <= 0:
+        raise ValueError(f"Trainable encoder parameters do not grow with the rank ({count(1)} at 1, {count(2)} at 2).")
+    guess = max(1, round(1 + (target - count(1)) / slope))
+    return min(((r, count(r)) for r in (guess - 1, guess, guess + 1) if r >= 1),
+               key=lambda rank_count: (abs(rank_count[1] - target), rank_count[0]))
+
+
 def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict | None = None) -> None:
     """Writes the full checkpoint (with the processor and the segmentation pipeline) into `output_dir`, and an
     adapter-only checkpoint into `output_dir/adapter`.
