@@ -23,8 +23,9 @@ memory and counts do not depend on the weights' values. The attention is the mod
 `--attn_implementation` says otherwise.
 
     python benchmarks/cost.py --device cuda --dtype bfloat16 --output benchmarks/results/cost_h200_bf16.json
-    python benchmarks/cost.py --device cpu --train_image_size 512 --scaling_train_sizes 256 512 \\
-        --output benchmarks/results/cost_cpu_fp32.json           # about 40 minutes on 2 cores
+    python benchmarks/cost.py --device cpu --num_threads 2 --train_image_size 512 \\
+        --forward_methods sam icmoe icmoe_fused lora_matched adapter_matched --scaling_sizes 256 512 \\
+        --scaling_train_sizes 256 --output benchmarks/results/cost_cpu_fp32.json    # 20 minutes on 2 cores
     python benchmarks/cost.py --smoke --work_dir /tmp/cost          # a tiny SAM, seconds: checks the script
     python benchmarks/cost.py --report                              # re-render docs/BENCHMARKS.md's section
 

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--icmoe_config", default=None, help="JSON preset of IcMoeAdapterConfig (configuration/).")
     data.add_argument("--expert_rank", type=int, default=None, help="Override of the preset's expert_rank.")
     data.add_argument("--num_experts_per_tok", type=int, default=None, help="Override of the preset's top-k.")
+    data.add_argument("--contrastive_loss_coef", type=float, default=None,
+                      help="Override of the preset's contrastive weight (default config: 0, off; 0.01 as measured).")
     data.add_argument("--lora_rank", type=int, default=4, help="Rank for --method lora.")
     data.add_argument("--adapter_rank", type=int, default=64, help="Bottleneck width for --method adapter.")
     data.add_argument("--dataset", default=str(DEFAULT_DATASET),

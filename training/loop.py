@@ -195,7 +195,9 @@ def run(args) -> dict:
     processor = AutoProcessor.from_pretrained(args.base_model)
     train_loader, eval_loader, eval_split, eval_images, volume_summary = _prepare_data(args, processor, accelerator)
     icmoe_config = load_icmoe_config(
-        args.icmoe_config, {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok}
+        args.icmoe_config,
+        {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok,
+         "contrastive_loss_coef": args.contrastive_loss_coef},
     )
     model = build_model(
         args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank
