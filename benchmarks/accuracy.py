@@ -44,8 +44,27 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.sections import write_section  # noqa: E402
-from modeling_icmoe import IcMoeAdapterConfig  # noqa: E402
+from benchmarks.accuracy_methods import (  # noqa: E402, F401  (tests and callers read the tables here too)
+    ABLATIONS,
+    DEFAULT_LR_GRID,
+    ICMOE_CANDIDATES,
+    ICMOE_VARIANTS,
+    MAIN_METHODS,
+    ROUTED_EXPERT_FIELDS,
+    RUN_METHOD,
+    count_encoder_params,
+    icmoe_variant_config,
+    matched_ranks,
+    method_run_args,
+)
+from benchmarks.accuracy_report import (  # noqa: E402, F401
+    MARK_BEGIN,
+    MARK_END,
+    SHARED_SETTINGS,
+    best_mean_learning_rates,
+    render_section,
+    write_report,
+)
 from training.arguments import DEFAULT_BASE_MODEL  # noqa: E402
 
 TASKS_FILE = REPO_ROOT / "benchmarks" / "tasks" / "tasks.json"
@@ -54,65 +73,6 @@ FALLBACK_TASKS = [
      "prompt": "box", "simulated": False, "description": "Embedded DSB2018 nuclei tiles (one nucleus per row)."}
 ]
 
-# IC-MoE variants as overrides of the default `IcMoeAdapterConfig`: the one table to edit when its fields change.
-ALL_ROUTED = "all"  # top-k = every routed expert left after the other overrides
-ROUTED_EXPERT_FIELDS = ("num_basic_experts", "num_semantic_experts", "num_adaptive_experts")
-# The ablations were measured around the third-round default, whose semantic-guided contrastive loss (weight 0.01)
-# the fourth round turned off (docs/METHOD.md): they keep that weight, so that each differs from `icmoe_round3` by
-# one change and their records stay valid; `icmoe_no_contrastive` is the current default's config.
-ROUND3 = {"contrastive_loss_coef": 0.01}
-ICMOE_VARIANTS: dict[str, dict] = {
-    "icmoe": {},
-    "icmoe_round3": ROUND3,
-    "icmoe_no_basic": {**ROUND3, "num_basic_experts": 0, "num_shared_experts": 0},  # shared experts are basic too
-    "icmoe_no_shared": {**ROUND3, "num_shared_experts": 0},
-    "icmoe_no_semantic": {**ROUND3, "num_semantic_experts": 0},
-    "icmoe_no_adaptive": {**ROUND3, "num_adaptive_experts": 0},
-    # Router only: pixel votes neither route tokens nor teach the router.
-    "icmoe_no_voting": {**ROUND3, "pixel_vote_weight": 0.0, "vote_loss_coef": 0.0},
-    "icmoe_no_pixel_loss": {**ROUND3, "pixel_loss_coef": 0.0},
-    "icmoe_no_contrastive": {"contrastive_loss_coef": 0.0},
-    "icmoe_no_balance": {**ROUND3, "router_aux_loss_coef": 0.0},
-    "icmoe_top1": {**ROUND3, "num_experts_per_tok": 1},
-    "icmoe_top2": {**ROUND3, "num_experts_per_tok": 2},
-    "icmoe_dense": {**ROUND3, "num_experts_per_tok": ALL_ROUTED},
-}
-ABLATIONS = tuple(name for name in ICMOE_VARIANTS if name != "icmoe")
-# Candidate recipes for the default config, compared with `--selection_only` on validation splits (docs/METHOD.md).
-ICMOE_CANDIDATES: dict[str, dict] = {
-    "icmoe_scale1": {"expert_output_scale": 1.0},
-    "icmoe_lean": {"num_adaptive_experts": 0, "contrastive_loss_coef": 0.0},
-    "icmoe_contrast0.1": {"contrastive_loss_coef": 0.1},  # the two named ideas given more weight
-    "icmoe_vote4": {"pixel_vote_weight": 4.0},
-    # Experts beside the attention's qkv projection (what LoRA adapts); rank 8 keeps the default's parameter count.
-    "icmoe_attention": {"expert_placement": "attention"},
-    "icmoe_attention_r8": {"expert_placement": "attention", "expert_rank": 8},
-    "icmoe_attention_r8_scale1": {"expert_placement": "attention", "expert_rank": 8, "expert_output_scale": 1.0},
-}
-ICMOE_VARIANTS.update(ICMOE_CANDIDATES)
-MAIN_METHODS = ("zeroshot", "decoder", "lora", "lora_matched", "adapter", "adapter_matched", "full", "icmoe")
-# Benchmark method -> run.py --method.
-RUN_METHOD = {
-    "zeroshot": "zeroshot", "decoder": "decoder", "lora": "lora", "lora_matched": "lora",
-    "adapter": "adapter", "adapter_matched": "adapter", "full": "full", **{name: "icmoe" for name in ICMOE_VARIANTS},
-}
-MATCHED_RANK = {"lora_matched": "lora", "adapter_matched": "adapter"}  # searched at IC-MoE's encoder budget
-DEFAULT_RANKS = {"lora": 4, "adapter": 64}  # run.py's defaults, used by the unmatched `lora` and `adapter`
-MATCH_TOLERANCE = 0.2
-
-# Learning-rate grids per run.py method (`--lr_grid` replaces all of them).
-# The first full run (MR task) chose the lowest value of the (3e-4, 1e-3, 3e-3) grids for LoRA and both adapters:
-# a best value at the edge of a grid says the grid must extend past it, hence 1e-4.
-# Over both rounds 3e-3 was never best for the adapters or IC-MoE (and diverged on MR: validation Dice 0.46), so
-# their grids stop at 1e-3. LoRA chose 3e-3, the top of its grid, on US in both rounds: its grid goes on to 1e-2.
-# Full fine-tuning chose 3e-4, the top of its grid, on both simulated tasks in the second round: on to 1e-3.
-DEFAULT_LR_GRID = {
-    "decoder": (1e-4, 3e-4, 1e-3),
-    "full": (3e-5, 1e-4, 3e-4, 1e-3),
-    "lora": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "adapter": (1e-4, 3e-4, 1e-3, 3e-3),
-    "icmoe": (1e-4, 3e-4, 1e-3, 3e-3),
-}
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
 # What an unset option means, for the benchmark (`DEFAULTS`) and for `--smoke` (`SMOKE`); `lr_grid` None = the table.
@@ -123,14 +83,10 @@ DEFAULTS = {"tasks": None, "methods": list(MAIN_METHODS), "seeds": [0, 1, 2], "s
 SMOKE = {"tasks": ["dsb2018_nuclei"], "methods": ["zeroshot", "adapter", "icmoe"], "seeds": [0], "selection_seeds": [0],
          "lr_grid": [1e-3, 3e-3], "max_train_steps": 2, "max_train_samples": 8, "max_eval_samples": 4,
          "dataloader_num_workers": 0, "num_threads": 1}
-# Settings every record of one results file shares; a resume with other values must start a new file.
-SHARED_SETTINGS = ("base_model", "max_train_steps", "per_device_train_batch_size", "max_train_samples",
-                   "max_eval_samples", "validation_fraction", "validation_seed", "selection_seeds")
 KEEP_OUTPUTS = ("eval_results.json", "train_log.jsonl")
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "accuracy.json"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
 METRICS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
-MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -246,82 +202,6 @@ def validation_dataset(task: dict, cache_dir: Path) -> tuple[Path, str]:
     split.save_to_disk(str(partial))  # embeds the image bytes: the folder stands alone
     partial.rename(folder)
     return folder, split_id
-
-
-# ------------------------------------------------------------------------------------- methods and their budgets
-def icmoe_variant_config(overrides: dict) -> IcMoeAdapterConfig:
-    """The default adapter config with `overrides`, top-k clamped to the routed experts that remain.
-
-    Built from the class defaults rather than by `dataclasses.replace` on a built config, so that derived fields
-    (one dilation per semantic expert) follow the overridden counts instead of keeping the default's."""
-    default = IcMoeAdapterConfig()
-    values = dict(overrides)
-    routed = sum(values.get(name, getattr(default, name)) for name in ROUTED_EXPERT_FIELDS)
-    top_k = values.get("num_experts_per_tok", default.num_experts_per_tok)
-    values["num_experts_per_tok"] = routed if top_k == ALL_ROUTED else max(1, min(top_k, routed))
-    return IcMoeAdapterConfig(**values)
-
-
-def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None, lora_rank=4, adapter_rank=64) -> int:
-    from transformers.utils import logging
-
-    from training.methods import build_model, encoder_trainable_params
-
-    if run_method == "zeroshot":
-        return 0
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # every build would print the adapters' missing-weights report
-    try:
-        model = build_model(run_method, base_model, icmoe_config=icmoe_config or IcMoeAdapterConfig(),
-                            lora_rank=lora_rank, adapter_rank=adapter_rank)
-    finally:
-        logging.set_verbosity(verbosity)
-    return encoder_trainable_params(model)
-
-
-def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
-    """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts.
-
-    `recorded`: the matched ranks of an existing results file. A recorded rank is kept while its count stays within
-    the tolerance of the current target, so that a change of IC-MoE's default inside the tolerance does not make
-    every matched baseline's runs stale."""
-    from training.methods import match_rank
-
-    target = count_encoder_params("icmoe", base_model)
-    matched = {"icmoe_encoder_params": target, "tolerance": MATCH_TOLERANCE}
-    for kind in ("lora", "adapter"):
-        kept = (recorded or {}).get(f"{kind}_encoder_params")
-        if kept is not None and abs(kept - target) <= MATCH_TOLERANCE * target:
-            matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = recorded[f"{kind}_rank"], kept
-            continue
-        cache: dict[int, int] = {}
-
-        def count(rank: int, kind=kind, cache=cache) -> int:
-            if rank not in cache:
-                cache[rank] = count_encoder_params(kind, base_model, **{f"{kind}_rank": rank})
-            return cache[rank]
-
-        rank, params = match_rank(count, target)
-        if abs(params - target) > MATCH_TOLERANCE * target:
-            raise ValueError(f"No {kind} rank gets within {MATCH_TOLERANCE:.0%} of IC-MoE's {target} encoder "
-                             f"parameters (best: rank {rank} with {params}).")
-        matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = rank, params
-    return matched
-
-
-def method_run_args(method: str, matched: dict) -> tuple[list[str], IcMoeAdapterConfig | None, dict]:
-    """run.py arguments of `method`, its adapter config (IC-MoE variants) and what to record about it."""
-    run_method = RUN_METHOD[method]
-    argv, info = ["--method", run_method], {}
-    if run_method in DEFAULT_RANKS:
-        rank = matched[f"{run_method}_rank"] if method in MATCHED_RANK else DEFAULT_RANKS[run_method]
-        argv += [f"--{run_method}_rank", str(rank)]
-        info[f"{run_method}_rank"] = rank
-    config = None
-    if method in ICMOE_VARIANTS:
-        config = icmoe_variant_config(ICMOE_VARIANTS[method])
-        info["icmoe_overrides"] = ICMOE_VARIANTS[method]
-    return argv, config, info
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -543,177 +423,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     save(data, args.output, bench.own)
     print(f"[accuracy] runs executed: {bench.executed}, reused: {bench.reused}; results in {args.output}", flush=True)
     return data
-
-
-# ------------------------------------------------------------------------------------------------------- report
-def _summary(values: list[float], digits: int) -> str:
-    """Mean ± sample std over seeds; the mean alone for one seed or non-finite values (inf HD95 shows as inf)."""
-    if len(values) == 1 or not all(math.isfinite(v) for v in values):
-        return f"{np.mean(values):.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def _ordered(records: list[dict], key: str, order: tuple[str, ...]) -> list[str]:
-    seen = list(dict.fromkeys(r[key] for r in records))
-    return sorted(seen, key=lambda v: (order.index(v) if v in order else len(order), seen.index(v)))
-
-
-def _results_table(data: dict, methods: tuple[str, ...]) -> list[str]:
-    records = [r for r in data["records"] if r["method"] in methods]
-    if not records:
-        return []
-    rows = ["| task | method | n seeds | lr | Dice | IoU | HD95 (px) | trainable params (of which encoder) |",
-            "|---|---|---|---|---|---|---|---|"]
-    for task in _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
-        of_task = [r for r in records if r["dataset"] == task]
-        label = f"{task} (simulated)" if of_task[0].get("simulated") else task
-        for method in _ordered(of_task, "method", methods):
-            group = sorted((r for r in of_task if r["method"] == method), key=lambda r: r["seed"])
-            lr = group[0]["learning_rate"]
-            rows.append(
-                f"| {label} | {method} | {len(group)} | {'–' if lr is None else f'{lr:g}'} "
-                f"| {_summary([r['dice'] for r in group], 3)} | {_summary([r['iou'] for r in group], 3)} "
-                f"| {_summary([r['hd95'] for r in group], 2)} "
-                f"| {group[0]['trainable_params']:,} ({group[0]['trainable_encoder_params']:,}) |"
-            )
-    return rows
-
-
-def _selection_table(data: dict) -> list[str]:
-    selection = data["selection"]
-    if not selection:
-        return []
-    rows = ["| task | method | validation Dice per learning rate, mean over selection seeds (chosen in bold) |",
-            "|---|---|---|"]
-    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
-    for task in _ordered(selection, "dataset", tuple(data["protocol"].get("tasks", {}))):
-        of_task = [r for r in selection if r["dataset"] == task]
-        for method in _ordered(of_task, "method", order):
-            of_method = [r for r in of_task if r["method"] == method]
-            cells = []
-            for lr in sorted({r["learning_rate"] for r in of_method}):
-                group = [r for r in of_method if r["learning_rate"] == lr]
-                cell = f"{lr:g}: {_summary([r['val_dice'] for r in group], 3)}"
-                cells.append(f"**{cell}**" if group[0].get("chosen") else cell)
-            rows.append(f"| {task} | {method} | {', '.join(cells)} |")
-    return rows
-
-
-def _rates_tried(data: dict) -> dict[str, dict[str, list[float]]]:
-    """Per task and method, the learning rates its records used (the grid when selected, else the one rate): read
-    from the records themselves, since processes that share a results file may have run different grids."""
-    tried: dict[str, dict[str, set]] = {}
-    for record in data["selection"] + data["records"]:
-        if record["learning_rate"] is not None:
-            tried.setdefault(record["dataset"], {}).setdefault(record["method"], set()).add(record["learning_rate"])
-    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
-    rank = {method: index for index, method in enumerate(order)}
-    return {task: {m: sorted(by_method[m]) for m in sorted(by_method, key=lambda m: rank.get(m, len(order)))}
-            for task, by_method in tried.items()}
-
-
-def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[str]]]:
-    """Per method: the learning rate with the best validation Dice averaged over the tasks (and selection seeds) that
-    ran it, with that mean and the tasks. For the main methods, what `training/methods.py` takes as their defaults;
-    for IC-MoE variants, how candidate defaults compare without the test split."""
-    best = {}
-    for method in _ordered(data["selection"], "method", MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)):
-        grid = [r for r in data["selection"] if r["method"] == method]
-        tasks = sorted({r["dataset"] for r in grid})
-        rates = {r["learning_rate"] for r in grid}
-        # Only rates every task tried: a mean over fewer tasks would not compare.
-        common = [lr for lr in rates if all(any(r["dataset"] == t and r["learning_rate"] == lr for r in grid) for t in tasks)]
-        if not common:
-            continue
-        means = {lr: float(np.mean([r["val_dice"] for r in grid if r["learning_rate"] == lr])) for lr in common}
-        lr = max(means, key=means.get)
-        best[method] = (lr, means[lr], tasks)
-    return best
-
-
-def plot_dice(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = data["records"]
-    tasks = _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
-    width = max(5.0, 0.7 * len({r["method"] for r in records}))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        of_task = [r for r in records if r["dataset"] == task]
-        methods = _ordered(of_task, "method", MAIN_METHODS + ABLATIONS)
-        for x, method in enumerate(methods):
-            dice = [r["dice"] for r in of_task if r["method"] == method]
-            ax.bar(x, np.mean(dice), color="tab:orange" if method.startswith("icmoe") else "tab:blue", alpha=0.6)
-            ax.scatter(np.full(len(dice), x) + np.linspace(-0.15, 0.15, len(dice)), dice, color="black", s=12, zorder=3)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("test Dice")
-        ax.set_title(f"{task} (simulated)" if of_task[0].get("simulated") else task)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def render_section(data: dict, figure: str | None) -> str:
-    protocol = data["protocol"]
-    lines = [MARK_BEGIN, "## Accuracy", "",
-             "Generated by `benchmarks/accuracy.py` from its results file; edit outside the accuracy markers only.", ""]
-    main = _results_table(data, MAIN_METHODS)
-    if main:
-        lines += ["Test-split metrics, mean ± std over seeds (std when n > 1); lr chosen on the validation split.", ""]
-        lines += main + [""]
-    ablations = _results_table(data, ("icmoe",) + ABLATIONS)
-    if any(r["method"] in ABLATIONS for r in data["records"]):
-        lines += ["### IC-MoE ablations", "", "Overrides of the default IC-MoE adapter config:", ""]
-        lines += [f"- `{m}`: `{json.dumps(o)}`" for m, o in protocol.get("icmoe_variants", {}).items() if m != "icmoe"]
-        lines += [""] + ablations + [""]
-    if figure:
-        lines += [f"![Test Dice per method and task; dots are seeds]({figure})", ""]
-    if protocol.get("matched_ranks"):
-        m = protocol["matched_ranks"]
-        lines += ["### Parameter-matched baselines", "",
-                  f"Trainable encoder parameters (under `vision_encoder`): IC-MoE (default config) "
-                  f"{m['icmoe_encoder_params']:,}; `lora_matched` rank {m['lora_rank']} "
-                  f"({m['lora_encoder_params']:,}); `adapter_matched` rank {m['adapter_rank']} "
-                  f"({m['adapter_encoder_params']:,}); tolerance {m['tolerance']:.0%}.", ""]
-    selection = _selection_table(data)
-    if selection:
-        lines += ["### Learning-rate selection", ""] + selection + [""]
-        lines += ["Best learning rate per method by validation Dice averaged over the tasks (the defaults of "
-                  "`training/run.py` for the main methods come from here):", ""]
-        lines += [f"- `{m}`: {lr:g} (mean validation Dice {mean:.3f} over {', '.join(tasks)})"
-                  for m, (lr, mean, tasks) in best_mean_learning_rates(data).items()] + [""]
-    lines += ["### Protocol", ""]
-    keys = SHARED_SETTINGS + ("selection_metric",)
-    lines += [f"- {key}: `{json.dumps(protocol[key])}`" for key in keys if key in protocol]
-    lines += [f"- learning rates tried, {task}: " + "; ".join(f"`{m}` {', '.join(f'{lr:g}' for lr in lrs)}"
-                                                      for m, lrs in grids.items())
-              for task, grids in _rates_tried(data).items()]
-    tasks = protocol.get("tasks", {})
-    lines += [f"- task `{name}`: {t.get('modality', '')}, {t['prompt']} prompts"
-              f"{', simulated' if t.get('simulated') else ''} (`{t['path']}`)" for name, t in tasks.items()]
-    machines = sorted({r["machine"] for r in data["records"] + data["selection"] if "machine" in r})
-    lines += [f"- machine: {name}" for name in machines]
-    lines += ["", "### Reproduce", "", "```bash"] + protocol.get("commands", [])
-    if protocol.get("commands"):
-        lines += [f"{protocol['commands'][-1]} --report   # re-render this section from the results file"]
-    lines += ["```", MARK_END]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(data: dict, report_path: Path) -> None:
-    figure = None
-    if data["records"]:
-        figure_path = report_path.parent / "figures" / "accuracy.png"
-        plot_dice(data, figure_path)
-        figure = os.path.relpath(figure_path, report_path.parent)
-    section = render_section(data, figure)
-    write_section(report_path, section, MARK_BEGIN, MARK_END)
-    print(f"[accuracy] report in {report_path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

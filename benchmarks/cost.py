@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +50,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.sections import write_section  # noqa: E402
+from benchmarks.cost_report import MARK_BEGIN, MARK_END, RESULTS, stored_reports, write_report  # noqa: E402, F401
+from benchmarks.measure import interleaved, step_peak_bytes, summarize, sync  # noqa: E402
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeLayer, IcMoeSamModel, save_icmoe_adapter  # noqa: E402
 from training.arguments import build_parser as run_parser  # noqa: E402
 from training.methods import build_model, count_trainable, encoder_trainable_params, match_rank, model_loss  # noqa: E402
@@ -62,8 +60,6 @@ SECTIONS = ("forward", "train", "profile", "files", "scaling")
 FORWARD_METHODS = ("sam", "icmoe", "icmoe_fused", "lora_r4", "lora_matched", "adapter", "adapter_matched")
 TRAIN_METHODS = ("icmoe", "lora_r4", "lora_matched", "adapter", "adapter_matched", "decoder")
 DEFAULT_REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-MARK_BEGIN, MARK_END = "<!-- cost:begin -->", "<!-- cost:end -->"
 MATCH_TOLERANCE = 0.2
 
 
@@ -177,7 +173,7 @@ class Models:
     def _build(self, base: str, run_method: str, config: IcMoeAdapterConfig | None, ranks: dict):
         from transformers.utils import logging
 
-        verbosity = logging.get_verbosity()
+        verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
         logging.set_verbosity_error()  # every build would print the adapters' missing-weights report
         logging.disable_progress_bar()
         try:
@@ -185,6 +181,8 @@ class Models:
                                 lora_rank=ranks.get("lora_rank", 4), adapter_rank=ranks.get("adapter_rank", 64))
         finally:
             logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
         if self.args.attn_implementation:
             model.set_attn_implementation(self.args.attn_implementation)
         return model
@@ -244,44 +242,6 @@ def inputs_for(image_size: int, batch_size: int, device, dtype, *, labels: bool 
     return inputs
 
 
-# ---------------------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict, *, reps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds of each call, `reps` times, round-robin over the functions after `warmup` untimed rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summarize(times: dict[str, list[float]], reference: str | None, *, batch_size: int = 1) -> dict:
-    """Median seconds, their range, images per second at the median, and the ratio to `reference` taken
-    repetition by repetition (the pairs ran next to each other), as median and range."""
-    summary = {}
-    for name, values in times.items():
-        median = statistics.median(values)
-        entry = {"median_s": median, "min_s": min(values), "max_s": max(values), "times_s": values,
-                 "images_per_s": batch_size / median}
-        if reference is not None and reference in times:
-            ratios = [value / ref for value, ref in zip(values, times[reference])]
-            entry[f"ratio_to_{reference}"] = {"median": statistics.median(ratios), "min": min(ratios),
-                                              "max": max(ratios)}
-        summary[name] = entry
-    return summary
-
-
 def forward_fn(model, inputs: dict, *, use_fused: bool = False):
     model.eval()
 
@@ -316,46 +276,6 @@ class TrainStep:
         tensors = list(self.model.parameters()) + list(self.model.buffers())
         tensors += [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-# ---------------------------------------------------------------------------------------------- memory
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_cpu_peak() -> bool:
-    """Returns freed heap to the system and resets the process's peak resident set (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def step_peak_bytes(step, device: torch.device) -> int | None:
-    """Memory the step needs above what is held before it (activations, gradients, temporaries) at its peak."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    if not _reset_cpu_peak():
-        return None
-    before = _proc_status_kib("VmRSS")
-    step()
-    peak = _proc_status_kib("VmHWM")
-    return None if before is None or peak is None else (peak - before) * 1024
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -479,7 +399,7 @@ def _profile(fn, device: torch.device) -> dict:
     fn()  # warm
     with profile(activities=activities) as prof:
         fn()
-        _sync(device)
+        sync(device)
     events = prof.events()
     layers = [e for e in events if e.name == "icmoe_layer"]
     total_us = sum(e.cpu_time_total for e in events if e.cpu_parent is None)
@@ -602,122 +522,6 @@ def run_benchmark(args) -> dict:
 def write_json(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------- report
-def _ratio(entry: dict | None, key: str) -> str:
-    ratio = (entry or {}).get(key)
-    if not ratio:
-        return "-"
-    return f"**{ratio['median']:.2f}x** ({ratio['min']:.2f}-{ratio['max']:.2f})"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:,.1f} {unit}"
-    return f"{value} B"
-
-
-def render_report(report: dict, name: str) -> list[str]:
-    head = (f"### {report['device']}, {report['dtype']} ({report['architecture']}, attention "
-            f"{report['attn_implementation']})")
-    lines = [head, "", f"`{report['command']}` (`{name}`; medians of {report['reps']} interleaved repetitions, "
-             "ratios taken repetition by repetition, their range in brackets). Matched ranks: LoRA "
-             f"r{report['matched_ranks']['lora_rank']}, adapter r{report['matched_ranks']['adapter_rank']} "
-             f"({report['matched_ranks']['icmoe_encoder_params']:,} trainable encoder parameters for IC-MoE).", ""]
-    if "forward" in report:
-        section = report["forward"]
-        lines += [f"Eval forward, {section['image_size']} px, batch 1 (peak memory: weights plus the pass's peak):", "",
-                  "| method | time | images/s | / SAM | peak memory |", "|---|---|---|---|---|"]
-        lines += [f"| {m} | {_seconds(e['median_s'])} | {e['images_per_s']:.2f} | {_ratio(e, 'ratio_to_sam')}"
-                  + (f"; compiled SAM: {_ratio(e, 'ratio_to_sam_compiled')}" if "ratio_to_sam_compiled" in e else "")
-                  + f" | {_size(e.get('peak_bytes'))} |" for m, e in section["methods"].items()]
-        lines.append("")
-    if "train" in report:
-        section = report["train"]
-        ref = section["reference"]
-        lines += [f"Training step (forward, loss, backward, AdamW), {section['image_size']} px, batch "
-                  f"{section['batch_size']}; peak memory: {section['peak_memory']}:", "",
-                  f"| method | trainable | time | images/s | / {ref} | / lora_r4 | peak memory | / {ref} |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for m, e in section["methods"].items():
-            peak_ratio = e.get(f"peak_ratio_to_{ref}")
-            lines.append(f"| {m} | {e['trainable_params']:,} | {_seconds(e['median_s'])} | {e['images_per_s']:.2f} | "
-                         f"{_ratio(e, f'ratio_to_{ref}')} | {_ratio(e, 'ratio_to_lora_r4')} | "
-                         f"{_size(e['peak_bytes'])} | {'-' if peak_ratio is None else f'{peak_ratio:.2f}x'} |")
-        lines.append("")
-    if "scaling" in report:
-        lines += ["How IC-MoE's cost grows (forward batch 1 against SAM; training step batch "
-                  f"{report['scaling']['train_batch_size']} against LoRA matched):", "",
-                  "| image size | experts | routed (top-k) | trainable encoder params | forward | / SAM | train step "
-                  "| / LoRA matched |", "|---|---|---|---|---|---|---|---|"]
-        for row in report["scaling"]["rows"]:
-            routed = f"{row['routed_experts']} ({row['top_k']})" if "routed_experts" in row else "-"
-            params = f"{row['trainable_encoder_params']:,}" if "trainable_encoder_params" in row else "-"
-            lines.append(f"| {row['image_size']} | {row['experts']} | {routed} | {params} | "
-                         f"{_seconds(row.get('forward_s'))} | {_ratio(row, 'forward_ratio_to_sam')} | "
-                         f"{_seconds(row.get('train_s'))} | {_ratio(row, 'train_ratio_to_lora_matched')} |")
-        lines.append("")
-    if "profile" in report:
-        for what, entry in report["profile"].items():
-            share = entry["layer_cpu_share"]
-            kernels = entry.get("kernels_per_layer_call")
-            lines.append(
-                f"Profiler, {what.replace('_', ' ')} at {entry['image_size']} px: {entry['layer_calls']} IC-MoE layer "
-                f"calls, {'-' if share is None else f'{share:.1%}'} of the CPU-side time inside them"
-                + (" (their forward part: the backward pass runs outside the layers' ranges)" if what == "train_step"
-                   else "") + ", "
-                f"{entry['ops_per_layer_call']:.0f} operators per call"
-                + (f", {kernels:.0f} CUDA kernels per call" if kernels is not None else "")
-                + (f", {entry['layer_device_share']:.1%} of the GPU time" if entry.get("layer_device_share") else "")
-                + "; most costly inside: " + ", ".join(op["name"] for op in entry["top_ops"][:5]) + ".")
-        lines.append("")
-    if "files" in report:
-        section = report["files"]
-        sam = section["methods"]["sam_full_checkpoint"]
-        lines += [f"Trainable parameters and adapter-only checkpoints ({section['dtype_of_files']} files; a full SAM "
-                  f"checkpoint is {_size(sam['bytes'])} for {sam['params']:,} parameters):", "",
-                  "| method | trainable | in the encoder | share of SAM | adapter-only file |", "|---|---|---|---|---|"]
-        for m, e in section["methods"].items():
-            if m == "sam_full_checkpoint":
-                continue
-            size = e.get("adapter_file_bytes")
-            lines.append(f"| {m} | {e['trainable_params']:,} | {e['trainable_encoder_params']:,} | "
-                         f"{e['encoder_share_of_sam']:.2%} | {_size(size) if size else 'full checkpoint'} |")
-        lines.append("")
-    return lines
-
-
-def render_section(reports: dict[str, dict]) -> str:
-    lines = [MARK_BEGIN, "## Cost", "",
-             "Generated by `python benchmarks/cost.py --report` from `benchmarks/results/cost_*.json`; each "
-             "subsection gives the command that measured it. Adapter-only files hold the trained mask decoder "
-             "too.", ""]
-    for name, report in sorted(reports.items()):
-        lines += render_report(report, name)
-    lines.append(MARK_END)
-    return "\n".join(lines) + "\n"
-
-
-def write_report(reports: dict[str, dict], report_path: Path) -> None:
-    section = render_section(reports)
-    write_section(report_path, section, MARK_BEGIN, MARK_END)
-    print(f"[cost] report in {report_path}", flush=True)
-
-
-def stored_reports(*folders: Path) -> dict[str, dict]:
-    """Every `cost_*.json` of `benchmarks/results` and of `folders`, by file name."""
-    paths = [p for folder in (RESULTS, *folders) for p in sorted(Path(folder).glob("cost_*.json"))]
-    return {p.name: json.loads(p.read_text()) for p in paths}
 
 
 def main(argv: list[str] | None = None) -> dict | None:

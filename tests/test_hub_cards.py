@@ -248,3 +248,17 @@ def test_mixture_diagnostics_section(output_dir, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     assert "### Mixture diagnostics" not in str(render_model_card(_with_results(output_dir, plain)))
+
+
+@pytest.mark.parametrize("placement, contrastive, where", [
+    ("attention", 0.0, "beside the attention's `qkv` projection"),
+    ("mlp", 0.01, "beside the MLP"),
+])
+def test_card_describes_the_trained_configuration(output_dir, tmp_path, placement, contrastive, where):
+    folder = _with_results(output_dir, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["icmoe_config"].update(expert_placement=placement, contrastive_loss_coef=contrastive)
+    (folder / "config.json").write_text(json.dumps(config))
+    text = str(render_model_card(folder))
+    assert f"IC-MoE adds a mixture of experts {where} of the ViT blocks" in text
+    assert ("semantic-guided contrastive loss" in text) == (contrastive > 0)

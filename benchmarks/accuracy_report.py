@@ -1,0 +1,188 @@
+"""Renders the accuracy benchmark's results file as the accuracy section of docs/BENCHMARKS.md, with its figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy_methods import ABLATIONS, ICMOE_CANDIDATES, MAIN_METHODS
+from benchmarks.sections import write_section
+
+MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+# Settings every record of one results file shares; a resume with other values must start a new file.
+SHARED_SETTINGS = ("base_model", "max_train_steps", "per_device_train_batch_size", "max_train_samples",
+                   "max_eval_samples", "validation_fraction", "validation_seed", "selection_seeds")
+
+
+def _summary(values: list[float], digits: int) -> str:
+    """Mean ± sample std over seeds; the mean alone for one seed or non-finite values (inf HD95 shows as inf)."""
+    if len(values) == 1 or not all(math.isfinite(v) for v in values):
+        return f"{np.mean(values):.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _ordered(records: list[dict], key: str, order: tuple[str, ...]) -> list[str]:
+    seen = list(dict.fromkeys(r[key] for r in records))
+    return sorted(seen, key=lambda v: (order.index(v) if v in order else len(order), seen.index(v)))
+
+
+def _results_table(data: dict, methods: tuple[str, ...]) -> list[str]:
+    records = [r for r in data["records"] if r["method"] in methods]
+    if not records:
+        return []
+    rows = ["| task | method | n seeds | lr | Dice | IoU | HD95 (px) | trainable params (of which encoder) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for task in _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
+        of_task = [r for r in records if r["dataset"] == task]
+        label = f"{task} (simulated)" if of_task[0].get("simulated") else task
+        for method in _ordered(of_task, "method", methods):
+            group = sorted((r for r in of_task if r["method"] == method), key=lambda r: r["seed"])
+            lr = group[0]["learning_rate"]
+            rows.append(
+                f"| {label} | {method} | {len(group)} | {'–' if lr is None else f'{lr:g}'} "
+                f"| {_summary([r['dice'] for r in group], 3)} | {_summary([r['iou'] for r in group], 3)} "
+                f"| {_summary([r['hd95'] for r in group], 2)} "
+                f"| {group[0]['trainable_params']:,} ({group[0]['trainable_encoder_params']:,}) |"
+            )
+    return rows
+
+
+def _selection_table(data: dict) -> list[str]:
+    selection = data["selection"]
+    if not selection:
+        return []
+    rows = ["| task | method | validation Dice per learning rate, mean over selection seeds (chosen in bold) |",
+            "|---|---|---|"]
+    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
+    for task in _ordered(selection, "dataset", tuple(data["protocol"].get("tasks", {}))):
+        of_task = [r for r in selection if r["dataset"] == task]
+        for method in _ordered(of_task, "method", order):
+            of_method = [r for r in of_task if r["method"] == method]
+            cells = []
+            for lr in sorted({r["learning_rate"] for r in of_method}):
+                group = [r for r in of_method if r["learning_rate"] == lr]
+                cell = f"{lr:g}: {_summary([r['val_dice'] for r in group], 3)}"
+                cells.append(f"**{cell}**" if group[0].get("chosen") else cell)
+            rows.append(f"| {task} | {method} | {', '.join(cells)} |")
+    return rows
+
+
+def _rates_tried(data: dict) -> dict[str, dict[str, list[float]]]:
+    """Per task and method, the learning rates its records used (the grid when selected, else the one rate): read
+    from the records themselves, since processes that share a results file may have run different grids."""
+    tried: dict[str, dict[str, set]] = {}
+    for record in data["selection"] + data["records"]:
+        if record["learning_rate"] is not None:
+            tried.setdefault(record["dataset"], {}).setdefault(record["method"], set()).add(record["learning_rate"])
+    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
+    rank = {method: index for index, method in enumerate(order)}
+    return {task: {m: sorted(by_method[m]) for m in sorted(by_method, key=lambda m: rank.get(m, len(order)))}
+            for task, by_method in tried.items()}
+
+
+def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[str]]]:
+    """Per method: the learning rate with the best validation Dice averaged over the tasks (and selection seeds) that
+    ran it, with that mean and the tasks. For the main methods, what `training/methods.py` takes as their defaults;
+    for IC-MoE variants, how candidate defaults compare without the test split."""
+    best = {}
+    for method in _ordered(data["selection"], "method", MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)):
+        grid = [r for r in data["selection"] if r["method"] == method]
+        tasks = sorted({r["dataset"] for r in grid})
+        rates = {r["learning_rate"] for r in grid}
+        # Only rates every task tried: a mean over fewer tasks would not compare.
+        common = [lr for lr in rates if all(any(r["dataset"] == t and r["learning_rate"] == lr for r in grid) for t in tasks)]
+        if not common:
+            continue
+        means = {lr: float(np.mean([r["val_dice"] for r in grid if r["learning_rate"] == lr])) for lr in common}
+        lr = max(means, key=means.get)
+        best[method] = (lr, means[lr], tasks)
+    return best
+
+
+def plot_dice(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = data["records"]
+    tasks = _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
+    width = max(5.0, 0.7 * len({r["method"] for r in records}))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        of_task = [r for r in records if r["dataset"] == task]
+        methods = _ordered(of_task, "method", MAIN_METHODS + ABLATIONS)
+        for x, method in enumerate(methods):
+            dice = [r["dice"] for r in of_task if r["method"] == method]
+            ax.bar(x, np.mean(dice), color="tab:orange" if method.startswith("icmoe") else "tab:blue", alpha=0.6)
+            ax.scatter(np.full(len(dice), x) + np.linspace(-0.15, 0.15, len(dice)), dice, color="black", s=12, zorder=3)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test Dice")
+        ax.set_title(f"{task} (simulated)" if of_task[0].get("simulated") else task)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_section(data: dict, figure: str | None) -> str:
+    protocol = data["protocol"]
+    lines = [MARK_BEGIN, "## Accuracy", "",
+             "Generated by `benchmarks/accuracy.py` from its results file; edit outside the accuracy markers only.", ""]
+    main = _results_table(data, MAIN_METHODS)
+    if main:
+        lines += ["Test-split metrics, mean ± std over seeds (std when n > 1); lr chosen on the validation split.", ""]
+        lines += main + [""]
+    ablations = _results_table(data, ("icmoe",) + ABLATIONS)
+    if any(r["method"] in ABLATIONS for r in data["records"]):
+        lines += ["### IC-MoE ablations", "", "Overrides of the default IC-MoE adapter config:", ""]
+        lines += [f"- `{m}`: `{json.dumps(o)}`" for m, o in protocol.get("icmoe_variants", {}).items() if m != "icmoe"]
+        lines += [""] + ablations + [""]
+    if figure:
+        lines += [f"![Test Dice per method and task; dots are seeds]({figure})", ""]
+    if protocol.get("matched_ranks"):
+        m = protocol["matched_ranks"]
+        lines += ["### Parameter-matched baselines", "",
+                  f"Trainable encoder parameters (under `vision_encoder`): IC-MoE (default config) "
+                  f"{m['icmoe_encoder_params']:,}; `lora_matched` rank {m['lora_rank']} "
+                  f"({m['lora_encoder_params']:,}); `adapter_matched` rank {m['adapter_rank']} "
+                  f"({m['adapter_encoder_params']:,}); tolerance {m['tolerance']:.0%}.", ""]
+    selection = _selection_table(data)
+    if selection:
+        lines += ["### Learning-rate selection", ""] + selection + [""]
+        lines += ["Best learning rate per method by validation Dice averaged over the tasks (the defaults of "
+                  "`training/run.py` for the main methods come from here):", ""]
+        lines += [f"- `{m}`: {lr:g} (mean validation Dice {mean:.3f} over {', '.join(tasks)})"
+                  for m, (lr, mean, tasks) in best_mean_learning_rates(data).items()] + [""]
+    lines += ["### Protocol", ""]
+    keys = SHARED_SETTINGS + ("selection_metric",)
+    lines += [f"- {key}: `{json.dumps(protocol[key])}`" for key in keys if key in protocol]
+    lines += [f"- learning rates tried, {task}: " + "; ".join(f"`{m}` {', '.join(f'{lr:g}' for lr in lrs)}"
+                                                      for m, lrs in grids.items())
+              for task, grids in _rates_tried(data).items()]
+    tasks = protocol.get("tasks", {})
+    lines += [f"- task `{name}`: {t.get('modality', '')}, {t['prompt']} prompts"
+              f"{', simulated' if t.get('simulated') else ''} (`{t['path']}`)" for name, t in tasks.items()]
+    machines = sorted({r["machine"] for r in data["records"] + data["selection"] if "machine" in r})
+    lines += [f"- machine: {name}" for name in machines]
+    lines += ["", "### Reproduce", "", "```bash"] + protocol.get("commands", [])
+    if protocol.get("commands"):
+        lines += [f"{protocol['commands'][-1]} --report   # re-render this section from the results file"]
+    lines += ["```", MARK_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(data: dict, report_path: Path) -> None:
+    figure = None
+    if data["records"]:
+        figure_path = report_path.parent / "figures" / "accuracy.png"
+        plot_dice(data, figure_path)
+        figure = os.path.relpath(figure_path, report_path.parent)
+    section = render_section(data, figure)
+    write_section(report_path, section, MARK_BEGIN, MARK_END)
+    print(f"[accuracy] report in {report_path}", flush=True)

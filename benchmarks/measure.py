@@ -1,0 +1,89 @@
+"""Timing and memory measurement for the benchmarks: interleaved repetitions, ratios taken pair by pair, peak
+memory of one call (CUDA allocator, or the process's resident set on Linux)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, *, reps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call, `reps` times, round-robin over the functions after `warmup` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: dict[str, list[float]], reference: str | None, *, batch_size: int = 1) -> dict:
+    """Median seconds, their range, images per second at the median, and the ratio to `reference` taken
+    repetition by repetition (the pairs ran next to each other), as median and range."""
+    summary = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        entry = {"median_s": median, "min_s": min(values), "max_s": max(values), "times_s": values,
+                 "images_per_s": batch_size / median}
+        if reference is not None and reference in times:
+            ratios = [value / ref for value, ref in zip(values, times[reference])]
+            entry[f"ratio_to_{reference}"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                              "max": max(ratios)}
+        summary[name] = entry
+    return summary
+
+
+def proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_cpu_peak() -> bool:
+    """Returns freed heap to the system and resets the process's peak resident set (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def step_peak_bytes(step, device: torch.device) -> int | None:
+    """Memory the step needs above what is held before it (activations, gradients, temporaries) at its peak."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not reset_cpu_peak():
+        return None
+    before = proc_status_kib("VmRSS")
+    step()
+    peak = proc_status_kib("VmHWM")
+    return None if before is None or peak is None else (peak - before) * 1024
