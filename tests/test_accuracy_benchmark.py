@@ -161,6 +161,16 @@ def test_default_learning_rate_is_the_best_mean_over_tasks():
     assert best == {"lora": (1e-4, pytest.approx(0.65), ["a", "b"])}
 
 
+def test_run_defaults_are_the_recorded_best_learning_rates():
+    """`training/run.py`'s default rate of each method is the one the committed benchmark measured best on average."""
+    from training.methods import DEFAULT_LEARNING_RATES
+
+    data = json.loads((REPO_ROOT / "benchmarks" / "results" / "accuracy.json").read_text())
+    best = accuracy.best_mean_learning_rates(data)
+    for method in ("decoder", "lora", "adapter", "full", "icmoe"):
+        assert best[method][0] == DEFAULT_LEARNING_RATES[method], method
+
+
 def test_selection_only_averages_over_seeds_and_never_touches_the_test_split(tmp_path):
     args = _smoke_args(tmp_path) + ["--methods", "zeroshot", "adapter", "--selection_only", "--selection_seeds", "0", "1"]
     accuracy.main(args)
