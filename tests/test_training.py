@@ -205,3 +205,27 @@ def test_example_figures_show_each_image_once_with_prompt_and_dice():
     assert examples[1].dice == 1.0
     assert examples[0].box.tolist() == [1.0, 2.0, 20.0, 30.0] and examples[0].points is None
     assert _examples(batch, inputs, outputs, torch.zeros(3, 1, dtype=torch.long), list(predicted), processor, 4, shown) == []
+
+
+@pytest.mark.parametrize("method", ["icmoe", "lora", "full"])
+def test_mask_decoder_learning_rate_scale(tiny_base_dir, method):
+    """`--mask_decoder_lr_scale` gives the trained mask decoder (PEFT's copy too) its own rate; nothing else moves."""
+    from training.loop import _param_groups
+    from training.methods import build_model, load_icmoe_config
+
+    args = parse_args(["--base_model", str(tiny_base_dir), "--method", method, "--learning_rate", "1e-3",
+                       "--mask_decoder_lr_scale", "0.1"])
+    model = build_model(method, args.base_model, icmoe_config=load_icmoe_config(None, {}), lora_rank=4, adapter_rank=8)
+    groups = _param_groups(model, args)
+    assert len(groups) == 2 and "lr" not in groups[0] and groups[1]["lr"] == pytest.approx(1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("mask_decoder." in names[id(p)] for p in groups[1]["params"])
+    assert not any("mask_decoder." in names[id(p)] for p in groups[0]["params"])
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_mask_decoder_learning_rate_scale_must_be_positive(tiny_base_dir, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--base_model", str(tiny_base_dir), "--mask_decoder_lr_scale", "0"])
+    assert "--mask_decoder_lr_scale must be positive" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning_rate", type=float, default=None,
                        help="Default: the method's measured best (training.methods.DEFAULT_LEARNING_RATES).")
     train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--mask_decoder_lr_scale", type=float, default=1.0,
+                       help="The trained mask decoder's learning rate is --learning_rate times this (every method).")
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--lr_scheduler_type", default="cosine")
     train.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
@@ -151,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.learning_rate = DEFAULT_LEARNING_RATES[args.method]
     elif not 0 < args.learning_rate < math.inf:
         parser.error(f"--learning_rate must be positive and finite, got {args.learning_rate}")
+    if not 0 < args.mask_decoder_lr_scale < math.inf:
+        parser.error(f"--mask_decoder_lr_scale must be positive and finite, got {args.mask_decoder_lr_scale}")
     for name in ("weight_decay", "max_grad_norm"):
         if not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be finite, got {getattr(args, name)}")

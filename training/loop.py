@@ -146,6 +146,18 @@ def _last_good(checkpoint: Path | None) -> str:
     return f"The last checkpoint, {checkpoint}, is as it was." if checkpoint else "No checkpoint was saved."
 
 
+def _param_groups(model, args) -> list[dict]:
+    """The trainable parameters, the mask decoder's (every method names them `mask_decoder.`) in their own group at
+    `--learning_rate * --mask_decoder_lr_scale`."""
+    groups: dict[bool, list] = {False: [], True: []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups["mask_decoder." in name].append(param)
+    return [{"params": groups[False]}] * bool(groups[False]) + [
+        {"params": groups[True], "lr": args.learning_rate * args.mask_decoder_lr_scale}
+    ] * bool(groups[True])
+
+
 def _check_finite_parameters(model, accelerator, step: int, checkpoint: Path | None, learning_rate: float) -> None:
     """Raises when a trained parameter holds NaN or inf: such weights are never saved (checked on every process)."""
     bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
@@ -203,9 +215,8 @@ def run(args) -> dict:
         args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank
     )
     trainable_params = count_trainable(model) if args.method != "zeroshot" else 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate,
-                                  weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, args) or [torch.nn.Parameter(torch.zeros(1))],
+                                  lr=args.learning_rate, weight_decay=args.weight_decay)
     train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
