@@ -262,3 +262,11 @@ def test_card_describes_the_trained_configuration(output_dir, tmp_path, placemen
     text = str(render_model_card(folder))
     assert f"IC-MoE adds a mixture of experts {where} of the ViT blocks" in text
     assert ("semantic-guided contrastive loss" in text) == (contrastive > 0)
+
+
+def test_adapter_baseline_card_is_not_described_as_icmoe(output_dir, tmp_path):
+    """The `adapter` baseline is stored as a one-expert IC-MoE model (so it loads like one) but is not IC-MoE."""
+    folder = _with_results(output_dir, tmp_path, method="adapter")
+    text = str(render_model_card(folder, repo_id="org/adapter-sam"))
+    assert "trained with bottleneck adapters as a baseline of the IC-MoE project" in text
+    assert "IC-MoE adds a mixture of experts" not in text
