@@ -51,16 +51,23 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from benchmarks.cost_report import MARK_BEGIN, MARK_END, RESULTS, stored_reports, write_report  # noqa: E402, F401
-from benchmarks.measure import interleaved, step_peak_bytes, summarize, sync  # noqa: E402
+from benchmarks.accuracy_methods import MATCH_TOLERANCE, matched_ranks  # noqa: E402, F401
+from benchmarks.measure import (  # noqa: E402
+    interleaved,
+    layer_ranges,
+    profile_ranges,
+    step_peak_bytes,
+    summarize,
+)
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeLayer, IcMoeSamModel, save_icmoe_adapter  # noqa: E402
 from training.arguments import build_parser as run_parser  # noqa: E402
-from training.methods import build_model, count_trainable, encoder_trainable_params, match_rank, model_loss  # noqa: E402
+from training.methods import build_model, count_trainable, encoder_trainable_params, model_loss  # noqa: E402
 
+LAYER_RANGE = "icmoe_layer"  # the profiler range around every IC-MoE layer call
 SECTIONS = ("forward", "train", "profile", "files", "scaling")
 FORWARD_METHODS = ("sam", "icmoe", "icmoe_fused", "lora_r4", "lora_matched", "adapter", "adapter_matched")
 TRAIN_METHODS = ("icmoe", "lora_r4", "lora_matched", "adapter", "adapter_matched", "decoder")
 DEFAULT_REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
-MATCH_TOLERANCE = 0.2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,24 +145,10 @@ class Models:
         return str(folder)
 
     def matched(self) -> dict:
-        """LoRA and adapter ranks whose trainable encoder parameters come closest to IC-MoE's default."""
+        """LoRA and adapter ranks whose trainable encoder parameters come closest to IC-MoE's default (the accuracy
+        benchmark's rule), counted at the smallest size: the counts do not depend on it."""
         if self._matched is None:
-            base = self.base(min(self.args.scaling_sizes + [self.args.image_size]))  # counts do not depend on size
-            target = encoder_trainable_params(self._build(base, "icmoe", IcMoeAdapterConfig(), {}))
-            self._matched = {"icmoe_encoder_params": target}
-            for kind in ("lora", "adapter"):
-                counts: dict[int, int] = {}
-
-                def count(rank: int, kind=kind, counts=counts) -> int:
-                    if rank not in counts:
-                        counts[rank] = encoder_trainable_params(self._build(base, kind, None, {f"{kind}_rank": rank}))
-                    return counts[rank]
-
-                rank, params = match_rank(count, target)
-                if abs(params - target) > MATCH_TOLERANCE * target:
-                    raise ValueError(f"No {kind} rank within {MATCH_TOLERANCE:.0%} of IC-MoE's {target} encoder "
-                                     f"parameters (best: rank {rank}, {params}).")
-                self._matched[f"{kind}_rank"], self._matched[f"{kind}_encoder_params"] = rank, params
+            self._matched = matched_ranks(self.base(min(self.args.scaling_sizes + [self.args.image_size])))
         return self._matched
 
     def spec(self, method: str) -> tuple[str, IcMoeAdapterConfig | None, dict]:
@@ -376,73 +369,16 @@ def scaling_section(models: Models, args) -> dict:
     return {"forward_batch_size": 1, "train_batch_size": args.train_batch_size, "rows": rows}
 
 
-def _layer_ranges(model):
-    """Forward hooks that put every IC-MoE layer call inside a profiler range named `icmoe_layer`."""
-    handles, stack = [], []
-
-    def enter(module, _args):
-        stack.append(torch.profiler.record_function("icmoe_layer").__enter__())
-
-    def leave(module, _args, _output):
-        stack.pop().__exit__(None, None, None)
-
-    for module in model.modules():
-        if isinstance(module, IcMoeLayer):
-            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-    return handles
-
-
-def _profile(fn, device: torch.device) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    fn()  # warm
-    with profile(activities=activities) as prof:
-        fn()
-        sync(device)
-    events = prof.events()
-    layers = [e for e in events if e.name == "icmoe_layer"]
-    total_us = sum(e.cpu_time_total for e in events if e.cpu_parent is None)
-    inside: dict[str, dict] = {}
-    direct_ops = 0
-    kernels, inside_device_us = 0, 0.0
-    all_device_us = sum(k.duration for e in events for k in getattr(e, "kernels", []))
-    for event in events:
-        parent, depth = event.cpu_parent, 0
-        while parent is not None and parent.name != "icmoe_layer":
-            parent, depth = parent.cpu_parent, depth + 1
-        if parent is None or event.name == "icmoe_layer":
-            continue
-        direct_ops += depth == 0
-        entry = inside.setdefault(event.name, {"calls": 0, "self_cpu_us": 0.0, "device_us": 0.0})
-        entry["calls"] += 1
-        entry["self_cpu_us"] += event.self_cpu_time_total
-        for kernel in getattr(event, "kernels", []):
-            kernels += 1
-            entry["device_us"] += kernel.duration
-            inside_device_us += kernel.duration
-    sort_key = "device_us" if device.type == "cuda" else "self_cpu_us"
-    top = sorted(inside.items(), key=lambda item: -item[1][sort_key])[:12]
-    return {
-        "layer_calls": len(layers),
-        "layer_cpu_share": sum(e.cpu_time_total for e in layers) / total_us if total_us else None,
-        "ops_per_layer_call": direct_ops / len(layers) if layers else None,
-        "kernels_per_layer_call": kernels / len(layers) if layers and device.type == "cuda" else None,
-        "layer_device_share": inside_device_us / all_device_us if all_device_us else None,
-        "top_ops": [{"name": name, **values} for name, values in top],
-    }
-
-
 def profile_section(models: Models, args) -> dict:
     model = models.get("icmoe", args.image_size)
-    handles = _layer_ranges(model)
+    handles = layer_ranges(model, IcMoeLayer, LAYER_RANGE)
     try:
-        forward = _profile(forward_fn(model, inputs_for(args.image_size, 1, models.device, models.dtype)),
-                           models.device)
+        inputs = inputs_for(args.image_size, 1, models.device, models.dtype)
+        forward = profile_ranges(forward_fn(model, inputs), models.device, LAYER_RANGE)
         step = models.train_step("icmoe", args.train_image_size)
         if step.model is not model:
-            handles += _layer_ranges(step.model)
-        train = _profile(step, models.device)
+            handles += layer_ranges(step.model, IcMoeLayer, LAYER_RANGE)
+        train = profile_ranges(step, models.device, LAYER_RANGE)
         step.model.eval()
     finally:
         for handle in handles:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -19,12 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
 
-from modeling_icmoe import IcMoeSamModel
 
-from . import figures
-from .arguments import DEFAULT_BASE_MODEL, tracker_config
+from .arguments import tracker_config
 from .checkpointing import (
-    FINAL_PARTIAL,
     RUN_MANIFEST,
     TRACKER_PROJECT,
     StopOnSignal,
@@ -32,7 +26,6 @@ from .checkpointing import (
     clear_outputs,
     fingerprint_differences,
     latest_checkpoint,
-    publish_outputs,
     read_checkpoint,
     run_fingerprint,
     save_checkpoint,
@@ -47,21 +40,16 @@ from .data import (
     load_raw_dataset,
     select_splits,
 )
-from .diagnostics import load_by_kind, training_diagnostics
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
 from .methods import (
     build_model,
     check_base_model,
     count_trainable,
-    describe_method,
     load_icmoe_config,
     model_loss,
-    sam_of,
-    save_trained,
 )
-
-METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
+from .outputs import METRIC_KEYS, print_table, run_info, write_outputs
 
 
 def _prepare_data(args, processor, accelerator):
@@ -372,12 +360,12 @@ def run(args) -> dict:
     results = {}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        results = _write_outputs(
+        results = write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
-            fingerprint=fingerprint, run_info=_run_info(args, accelerator, eval_images, volume_summary),
+            fingerprint=fingerprint, run_info=run_info(args, accelerator, eval_images, volume_summary),
         )
-        _print_table(accelerator, results)
+        print_table(accelerator, results)
         if "diagnostics" in results:
             accelerator.print("IC-MoE diagnostics: " + json.dumps(results["diagnostics"]))
     accelerator.wait_for_everyone()
@@ -388,20 +376,6 @@ def run(args) -> dict:
         push_output_dir(output_dir, args.hub_model_id, private=args.hub_private, adapter_only=args.push_adapter_only,
                         token=hub_token, dry_run=args.dry_run)
     return results
-
-
-def _run_info(args, accelerator, eval_images: int, volume_summary) -> dict:
-    """What a reader of the results needs to reproduce or weigh them, beyond the metrics."""
-    volume_info = {} if volume_summary is None else {"volume_data": volume_summary.to_dict()}
-    return {
-        **volume_info,
-        "seed": args.seed,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": accelerator.num_processes,
-        "n_eval_source_images": eval_images,
-        "base_model_is_standin": Path(args.base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve(),
-    }
 
 
 @contextmanager
@@ -437,109 +411,3 @@ def _stop_after_checkpoint(stop: StopOnSignal, accelerator, progress, checkpoint
     )
     accelerator.end_training()
     raise SystemExit(128 + signum)
-
-
-def _write_outputs(
-    args, model, processor, metrics, load, examples, comparisons, *, state_dict, eval_split, steps, trainable, seconds,
-    fingerprint, run_info,
-):
-    """The model first (through `final.partial/`), then eval_results.json; figures and the card may only warn."""
-    output_dir = Path(args.output_dir)
-    partial = output_dir / FINAL_PARTIAL
-    shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
-    if args.method != "zeroshot":
-        save_trained(model, processor, partial, state_dict=state_dict)
-    else:
-        processor.save_pretrained(partial)
-    (output_dir / "eval_results.json").unlink(missing_ok=True)  # it is only ever beside the model it describes
-    outputs = publish_outputs(partial, output_dir)
-    results = {
-        "method": args.method,
-        "base_model": args.base_model,
-        "dataset": args.dataset,
-        "eval_split": eval_split,
-        **{k: metrics[k] for k in METRIC_KEYS},
-        **({"volumes": metrics["volumes"]} if "volumes" in metrics else {}),
-        "train_steps": steps,
-        "learning_rate": args.learning_rate,
-        "trainable_params": trainable,
-        "train_seconds": round(seconds, 2),
-        "prompt": args.prompt,
-        **run_info,
-        **describe_method(model),
-        "comparisons": comparisons,
-    }
-    sam = sam_of(model)
-    icmoe_config = sam.config.icmoe_config if isinstance(sam, IcMoeSamModel) and load is not None else None
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
-    if icmoe_config is not None:
-        results["expert_load"] = np.round(load, 4).tolist()
-        results["min_expert_share"] = float(load.min())
-        results["diagnostics"] = {
-            "expert_load_by_kind": load_by_kind(load, icmoe_config),
-            **{key: round(value, 5) for key, value in metrics.get("voting", {}).items()},
-            **training_diagnostics(records, icmoe_config),
-        }
-    write_json_atomic(output_dir / "eval_results.json", results)
-    write_json_atomic(
-        output_dir / RUN_MANIFEST,
-        {"fingerprint": fingerprint, "outputs": sorted({*outputs, "eval_results.json", "figures", "README.md"})},
-    )
-    _write_figures(output_dir / "figures", records, load, examples, icmoe_config)
-    try:
-        from hub_cards import write_model_card
-
-        write_model_card(output_dir, repo_id=args.hub_model_id)
-    except Exception as error:  # the card is rendered from saved files; it can be rendered again later
-        warnings.warn(
-            f"Writing the model card {output_dir / 'README.md'} failed ({error!r}); the model and eval_results.json "
-            "are saved.", RuntimeWarning, stacklevel=2,
-        )
-    return results
-
-
-def _write_figures(figure_dir: Path, records: list[dict], load, examples, icmoe_config) -> None:
-    """Loss, expert-load and example figures; one that fails (a missing font, a backend) warns and is skipped."""
-    figure_dir.mkdir(exist_ok=True)
-
-    def routed_names():
-        if icmoe_config is None:
-            return None
-        return figures.expert_names(icmoe_config.expert_kinds()[icmoe_config.num_shared_experts :])
-
-    plots = []
-    if icmoe_config is not None:
-        plots.append(("expert_load.png", lambda path: figures.plot_expert_load(load, routed_names(), path)))
-    if records:
-        plots.append(("loss.png", lambda path: figures.plot_losses(records, path)))
-    if examples:
-        plots.append(("examples.png", lambda path: figures.plot_examples(examples, routed_names(), path)))
-    for file_name, plot in plots:
-        try:
-            plot(figure_dir / file_name)
-        except Exception as error:  # figures illustrate results already saved; they never cost the run
-            warnings.warn(
-                f"Drawing {figure_dir / file_name} failed ({error!r}); the model and eval_results.json are saved.",
-                RuntimeWarning, stacklevel=3,
-            )
-
-
-def _print_table(accelerator, results: dict) -> None:
-    rows = [("zero-shot base", results["comparisons"]["zeroshot"])] if "zeroshot" in results["comparisons"] else []
-    rows.append((results["method"], results))
-    accelerator.print(f"\n{'model':<16} {'Dice':>14} {'IoU':>14} {'HD95 (px)':>16}  n")
-    for name, m in rows:
-        accelerator.print(
-            f"{name:<16} {m['dice']:.4f}±{m['dice_std']:.3f} {m['iou']:.4f}±{m['iou_std']:.3f} "
-            f"{m['hd95']:8.2f}±{m['hd95_std']:6.2f}  {m['n_images']}"
-        )
-    if "volumes" in results:
-        accelerator.print(f"\nper volume and class (HD95 in mm, NSD at {results['volumes']['nsd_tolerance_mm']:g} mm)")
-        for name, m in rows:
-            v = m["volumes"] if name == results["method"] else m.get("volumes")
-            v = v.get("mean", v) if v else None
-            if v:
-                accelerator.print(
-                    f"{name:<16} Dice {v['dice']:.4f}±{v['dice_std']:.3f}  HD95 {v['hd95']:.2f}±{v['hd95_std']:.2f} mm  "
-                    f"NSD {v['nsd']:.4f}  n={v['n_cases']}"
-                )
