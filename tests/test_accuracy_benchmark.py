@@ -132,6 +132,13 @@ def test_every_icmoe_variant_is_a_valid_config(variant):
         assert config.num_experts_per_tok == routed
 
 
+@pytest.mark.parametrize("variant", sorted(set(accuracy.ICMOE_VARIANTS) - {"icmoe"}))
+def test_every_icmoe_variant_differs_from_the_default(variant):
+    """An ablation or candidate that the default has absorbed would measure the default again under another name."""
+    default = accuracy.icmoe_variant_config({}).to_dict()
+    assert accuracy.icmoe_variant_config(accuracy.ICMOE_VARIANTS[variant]).to_dict() != default
+
+
 def test_processes_on_different_pairs_share_one_results_file(tmp_path):
     path = tmp_path / "accuracy.json"
 
