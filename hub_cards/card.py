@@ -318,6 +318,7 @@ def render_model_card(
         "trains_mask_decoder": bool(adapter_config and adapter_config.get("train_mask_decoder")),
         "expert_placement": (adapter_config or {}).get("expert_placement", "mlp"),
         "trains_contrastive": bool(adapter_config and adapter_config.get("contrastive_loss_coef")),
+        "uses_pixel_votes": bool(adapter_config and adapter_config.get("pixel_vote_weight")),
         "base_model": base_model,
         "base_model_is_hub": is_hub_repo_id(base_model),
         "dataset": dataset,

@@ -250,18 +250,21 @@ def test_mixture_diagnostics_section(output_dir, tmp_path):
     assert "### Mixture diagnostics" not in str(render_model_card(_with_results(output_dir, plain)))
 
 
-@pytest.mark.parametrize("placement, contrastive, where", [
-    ("attention", 0.0, "beside the attention's `qkv` projection"),
-    ("mlp", 0.01, "beside the MLP"),
+@pytest.mark.parametrize("placement, contrastive, votes, where", [
+    ("attention", 0.0, 0.0, "beside the attention's `qkv` projection"),
+    ("mlp", 0.01, 1.0, "beside the MLP"),
 ])
-def test_card_describes_the_trained_configuration(output_dir, tmp_path, placement, contrastive, where):
+def test_card_describes_the_trained_configuration(output_dir, tmp_path, placement, contrastive, votes, where):
     folder = _with_results(output_dir, tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    config["icmoe_config"].update(expert_placement=placement, contrastive_loss_coef=contrastive)
+    config["icmoe_config"].update(expert_placement=placement, contrastive_loss_coef=contrastive,
+                                  pixel_vote_weight=votes)
     (folder / "config.json").write_text(json.dumps(config))
     text = str(render_model_card(folder))
     assert f"IC-MoE adds a mixture of experts {where} of the ViT blocks" in text
     assert ("semantic-guided contrastive loss" in text) == (contrastive > 0)
+    assert ("whose votes weigh each expert's pixel" in text) == (votes > 0)
+    assert ("a router sends each token" in text) == (votes == 0)
 
 
 def test_adapter_baseline_card_is_not_described_as_icmoe(output_dir, tmp_path):

@@ -110,7 +110,8 @@ def test_two_processes_on_cpu(tmp_path, tiny_base_dir, blob_dataset_dir):
         "--base_model", str(tiny_base_dir), "--dataset", str(blob_dataset_dir), "--output_dir", str(out),
         "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
         "--dataloader_num_workers", "0", "--logging_steps", "1",
-        "--contrastive_loss_coef", "0.01",  # off by default: its head must still work under DDP
+        # Off by default: the contrastive head, the pixel votes and the vote loss must still work under DDP.
+        "--contrastive_loss_coef", "0.01", "--pixel_vote_weight", "1", "--vote_loss_coef", "0.1",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -119,7 +120,8 @@ def test_two_processes_on_cpu(tmp_path, tiny_base_dir, blob_dataset_dir):
     assert saved["n_images"] == 4
     assert saved["train_steps"] == 2
     assert "zero-shot base" in result.stdout
-    assert json.loads((out / "config.json").read_text())["icmoe_config"]["contrastive_loss_coef"] == 0.01
+    trained = json.loads((out / "config.json").read_text())["icmoe_config"]
+    assert (trained["contrastive_loss_coef"], trained["pixel_vote_weight"], trained["vote_loss_coef"]) == (0.01, 1, 0.1)
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert any(record["loss_terms"]["contrastive"] > 0 for record in logged)  # 0 when the loss is off
 

@@ -49,7 +49,7 @@ def test_router_without_pixel_logits_is_a_plain_top_k_router():
 
 
 def test_pixel_heads_get_gradients_from_the_segmentation_loss_through_the_votes(base_sam, images, boxes, masks):
-    config = IcMoeAdapterConfig(expert_rank=4, pixel_loss_coef=0.0, vote_loss_coef=0.0, contrastive_loss_coef=0.0)
+    config = IcMoeAdapterConfig(expert_rank=4, pixel_vote_weight=1.0, pixel_loss_coef=0.0, vote_loss_coef=0.0)
     model = get_icmoe_model(base_sam, config).train()
     with torch.no_grad():  # non-zero output projections, so that the votes change the output
         for _, module in model.adapter_modules():

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_experts_per_tok", type=int, default=None, help="Override of the preset's top-k.")
     data.add_argument("--contrastive_loss_coef", type=float, default=None,
                       help="Override of the preset's contrastive weight (default config: 0, off; 0.01 as measured).")
+    data.add_argument("--pixel_vote_weight", type=float, default=None,
+                      help="Override of the preset's pixel-probability vote weight (default config: 0, router only; "
+                      "1.0 as measured, with --vote_loss_coef 0.1).")
+    data.add_argument("--vote_loss_coef", type=float, default=None,
+                      help="Override of the preset's vote-loss weight (default config: 0; 0.1 with pixel votes).")
     data.add_argument("--lora_rank", type=int, default=4, help="Rank for --method lora.")
     data.add_argument("--adapter_rank", type=int, default=64, help="Bottleneck width for --method adapter.")
     data.add_argument("--dataset", default=str(DEFAULT_DATASET),

@@ -197,7 +197,8 @@ def run(args) -> dict:
     icmoe_config = load_icmoe_config(
         args.icmoe_config,
         {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok,
-         "contrastive_loss_coef": args.contrastive_loss_coef},
+         "contrastive_loss_coef": args.contrastive_loss_coef, "pixel_vote_weight": args.pixel_vote_weight,
+         "vote_loss_coef": args.vote_loss_coef},
     )
     model = build_model(
         args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank

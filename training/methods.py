@@ -26,7 +26,7 @@ METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
 # Each method's default learning rate: the best validation Dice averaged over the benchmark tasks
 # (docs/BENCHMARKS.md, "Learning-rate selection"), so that a plain `--method X` run is that method at its best
 # measured setting.
-DEFAULT_LEARNING_RATES = {"icmoe": 1e-3, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-4, "full": 3e-4, "zeroshot": 0.0}
+DEFAULT_LEARNING_RATES = {"icmoe": 3e-4, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-4, "full": 3e-4, "zeroshot": 0.0}
 
 
 BASE_MODEL_TYPES = ("sam", "icmoe_sam")
