@@ -29,6 +29,11 @@ def _checkpointing_steps(value: str) -> int | str | None:
     return int(value)
 
 
+# Command-line options that override the same-named field of the IC-MoE adapter preset (None = keep the preset's).
+ICMOE_CONFIG_OVERRIDES = ("expert_rank", "num_experts_per_tok", "contrastive_loss_coef", "pixel_vote_weight",
+                          "vote_loss_coef")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune SAM for medical image segmentation with IC-MoE (or a baseline) and evaluate it."

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
 
 
-from .arguments import tracker_config
+from .arguments import ICMOE_CONFIG_OVERRIDES, tracker_config
 from .checkpointing import (
     RUN_MANIFEST,
     TRACKER_PROJECT,
@@ -195,10 +195,7 @@ def run(args) -> dict:
     processor = AutoProcessor.from_pretrained(args.base_model)
     train_loader, eval_loader, eval_split, eval_images, volume_summary = _prepare_data(args, processor, accelerator)
     icmoe_config = load_icmoe_config(
-        args.icmoe_config,
-        {"expert_rank": args.expert_rank, "num_experts_per_tok": args.num_experts_per_tok,
-         "contrastive_loss_coef": args.contrastive_loss_coef, "pixel_vote_weight": args.pixel_vote_weight,
-         "vote_loss_coef": args.vote_loss_coef},
+        args.icmoe_config, {name: getattr(args, name) for name in ICMOE_CONFIG_OVERRIDES}
     )
     model = build_model(
         args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank
