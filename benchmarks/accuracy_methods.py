@@ -51,6 +51,11 @@ ICMOE_CANDIDATES: dict[str, dict] = {
     "icmoe_r12_4experts": {**ROUND4, "expert_rank": 12, "num_adaptive_experts": 1, "num_semantic_experts": 1},
     "icmoe_r16_3experts": {**ROUND4, "expert_rank": 16, "num_basic_experts": 0, "num_semantic_experts": 1,
                            "num_adaptive_experts": 1},
+    # Seventh round (`results/icmoe_search_round9.json`, validation only), around the current default: on the nuclei
+    # every nonlinear bottleneck (adapter, matched adapter, IC-MoE) and low-rank LoRA end near 0.840 while LoRA at
+    # matched parameters, a linear update of rank ~50, reaches 0.846: linear experts, routed top-2 and dense.
+    "icmoe_linear": {"expert_activation": "identity"},
+    "icmoe_linear_dense": {"expert_activation": "identity", "num_experts_per_tok": ALL_ROUTED},
 }
 ICMOE_VARIANTS.update(ICMOE_CANDIDATES)
 MAIN_METHODS = ("zeroshot", "decoder", "lora", "lora_matched", "adapter", "adapter_matched", "full", "icmoe")

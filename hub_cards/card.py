@@ -64,6 +64,7 @@ ADAPTER_CARD_FIELDS = (
     "expert_rank",
     "target_layers",
     "expert_placement",
+    "expert_activation",
     "train_mask_decoder",
     "pixel_vote_weight",
     "router_aux_loss_coef",

@@ -17,6 +17,7 @@ from transformers import SamConfig
 
 
 EXPERT_PLACEMENTS = ("mlp", "attention")
+EXPERT_ACTIVATIONS = ("gelu", "identity")
 INTEGER_FIELDS = (
     "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
     "expert_rank", "contrastive_samples_per_class", "projection_dim",
@@ -63,6 +64,9 @@ class IcMoeAdapterConfig:
             (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`). `"attention"`: on the attention's input, added to the
             fused qkv projection (`qkv(h) + scale * MoE(h)`, `h = LN1(x)`), so the experts change what tokens attend
             to; the mixture always sees the whole token grid, also in windowed-attention blocks.
+        expert_activation (`str`, *optional*, defaults to `"gelu"`):
+            The experts' bottleneck activation: `"gelu"`, or `"identity"` for linear experts (a basic expert is then a
+            LoRA-like low-rank update of the projection it joins; the adaptive experts' modulation stays).
         router_jitter_noise (`float`, *optional*, defaults to 0.01):
             Multiplicative jitter on the router input while training.
         vote_temperature (`float`, *optional*, defaults to 1.0):
@@ -122,6 +126,9 @@ class IcMoeAdapterConfig:
             "help": "Where the mixture joins each block: `mlp` (beside the MLP, added to its output) or `attention` "
             "(beside the fused qkv projection, added to queries, keys and values)."
         },
+    )
+    expert_activation: str = field(
+        default="gelu", metadata={"help": "The experts' bottleneck activation: `gelu` or `identity` (linear experts)."}
     )
     router_jitter_noise: float = field(
         default=0.01, metadata={"help": "Multiplicative jitter on the router input while training, in [0, 1)."}
@@ -197,6 +204,10 @@ class IcMoeAdapterConfig:
         if self.expert_placement not in EXPERT_PLACEMENTS:
             raise ValueError(
                 f"`expert_placement` must be one of {EXPERT_PLACEMENTS}, got {self.expert_placement!r}."
+            )
+        if self.expert_activation not in EXPERT_ACTIVATIONS:
+            raise ValueError(
+                f"`expert_activation` must be one of {EXPERT_ACTIVATIONS}, got {self.expert_activation!r}."
             )
         if not 0.0 <= self.router_jitter_noise < 1.0:
             raise ValueError(f"`router_jitter_noise` must be in [0, 1), got {self.router_jitter_noise}.")

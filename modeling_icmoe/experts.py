@@ -8,6 +8,8 @@ rank r on the ViT token grid (B, H, W, C):
 - semantic: down -> depthwise 3x3 conv on the grid (dilation d) -> GELU -> up
 - adaptive: down -> per-image channel modulation from pooled bottleneck features -> GELU -> up
 
+With `expert_activation="identity"` the GELU is left out (linear experts).
+
 All experts share one stacked down projection (E, C, r) and one stacked up projection (E, r, C): the routed
 mixture `sum_e v_e * up_e(a_e)` is a single matmul of the vote-weighted bottleneck activations. The semantic
 experts' dilated 3x3 kernels are laid into one (2 d_max + 1)^2 depthwise kernel, so they run as one grouped
@@ -23,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
+
+from .configuration_icmoe_sam import EXPERT_ACTIVATIONS
 
 
 class IcMoeExperts(nn.Module):
@@ -45,6 +49,7 @@ class IcMoeExperts(nn.Module):
         num_adaptive: int,
         semantic_dilations: list[int],
         output_size: int | None = None,
+        activation: str = "gelu",
     ):
         super().__init__()
         self.hidden_size = hidden_size
@@ -55,6 +60,9 @@ class IcMoeExperts(nn.Module):
         self.num_semantic = num_semantic
         self.num_adaptive = num_adaptive
         self.num_experts = num_shared + num_basic + num_semantic + num_adaptive
+        if activation not in EXPERT_ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {EXPERT_ACTIVATIONS}, got {activation!r}.")
+        self.activation = activation
 
         self.down_proj = nn.Parameter(torch.empty(self.num_experts, rank, hidden_size))
         self.down_bias = nn.Parameter(torch.empty(self.num_experts, rank))
@@ -156,7 +164,9 @@ class IcMoeExperts(nn.Module):
             parts.append(self._semantic(semantic))
         if self.num_adaptive:
             parts.append(self._adaptive(adaptive))
-        activations = F.gelu(torch.cat(parts, dim=-1) if len(parts) > 1 else hidden)  # (B, H, W, E*r)
+        activations = torch.cat(parts, dim=-1) if len(parts) > 1 else hidden  # (B, H, W, E*r)
+        if self.activation == "gelu":
+            activations = F.gelu(activations)
         return activations.unflatten(-1, (self.num_experts, self.rank))  # (B, H, W, E, r)
 
     def pixel_logits(self, activations: torch.Tensor) -> torch.Tensor:

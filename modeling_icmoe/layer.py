@@ -58,6 +58,7 @@ class IcMoeLayer(nn.Module):
             num_adaptive=config.num_adaptive_experts,
             semantic_dilations=config.semantic_dilations,
             output_size=output_size,
+            activation=config.expert_activation,
         )
         self.router = IcMoeVotingRouter(
             hidden_size=hidden_size,

@@ -37,6 +37,7 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
         ({"expert_output_scale": float("nan")}, "`expert_output_scale` must be a finite number"),
         ({"expert_output_scale": 0.0}, "`expert_output_scale` must be > 0"),
         ({"pixel_vote_weight": "1"}, "`pixel_vote_weight` must be a finite number"),
+        ({"expert_activation": "relu"}, "`expert_activation` must be one of"),
     ],
 )
 def test_bad_adapter_config_raises(kwargs, message):

@@ -317,3 +317,34 @@ def test_zero_width_box_of_a_thin_object_is_accepted(base_sam, images):
     with torch.no_grad():
         outputs = model(pixel_values=images, input_boxes=torch.tensor([[[10.0, 5.0, 10.0, 30.0]], [[0.0, 0.0, 64.0, 64.0]]]))
     assert torch.isfinite(outputs.pred_masks).all()
+
+
+def test_linear_experts_are_linear_in_the_block_input():
+    """`expert_activation="identity"`: the basic experts' bottleneck is the down projection itself, and the adaptive
+    experts keep their modulation (per-image, so not linear); the default applies GELU."""
+    from modeling_icmoe.experts import IcMoeExperts
+
+    torch.manual_seed(0)
+    kwargs = dict(hidden_size=16, rank=4, num_shared=1, num_basic=1, num_semantic=0, num_adaptive=0,
+                  semantic_dilations=[])
+    linear, gelu = IcMoeExperts(**kwargs, activation="identity"), IcMoeExperts(**kwargs)
+    gelu.load_state_dict(linear.state_dict())
+    hidden = torch.randn(2, 3, 3, 16)
+    down = torch.einsum("bhwc,erc->bhwer", hidden, linear.down_proj) + linear.down_bias
+    torch.testing.assert_close(linear.bottleneck(hidden), down)
+    torch.testing.assert_close(gelu.bottleneck(hidden), torch.nn.functional.gelu(down))
+    with pytest.raises(ValueError, match="activation"):
+        IcMoeExperts(**kwargs, activation="tanh")
+
+
+def test_linear_experts_train(base_sam, images, boxes, masks):
+    config = IcMoeAdapterConfig(expert_activation="identity")
+    model = get_icmoe_model(base_sam, config).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
+        optimizer.step()
+    for name, module in model.adapter_modules():
+        for pname, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
