@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Validation splits, presets and run outputs.")
     parser.add_argument("--report_path", default=None, help="Default docs/BENCHMARKS.md (--smoke: work dir).")
     parser.add_argument("--fresh", action="store_true", help="Discard the results file instead of resuming it.")
+    parser.add_argument("--matched_ranks_from", type=Path, default=None,
+                        help="Another results file whose matched LoRA and adapter ranks a new results file starts "
+                        "with (kept while within the tolerance), so that its matched baselines are the same models.")
     parser.add_argument("--report", action="store_true", help="Only render the report from the results file.")
     parser.add_argument("--smoke", action="store_true", help="Tiny settings: " + json.dumps(SMOKE))
     args = parser.parse_args(argv)
@@ -411,7 +414,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         protocol["lr_grid"] = {**old.get("lr_grid", {}), **protocol["lr_grid"]}
     protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
     protocol["machine"] = machine()
-    protocol["matched_ranks"] = matched_ranks(args.base_model, data["protocol"].get("matched_ranks"))
+    recorded = data["protocol"].get("matched_ranks")
+    if recorded is None and args.matched_ranks_from is not None:
+        if not args.matched_ranks_from.is_file():
+            raise SystemExit(f"--matched_ranks_from: no results file at {args.matched_ranks_from}")
+        try:
+            source = json.loads(args.matched_ranks_from.read_text())
+        except ValueError as error:
+            raise SystemExit(f"--matched_ranks_from: {args.matched_ranks_from} is not JSON ({error})") from None
+        recorded = source.get("protocol", {}).get("matched_ranks") if isinstance(source, dict) else None
+        if recorded is None:
+            raise SystemExit(f"--matched_ranks_from: {args.matched_ranks_from} records no matched ranks")
+    protocol["matched_ranks"] = matched_ranks(args.base_model, recorded)
     data["protocol"] = protocol
     save(data, args.output, {(task["name"], method) for task in tasks for method in args.methods})
 

@@ -53,7 +53,7 @@ ICMOE_CANDIDATES: dict[str, dict] = {
                            "num_adaptive_experts": 1},
     # Seventh round (`results/icmoe_search_round9.json`, validation only), around the current default: on the nuclei
     # every nonlinear bottleneck (adapter, matched adapter, IC-MoE) and low-rank LoRA end near 0.840 while LoRA at
-    # matched parameters, a linear update of rank ~50, reaches 0.846: linear experts, routed top-2 and dense.
+    # matched parameters, a linear update of rank 51, reaches 0.846: linear experts, routed top-2 and dense.
     "icmoe_linear": {"expert_activation": "identity"},
     "icmoe_linear_dense": {"expert_activation": "identity", "num_experts_per_tok": ALL_ROUTED},
 }

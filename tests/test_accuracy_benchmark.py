@@ -168,6 +168,24 @@ def test_default_learning_rate_is_the_best_mean_over_tasks():
     assert best == {"lora": (1e-4, pytest.approx(0.65), ["a", "b"])}
 
 
+def test_committed_records_carry_every_adapter_field():
+    """A run is reused only when its recorded settings equal what the current code would run, adapter config
+    included: a field added to `IcMoeAdapterConfig` without adding it (with the value those runs used) to the live
+    results files would make the documented commands train every IC-MoE run again."""
+    from modeling_icmoe import IcMoeAdapterConfig
+
+    fields = set(IcMoeAdapterConfig().to_dict())
+    results = REPO_ROOT / "benchmarks" / "results"
+    live = ["accuracy.json", "accuracy_ablations_own_rate.json", "accuracy_five_seeds.json", "icmoe_search_round9.json"]
+    for name in live:
+        data = json.loads((results / name).read_text())
+        configs = [r["settings"]["icmoe_config"] for kind in ("selection", "records") for r in data[kind]
+                   if r["settings"]["icmoe_config"] is not None]
+        assert configs, name
+        for config in configs:
+            assert set(config) == fields, (name, set(config) ^ fields)
+
+
 def test_run_defaults_are_the_recorded_best_learning_rates():
     """`training/run.py`'s default rate of each method is the one the committed benchmark measured best on average."""
     from training.methods import DEFAULT_LEARNING_RATES
@@ -198,3 +216,25 @@ def test_a_one_value_grid_runs_no_selection(tmp_path):
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert data["selection"] == []
     assert [(r["method"], r["learning_rate"]) for r in data["records"]] == [("adapter", 1e-3)]
+
+
+def test_matched_ranks_can_start_from_another_results_file(tmp_path):
+    """A new results file (more seeds, say) can start with the matched ranks of the main one, so that its matched
+    baselines are the same models; a missing file or one without ranks is refused by name."""
+    source = tmp_path / "main.json"
+    ranks = accuracy.matched_ranks(str(accuracy.DEFAULT_BASE_MODEL))
+    kept = {**ranks, "lora_rank": ranks["lora_rank"] + 1}  # one rank up stays within the 20 % tolerance
+    source.write_text(json.dumps({"protocol": {"matched_ranks": kept}, "selection": [], "records": []}))
+    folder = tmp_path / "extra"
+    accuracy.main(_smoke_args(folder) + ["--methods", "zeroshot", "--matched_ranks_from", str(source)])
+    assert json.loads((folder / "accuracy.json").read_text())["protocol"]["matched_ranks"]["lora_rank"] == (
+        ranks["lora_rank"] + 1)
+    with pytest.raises(SystemExit, match="no results file"):
+        accuracy.main(_smoke_args(tmp_path / "other") + ["--methods", "zeroshot", "--matched_ranks_from",
+                                                           str(tmp_path / "absent.json")])
+    source.write_text(json.dumps({"protocol": {}, "selection": [], "records": []}))
+    with pytest.raises(SystemExit, match="records no matched ranks"):
+        accuracy.main(_smoke_args(tmp_path / "third") + ["--methods", "zeroshot", "--matched_ranks_from", str(source)])
+    source.write_text('{"protocol": ')
+    with pytest.raises(SystemExit, match="is not JSON"):
+        accuracy.main(_smoke_args(tmp_path / "fourth") + ["--methods", "zeroshot", "--matched_ranks_from", str(source)])
