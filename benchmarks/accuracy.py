@@ -415,6 +415,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
     protocol["machine"] = machine()
     recorded = data["protocol"].get("matched_ranks")
+    if recorded is not None and args.matched_ranks_from is not None:
+        print(f"[accuracy] --matched_ranks_from ignored: {args.output} already records its matched ranks", flush=True)
     if recorded is None and args.matched_ranks_from is not None:
         if not args.matched_ranks_from.is_file():
             raise SystemExit(f"--matched_ranks_from: no results file at {args.matched_ranks_from}")
