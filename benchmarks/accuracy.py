@@ -397,6 +397,20 @@ def protocol_of(args: argparse.Namespace, tasks: list[dict]) -> dict:
     }
 
 
+def recorded_matched_ranks(path: Path) -> dict:
+    """The matched ranks another results file records (`--matched_ranks_from`); a bad file is refused by name."""
+    if not path.is_file():
+        raise SystemExit(f"--matched_ranks_from: no results file at {path}")
+    try:
+        source = json.loads(path.read_text())
+    except ValueError as error:
+        raise SystemExit(f"--matched_ranks_from: {path} is not JSON ({error})") from None
+    recorded = source.get("protocol", {}).get("matched_ranks") if isinstance(source, dict) else None
+    if recorded is None:
+        raise SystemExit(f"--matched_ranks_from: {path} records no matched ranks")
+    return recorded
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     tasks = load_tasks(args.tasks)
     protocol = protocol_of(args, tasks)
@@ -415,18 +429,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
     protocol["machine"] = machine()
     recorded = data["protocol"].get("matched_ranks")
-    if recorded is not None and args.matched_ranks_from is not None:
-        print(f"[accuracy] --matched_ranks_from ignored: {args.output} already records its matched ranks", flush=True)
-    if recorded is None and args.matched_ranks_from is not None:
-        if not args.matched_ranks_from.is_file():
-            raise SystemExit(f"--matched_ranks_from: no results file at {args.matched_ranks_from}")
-        try:
-            source = json.loads(args.matched_ranks_from.read_text())
-        except ValueError as error:
-            raise SystemExit(f"--matched_ranks_from: {args.matched_ranks_from} is not JSON ({error})") from None
-        recorded = source.get("protocol", {}).get("matched_ranks") if isinstance(source, dict) else None
+    if args.matched_ranks_from is not None:
         if recorded is None:
-            raise SystemExit(f"--matched_ranks_from: {args.matched_ranks_from} records no matched ranks")
+            recorded = recorded_matched_ranks(args.matched_ranks_from)
+        else:
+            print(f"[accuracy] --matched_ranks_from ignored: {args.output} already records its matched ranks", flush=True)
     protocol["matched_ranks"] = matched_ranks(args.base_model, recorded)
     data["protocol"] = protocol
     save(data, args.output, {(task["name"], method) for task in tasks for method in args.methods})

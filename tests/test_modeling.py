@@ -75,18 +75,26 @@ def test_frozen_decoder_option(base_sam):
     assert all(not k.startswith("mask_decoder.") for k in model.trainable_state_dict())
 
 
-def test_training_reaches_adapters_and_leaves_base_bitwise_unchanged(base_sam, model, images, boxes, masks):
-    base_state = {k: v.clone() for k, v in base_sam.state_dict().items()}
+def _train_steps(model, images, boxes, masks, steps: int, **optimizer_kwargs) -> None:
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
-    for _ in range(3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, **optimizer_kwargs)
+    for _ in range(steps):
         optimizer.zero_grad()
         model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
         optimizer.step()
-    # Gradients reached every adapter tensor (the zero-initialised output projections open the path on step 1).
+
+
+def _assert_gradients_reach_every_adapter_tensor(model) -> None:
+    # The zero-initialised output projections open the path to the rest on the first step.
     for name, module in model.adapter_modules():
         for pname, p in module.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_training_reaches_adapters_and_leaves_base_bitwise_unchanged(base_sam, model, images, boxes, masks):
+    base_state = {k: v.clone() for k, v in base_sam.state_dict().items()}
+    _train_steps(model, images, boxes, masks, steps=3, weight_decay=0.1)
+    _assert_gradients_reach_every_adapter_tensor(model)
     state = model.state_dict()
     for key, value in base_state.items():
         if key.startswith("mask_decoder."):
@@ -320,8 +328,8 @@ def test_zero_width_box_of_a_thin_object_is_accepted(base_sam, images):
 
 
 def test_linear_experts_are_linear_in_the_block_input():
-    """`expert_activation="identity"`: the basic experts' bottleneck is the down projection itself, and the adaptive
-    experts keep their modulation (per-image, so not linear); the default applies GELU."""
+    """`expert_activation="identity"`: the basic experts' bottleneck is the down projection itself; the default
+    applies GELU to it."""
     from modeling_icmoe.experts import IcMoeExperts
 
     torch.manual_seed(0)
@@ -338,13 +346,6 @@ def test_linear_experts_are_linear_in_the_block_input():
 
 
 def test_linear_experts_train(base_sam, images, boxes, masks):
-    config = IcMoeAdapterConfig(expert_activation="identity")
-    model = get_icmoe_model(base_sam, config).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        optimizer.zero_grad()
-        model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
-        optimizer.step()
-    for name, module in model.adapter_modules():
-        for pname, p in module.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_activation="identity"))
+    _train_steps(model, images, boxes, masks, steps=2)
+    _assert_gradients_reach_every_adapter_tensor(model)
