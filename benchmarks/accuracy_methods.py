@@ -31,6 +31,14 @@ ABLATIONS = tuple(name for name in ICMOE_VARIANTS if name != "icmoe")
 # Candidate recipes for the default config, compared with `--selection_only` on validation splits (docs/METHOD.md).
 # Each was an override of the default of its round; the exact config of every run is in its results file's protocol.
 # Those that the default has since absorbed are spelled out so that they still differ from it (tested).
+SINGLE_EXPERT = {
+    "num_shared_experts": 0, "num_basic_experts": 1, "num_semantic_experts": 0, "num_adaptive_experts": 0,
+    "num_experts_per_tok": 1, "expert_rank": 50, "expert_output_scale": 1.0, "router_jitter_noise": 0.0,
+    "router_aux_loss_coef": 0.0, "pixel_loss_coef": 0.0,
+}
+LINEAR_SPLIT = {**SINGLE_EXPERT, "expert_activation": "identity", "expert_rank": 8, "num_shared_experts": 1,
+                "num_basic_experts": 5, "num_experts_per_tok": ALL_ROUTED}
+LINEAR_SPLIT_RS5 = {**LINEAR_SPLIT, "routed_scaling_factor": 5.0}
 ICMOE_CANDIDATES: dict[str, dict] = {
     "icmoe_scale1": {"expert_output_scale": 1.0},
     "icmoe_lean": {"num_adaptive_experts": 0, "contrastive_loss_coef": 0.0},
@@ -56,6 +64,35 @@ ICMOE_CANDIDATES: dict[str, dict] = {
     # matched parameters, a linear update of rank 51, reaches 0.846: linear experts, routed top-2 and dense.
     "icmoe_linear": {"expert_activation": "identity"},
     "icmoe_linear_dense": {"expert_activation": "identity", "num_experts_per_tok": ALL_ROUTED},
+    # Eighth round (`results/icmoe_search_round10.json`, validation only; seeds 2 and 3 of the closest candidates in
+    # `results/icmoe_search_round10_seeds23.json`; nothing adopted): a bridge from LoRA at matched parameters to the
+    # default, one step at a time, to find where the nuclei gap lives. Its first step is a single linear expert of
+    # rank 50 beside qkv at scale 1 with no routing or auxiliary losses (103,316 encoder parameters against LoRA's
+    # 104,448): LoRA's update, built by this project's layer.
+    "bridge_single_linear": {**SINGLE_EXPERT, "expert_activation": "identity"},
+    "bridge_single_gelu": SINGLE_EXPERT,
+    # The default's scale 2 and pixel loss on the single linear expert.
+    "bridge_single_linear_scale2_pixel": {**SINGLE_EXPERT, "expert_activation": "identity",
+                                          "expert_output_scale": 2.0, "pixel_loss_coef": 0.1},
+    # The rank split into a shared expert and five routed basic experts of rank 8, all used (dense) and weighted by
+    # the router: the mixture's weighting alone, without its expert kinds, nonlinearity or losses.
+    "bridge_split_linear_dense": LINEAR_SPLIT,
+    # The same with the routed votes (about 1/5 each) scaled by 5: each expert moves at the shared expert's speed.
+    "bridge_split_linear_dense_rs5": LINEAR_SPLIT_RS5,
+    # From that split back towards the default: the three expert kinds instead of five basic experts, or the
+    # default's router jitter, balance loss and pixel loss.
+    "bridge_kinds_linear_dense_rs5": {**LINEAR_SPLIT_RS5, "num_basic_experts": 1, "num_semantic_experts": 2,
+                                      "num_adaptive_experts": 2},
+    "bridge_split_linear_dense_rs5_losses": {**LINEAR_SPLIT_RS5, "router_jitter_noise": 0.01,
+                                             "router_aux_loss_coef": 0.1, "pixel_loss_coef": 0.1},
+    # The routed scaling on the default (top-2: votes about 1/2 each, so 2), and on its linear and dense forms (dense:
+    # about 1/5 each; 2.5 with the output scale 2 gives each routed expert the shared expert's weight).
+    "icmoe_rs2": {"routed_scaling_factor": 2.0},
+    "icmoe_linear_rs2": {"expert_activation": "identity", "routed_scaling_factor": 2.0},
+    "icmoe_linear_dense_rs2.5": {"expert_activation": "identity", "num_experts_per_tok": ALL_ROUTED,
+                                 "routed_scaling_factor": 2.5},
+    # A linear shared expert (the LoRA-like path) beside GELU routed experts.
+    "icmoe_linear_shared": {"expert_activation": "gelu_routed"},
 }
 ICMOE_VARIANTS.update(ICMOE_CANDIDATES)
 MAIN_METHODS = ("zeroshot", "decoder", "lora", "lora_matched", "adapter", "adapter_matched", "full", "icmoe")

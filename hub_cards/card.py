@@ -62,6 +62,7 @@ ADAPTER_CARD_FIELDS = (
     "num_adaptive_experts",
     "num_experts_per_tok",
     "expert_rank",
+    "routed_scaling_factor",
     "target_layers",
     "expert_placement",
     "expert_activation",

@@ -17,13 +17,13 @@ from transformers import SamConfig
 
 
 EXPERT_PLACEMENTS = ("mlp", "attention")
-EXPERT_ACTIVATIONS = ("gelu", "identity")
+EXPERT_ACTIVATIONS = ("gelu", "identity", "gelu_routed")
 INTEGER_FIELDS = (
     "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
     "expert_rank", "contrastive_samples_per_class", "projection_dim",
 )
 REAL_FIELDS = (
-    "expert_output_scale", "router_jitter_noise", "vote_temperature", "pixel_vote_weight", "label_consistency_weight",
+    "expert_output_scale", "routed_scaling_factor", "router_jitter_noise", "vote_temperature", "pixel_vote_weight", "label_consistency_weight",
     "router_aux_loss_coef", "router_z_loss_coef", "vote_loss_coef", "pixel_loss_coef", "contrastive_loss_coef",
     "contrastive_temperature",
 )
@@ -57,6 +57,10 @@ class IcMoeAdapterConfig:
             Bottleneck width of every expert.
         expert_output_scale (`float`, *optional*, defaults to 2.0):
             Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
+        routed_scaling_factor (`float`, *optional*, defaults to 1.0):
+            Multiplies the routed experts' votes (which sum to 1 over a token's top-k) before they weight the
+            experts; shared experts keep weight 1. With `k` routed experts per token, `k` gives each chosen expert
+            the weight of a shared one on average.
         target_layers (`list[int]`, *optional*):
             Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
         expert_placement (`str`, *optional*, defaults to `"attention"`):
@@ -66,7 +70,8 @@ class IcMoeAdapterConfig:
             to; the mixture always sees the whole token grid, also in windowed-attention blocks.
         expert_activation (`str`, *optional*, defaults to `"gelu"`):
             The experts' bottleneck activation: `"gelu"`, or `"identity"` for linear experts (a basic expert is then a
-            LoRA-like low-rank update of the projection it joins; the adaptive experts' modulation stays).
+            LoRA-like low-rank update of the projection it joins; the adaptive experts' modulation stays), or
+            `"gelu_routed"` for linear shared experts and GELU on the routed ones.
         router_jitter_noise (`float`, *optional*, defaults to 0.01):
             Multiplicative jitter on the router input while training.
         vote_temperature (`float`, *optional*, defaults to 1.0):
@@ -117,6 +122,9 @@ class IcMoeAdapterConfig:
     num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k routed experts per token."})
     expert_rank: int = field(default=8, metadata={"help": "Bottleneck width of every expert."})
     expert_output_scale: float = field(default=2.0, metadata={"help": "Scale of the mixture output."})
+    routed_scaling_factor: float = field(
+        default=1.0, metadata={"help": "Multiplier of the routed experts' votes (which sum to 1 per token)."}
+    )
     target_layers: list[int] | None = field(
         default=None, metadata={"help": "Vision block indices that get an IC-MoE layer; None = all."}
     )
@@ -128,7 +136,11 @@ class IcMoeAdapterConfig:
         },
     )
     expert_activation: str = field(
-        default="gelu", metadata={"help": "The experts' bottleneck activation: `gelu` or `identity` (linear experts)."}
+        default="gelu",
+        metadata={
+            "help": "The experts' bottleneck activation: `gelu`, `identity` (linear experts) or `gelu_routed` "
+            "(linear shared experts, GELU on the routed ones)."
+        },
     )
     router_jitter_noise: float = field(
         default=0.01, metadata={"help": "Multiplicative jitter on the router input while training, in [0, 1)."}
@@ -247,6 +259,8 @@ class IcMoeAdapterConfig:
             setattr(self, name, float(value))
         if self.expert_output_scale <= 0:
             raise ValueError(f"`expert_output_scale` must be > 0, got {self.expert_output_scale}.")
+        if self.routed_scaling_factor <= 0:
+            raise ValueError(f"`routed_scaling_factor` must be > 0, got {self.routed_scaling_factor}.")
 
     @property
     def num_routed_experts(self) -> int:

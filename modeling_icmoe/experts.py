@@ -8,7 +8,8 @@ rank r on the ViT token grid (B, H, W, C):
 - semantic: down -> depthwise 3x3 conv on the grid (dilation d) -> GELU -> up
 - adaptive: down -> per-image channel modulation from pooled bottleneck features -> GELU -> up
 
-With `expert_activation="identity"` the GELU is left out (linear experts).
+With `expert_activation="identity"` the GELU is left out (linear experts); with `"gelu_routed"` it is left out of the
+shared experts only.
 
 All experts share one stacked down projection (E, C, r) and one stacked up projection (E, r, C): the routed
 mixture `sum_e v_e * up_e(a_e)` is a single matmul of the vote-weighted bottleneck activations. The semantic
@@ -167,6 +168,9 @@ class IcMoeExperts(nn.Module):
         activations = torch.cat(parts, dim=-1) if len(parts) > 1 else hidden  # (B, H, W, E*r)
         if self.activation == "gelu":
             activations = F.gelu(activations)
+        elif self.activation == "gelu_routed":
+            shared = self.num_shared * self.rank
+            activations = torch.cat([activations[..., :shared], F.gelu(activations[..., shared:])], dim=-1)
         return activations.unflatten(-1, (self.num_experts, self.rank))  # (B, H, W, E, r)
 
     def pixel_logits(self, activations: torch.Tensor) -> torch.Tensor:

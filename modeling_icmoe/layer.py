@@ -48,6 +48,7 @@ class IcMoeLayer(nn.Module):
     def __init__(self, *, hidden_size: int, config: IcMoeAdapterConfig, output_size: int | None = None):
         super().__init__()
         self.scale = config.expert_output_scale
+        self.routed_scale = config.routed_scaling_factor
         self.num_shared = config.num_shared_experts
         self.experts = IcMoeExperts(
             hidden_size=hidden_size,
@@ -114,7 +115,8 @@ class IcMoeLayer(nn.Module):
         router_logits, votes, top_k_indices = self.router(
             router_input, pixel_logits[..., self.num_shared :], router_logits=router_logits
         )
-        weights = F.pad(votes, (self.num_shared, 0), value=1.0) if self.num_shared else votes  # (B, H, W, E)
+        weights = votes * self.routed_scale if self.routed_scale != 1.0 else votes
+        weights = F.pad(weights, (self.num_shared, 0), value=1.0) if self.num_shared else weights  # (B, H, W, E)
         output = self.experts.combine(activations, weights, base_output, self.scale)  # (B, H, W, O)
         return output, IcMoeRouting(
             router_logits=router_logits, votes=votes, top_k_indices=top_k_indices, pixel_logits=pixel_logits

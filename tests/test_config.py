@@ -36,6 +36,8 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
         ({"contrastive_loss_coef": float("inf")}, "`contrastive_loss_coef` must be a finite number, got inf"),
         ({"expert_output_scale": float("nan")}, "`expert_output_scale` must be a finite number"),
         ({"expert_output_scale": 0.0}, "`expert_output_scale` must be > 0"),
+        ({"routed_scaling_factor": 0.0}, "`routed_scaling_factor` must be > 0"),
+        ({"routed_scaling_factor": float("inf")}, "`routed_scaling_factor` must be a finite number"),
         ({"pixel_vote_weight": "1"}, "`pixel_vote_weight` must be a finite number"),
         ({"expert_activation": "relu"}, "`expert_activation` must be one of"),
     ],

@@ -329,7 +329,7 @@ def test_zero_width_box_of_a_thin_object_is_accepted(base_sam, images):
 
 def test_linear_experts_are_linear_in_the_block_input():
     """`expert_activation="identity"`: the basic experts' bottleneck is the down projection itself; the default
-    applies GELU to it."""
+    applies GELU to it; `"gelu_routed"` applies it to the routed experts only."""
     from modeling_icmoe.experts import IcMoeExperts
 
     torch.manual_seed(0)
@@ -341,11 +341,44 @@ def test_linear_experts_are_linear_in_the_block_input():
     down = torch.einsum("bhwc,erc->bhwer", hidden, linear.down_proj) + linear.down_bias
     torch.testing.assert_close(linear.bottleneck(hidden), down)
     torch.testing.assert_close(gelu.bottleneck(hidden), torch.nn.functional.gelu(down))
+    mixed = IcMoeExperts(**kwargs, activation="gelu_routed")
+    mixed.load_state_dict(linear.state_dict())
+    # Shared expert first: linear; the routed basic expert keeps its GELU.
+    torch.testing.assert_close(mixed.bottleneck(hidden)[..., 0, :], down[..., 0, :])
+    torch.testing.assert_close(mixed.bottleneck(hidden)[..., 1, :], torch.nn.functional.gelu(down[..., 1, :]))
     with pytest.raises(ValueError, match="activation"):
         IcMoeExperts(**kwargs, activation="tanh")
 
 
-def test_linear_experts_train(base_sam, images, boxes, masks):
-    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_activation="identity"))
+@pytest.mark.parametrize("activation", ["identity", "gelu_routed"])
+def test_linear_experts_train(base_sam, images, boxes, masks, activation):
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_activation=activation))
     _train_steps(model, images, boxes, masks, steps=2)
     _assert_gradients_reach_every_adapter_tensor(model)
+
+
+def test_routed_scaling_factor_scales_the_routed_experts_alone():
+    """`routed_scaling_factor` multiplies the routed experts' votes and nothing else: the routing is unchanged and the
+    mixture is `shared + factor * routed`."""
+    torch.manual_seed(0)
+    outputs, routings = {}, {}
+    for factor in (1.0, 3.0):
+        layer = IcMoeLayer(hidden_size=16, config=IcMoeAdapterConfig(expert_rank=4, routed_scaling_factor=factor))
+        if factor == 1.0:
+            state = layer.state_dict()
+            state["experts.up_proj"] = torch.randn_like(state["experts.up_proj"])
+        layer.load_state_dict(state)
+        layer.eval()
+        torch.manual_seed(1)
+        hidden = torch.randn(2, 5, 5, 16)
+        with torch.no_grad():
+            outputs[factor], routings[factor] = layer(hidden)
+        shared_only = state["experts.up_proj"].clone()
+        shared_only[layer.num_shared:] = 0
+    torch.testing.assert_close(routings[3.0].votes, routings[1.0].votes)
+    layer.load_state_dict({**state, "experts.up_proj": shared_only})
+    with torch.no_grad():
+        shared, _ = layer(hidden)
+    routed = outputs[1.0] - shared
+    assert routed.abs().max() > 1e-3 and shared.abs().max() > 1e-3
+    torch.testing.assert_close(outputs[3.0], shared + 3.0 * routed)
