@@ -23,9 +23,9 @@ INTEGER_FIELDS = (
     "expert_rank", "contrastive_samples_per_class", "projection_dim",
 )
 REAL_FIELDS = (
-    "expert_output_scale", "routed_scaling_factor", "router_jitter_noise", "vote_temperature", "pixel_vote_weight", "label_consistency_weight",
-    "router_aux_loss_coef", "router_z_loss_coef", "vote_loss_coef", "pixel_loss_coef", "contrastive_loss_coef",
-    "contrastive_temperature",
+    "expert_output_scale", "routed_scaling_factor", "router_jitter_noise", "vote_temperature", "pixel_vote_weight",
+    "label_consistency_weight", "router_aux_loss_coef", "router_z_loss_coef", "vote_loss_coef", "pixel_loss_coef",
+    "contrastive_loss_coef", "contrastive_temperature",
 )
 
 

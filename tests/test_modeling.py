@@ -361,24 +361,22 @@ def test_routed_scaling_factor_scales_the_routed_experts_alone():
     """`routed_scaling_factor` multiplies the routed experts' votes and nothing else: the routing is unchanged and the
     mixture is `shared + factor * routed`."""
     torch.manual_seed(0)
-    outputs, routings = {}, {}
-    for factor in (1.0, 3.0):
-        layer = IcMoeLayer(hidden_size=16, config=IcMoeAdapterConfig(expert_rank=4, routed_scaling_factor=factor))
-        if factor == 1.0:
-            state = layer.state_dict()
-            state["experts.up_proj"] = torch.randn_like(state["experts.up_proj"])
-        layer.load_state_dict(state)
-        layer.eval()
-        torch.manual_seed(1)
-        hidden = torch.randn(2, 5, 5, 16)
+    layers = {f: IcMoeLayer(hidden_size=16, config=IcMoeAdapterConfig(expert_rank=4, routed_scaling_factor=f))
+              for f in (1.0, 3.0)}
+    state = layers[1.0].state_dict()
+    state["experts.up_proj"] = torch.randn_like(state["experts.up_proj"])  # zero at initialisation
+    shared_only = {**state, "experts.up_proj": state["experts.up_proj"].clone()}
+    shared_only["experts.up_proj"][layers[1.0].num_shared:] = 0
+    hidden = torch.randn(2, 5, 5, 16)
+
+    def run(layer, weights):
+        layer.load_state_dict(weights)
         with torch.no_grad():
-            outputs[factor], routings[factor] = layer(hidden)
-        shared_only = state["experts.up_proj"].clone()
-        shared_only[layer.num_shared:] = 0
-    torch.testing.assert_close(routings[3.0].votes, routings[1.0].votes)
-    layer.load_state_dict({**state, "experts.up_proj": shared_only})
-    with torch.no_grad():
-        shared, _ = layer(hidden)
-    routed = outputs[1.0] - shared
+            return layer.eval()(hidden)
+
+    (plain, routing), (scaled, scaled_routing) = run(layers[1.0], state), run(layers[3.0], state)
+    shared, _ = run(layers[1.0], shared_only)
+    routed = plain - shared
     assert routed.abs().max() > 1e-3 and shared.abs().max() > 1e-3
-    torch.testing.assert_close(outputs[3.0], shared + 3.0 * routed)
+    torch.testing.assert_close(scaled_routing.votes, routing.votes)
+    torch.testing.assert_close(scaled, shared + 3.0 * routed)
