@@ -177,7 +177,7 @@ def test_committed_records_carry_every_adapter_field():
     fields = set(IcMoeAdapterConfig().to_dict())
     results = REPO_ROOT / "benchmarks" / "results"
     live = ["accuracy.json", "accuracy_ablations_own_rate.json", "accuracy_five_seeds.json", "icmoe_search_round9.json",
-            "icmoe_search_round10.json", "icmoe_search_round10_seeds23.json"]
+            "icmoe_search_round10.json", "icmoe_search_round10_seeds23.json", "accuracy_bridge_candidate.json"]
     for name in live:
         data = json.loads((results / name).read_text())
         configs = [r["settings"]["icmoe_config"] for kind in ("selection", "records") for r in data[kind]
@@ -239,3 +239,14 @@ def test_matched_ranks_can_start_from_another_results_file(tmp_path):
     source.write_text('{"protocol": ')
     with pytest.raises(SystemExit, match="is not JSON"):
         accuracy.main(_smoke_args(tmp_path / "fourth") + ["--methods", "zeroshot", "--matched_ranks_from", str(source)])
+
+
+def test_gated_linear_preset_is_the_measured_candidate():
+    """`configuration/icmoe/gated_linear.json` is the config whose test Dice docs/METHOD.md reports for it."""
+    from training.methods import load_icmoe_config
+
+    preset = load_icmoe_config(str(REPO_ROOT / "configuration" / "icmoe" / "gated_linear.json"), {})
+    measured = accuracy.icmoe_variant_config(accuracy.ICMOE_VARIANTS["bridge_split_linear_dense_rs5"])
+    assert preset.to_dict() == measured.to_dict()
+    recorded = json.loads((REPO_ROOT / "benchmarks" / "results" / "accuracy_bridge_candidate.json").read_text())
+    assert all(r["settings"]["icmoe_config"] == preset.to_dict() for r in recorded["records"])
