@@ -22,7 +22,10 @@ The JSON is saved after every run; a restart skips runs already recorded with id
     python benchmarks/accuracy.py --smoke --work_dir /tmp/acc        # tiny end-to-end check, under a minute on CPU
 
 Writes `benchmarks/results/accuracy.json` and the section between the accuracy markers of `docs/BENCHMARKS.md`
-(text outside the markers is kept), with its figure in `docs/figures/accuracy.png`.
+(text outside the markers is kept), with its figure in `docs/figures/accuracy.png`. Another `--output` file gets
+its own section and figure, named after the file (`<!-- accuracy_ten_seeds:begin -->`, `accuracy_ten_seeds.png`).
+Test records carry every object's Dice (`per_image_dice`), from which the report compares IC-MoE with each other
+method by a paired bootstrap over seeds and test objects.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ from benchmarks.accuracy_report import (  # noqa: E402, F401
     MARK_END,
     SHARED_SETTINGS,
     best_mean_learning_rates,
+    markers,
+    paired_difference,
     render_section,
     write_report,
 )
@@ -114,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="Default benchmarks/results/accuracy.json (--smoke: work dir).")
     parser.add_argument("--work_dir", default=str(REPO_ROOT / "benchmarks" / ".cache" / "accuracy"),
                         help="Validation splits, presets and run outputs.")
-    parser.add_argument("--report_path", default=None, help="Default docs/BENCHMARKS.md (--smoke: work dir).")
+    parser.add_argument("--report_path", default=None, help="Default docs/BENCHMARKS.md (--smoke: work dir); the "
+                        "section is named after --output's file.")
     parser.add_argument("--fresh", action="store_true", help="Discard the results file instead of resuming it.")
     parser.add_argument("--matched_ranks_from", type=Path, default=None,
                         help="Another results file whose matched LoRA and adapter ranks a new results file starts "
@@ -329,6 +335,8 @@ class Benchmark:
             "train_steps": results["train_steps"], "train_seconds": results["train_seconds"],
             "run_method": RUN_METHOD[method], **info, "machine": machine(), "settings": settings,
         }
+        if kind == "records":  # per-object test Dice, in the split's order, for paired comparisons across methods
+            record["per_image_dice"] = [round(value, 5) for value in results["per_image"]["dice"]]
         if "diagnostics" in results:
             record["diagnostics"] = results["diagnostics"]
         same_slot = ("dataset", "method", "seed") + (("learning_rate",) if kind == "selection" else ())
@@ -463,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
             data = run_benchmark(args)
         finally:
             torch.set_num_threads(threads)  # `main` may be called in-process (tests): leave no global change
-    write_report(data, args.report_path)
+    write_report(data, args.report_path, "accuracy" if args.output.name == "accuracy.json" else args.output.stem)
 
 
 if __name__ == "__main__":

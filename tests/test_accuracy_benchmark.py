@@ -57,6 +57,8 @@ def test_smoke_records_every_method_and_seed(smoke):
         trained = record["method"] != "zeroshot"
         assert record["train_steps"] == (accuracy.SMOKE["max_train_steps"] if trained else 0)
         assert (record["learning_rate"] is not None) == trained
+        assert len(record["per_image_dice"]) == record["n_images"]
+        assert sum(record["per_image_dice"]) / record["n_images"] == pytest.approx(record["dice"], abs=1e-4)
     assert data["invocation"]["runs_executed"] == 7  # zeroshot + (2 lrs + 1 seed) for adapter and icmoe
 
 
@@ -98,6 +100,50 @@ def test_report_has_the_tables_and_the_figure(smoke):
     for record in data["records"]:
         assert f"| {record['dataset']} | {record['method']} | 1 |" in report
     assert "figures/accuracy.png" in report and (folder / "figures" / "accuracy.png").is_file()
+    task = data["records"][0]["dataset"]
+    assert "### Paired comparison" in report
+    for method in ("zeroshot", "adapter"):
+        assert f"| {task} | {method} | 1 / 1 |" in report
+
+
+def _records(method: str, per_seed: list[list[float]]) -> list[dict]:
+    return [{"dataset": "task", "method": method, "seed": seed, "per_image_dice": dice}
+            for seed, dice in enumerate(per_seed)]
+
+
+def test_paired_difference_separates_a_consistent_lead_from_seed_noise():
+    objects = [0.5, 0.6, 0.7, 0.8, 0.9, 0.55, 0.65, 0.75]
+    lead = accuracy.paired_difference(_records("icmoe", [[d + 0.05 for d in objects]] * 3),
+                                      _records("lora", [objects] * 3))
+    assert lead[0] == pytest.approx(0.05) and lead[1] == pytest.approx(0.05) and lead[2] == pytest.approx(0.05)
+    # Seeds that disagree by more than the difference: the interval spans 0.
+    noisy = accuracy.paired_difference(_records("icmoe", [[d + 0.1 for d in objects], [d - 0.08 for d in objects]]),
+                                       _records("lora", [objects, objects]))
+    assert noisy[0] == pytest.approx(0.01) and noisy[1] < 0 < noisy[2]
+    # Objects that disagree: ahead on half of the objects, behind on the other half.
+    mixed = accuracy.paired_difference(
+        _records("icmoe", [[d + (0.2 if i % 2 else -0.2) for i, d in enumerate(objects)]] * 2),
+        _records("lora", [objects] * 2))
+    assert mixed[0] == pytest.approx(0.0, abs=1e-12) and mixed[1] < 0 < mixed[2]
+
+
+def test_paired_difference_refuses_unpaired_records():
+    with pytest.raises(ValueError, match="different test splits"):
+        accuracy.paired_difference(_records("icmoe", [[0.5, 0.6]]), _records("lora", [[0.5, 0.6, 0.7]]))
+    with pytest.raises(ValueError, match="per_image_dice"):
+        accuracy.paired_difference(_records("icmoe", [[0.5]]), [{"dataset": "task", "method": "lora", "seed": 0}])
+
+
+def test_a_side_results_file_gets_its_own_section(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text(f"# Benchmarks\n\n{accuracy.MARK_BEGIN}\nmain section\n{accuracy.MARK_END}\n")
+    data = {"protocol": {}, "selection": [], "records": []}
+    accuracy.write_report(data, report, "accuracy_ten_seeds")
+    accuracy.write_report(data, report, "accuracy_ten_seeds")  # rewritten in place, not appended again
+    text = report.read_text()
+    assert "main section" in text
+    begin, end = accuracy.markers("accuracy_ten_seeds")
+    assert text.count(begin) == 1 and text.count(end) == 1 and "## Accuracy: `accuracy_ten_seeds.json`" in text
 
 
 def test_report_keeps_text_outside_the_markers(tmp_path):

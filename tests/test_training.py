@@ -42,6 +42,9 @@ def test_every_method_runs(tmp_path, tiny_base_dir, blob_dataset_dir, method):
     for key in ("dice", "iou", "hd95", "train_seconds", "trainable_params", "base_model", "dataset"):
         assert key in saved, key
     assert 0.0 <= saved["dice"] <= 1.0
+    for name in ("dice", "iou", "hd95"):  # every object's scores, whose mean is the reported one
+        assert len(saved["per_image"][name]) == 4
+    assert np.mean(saved["per_image"]["dice"]) == pytest.approx(saved["dice"], abs=1e-5)
     assert (out / "README.md").is_file() and (out / "figures" / "examples.png").is_file()
     if method == "zeroshot":
         assert saved["train_steps"] == 0 and not (out / "model.safetensors").exists()

@@ -55,6 +55,8 @@ def write_outputs(
         "dataset": args.dataset,
         "eval_split": eval_split,
         **{k: metrics[k] for k in METRIC_KEYS},
+        # Every evaluated object's scores, in the evaluation split's order: what paired comparisons need.
+        "per_image": {name: [round(v, 6) for v in values] for name, values in metrics["per_image"].items()},
         **({"volumes": metrics["volumes"]} if "volumes" in metrics else {}),
         "train_steps": steps,
         "learning_rate": args.learning_rate,
