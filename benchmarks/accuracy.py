@@ -64,6 +64,7 @@ from benchmarks.accuracy_report import (  # noqa: E402, F401
     MARK_BEGIN,
     MARK_END,
     SHARED_SETTINGS,
+    paired_comparisons,
     best_mean_learning_rates,
     markers,
     paired_difference,

@@ -28,6 +28,7 @@ ICMOE_VARIANTS: dict[str, dict] = {
     "icmoe_dense": {**ROUND4, "num_experts_per_tok": ALL_ROUTED},
 }
 ABLATIONS = tuple(name for name in ICMOE_VARIANTS if name != "icmoe")
+ABLATION_REFERENCE = "icmoe_round4"  # what each ablation is one change from
 # Candidate recipes for the default config, compared with `--selection_only` on validation splits (docs/METHOD.md).
 # Each was an override of the default of its round; the exact config of every run is in its results file's protocol.
 # Those that the default has since absorbed are spelled out so that they still differ from it (tested).

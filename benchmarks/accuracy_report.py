@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.accuracy_methods import ABLATIONS, ICMOE_CANDIDATES, MAIN_METHODS
+from benchmarks.accuracy_methods import ABLATION_REFERENCE, ABLATIONS, ICMOE_CANDIDATES, MAIN_METHODS
 from benchmarks.sections import write_section
 
 
@@ -137,24 +137,32 @@ def paired_difference(reference: list[dict], other: list[dict], *, resamples: in
     return float(scores[0].mean() - scores[1].mean()), float(low), float(high)
 
 
-def _paired_table(data: dict, reference: str = "icmoe") -> list[str]:
+def paired_comparisons(methods: list[str]) -> list[tuple[str, str]]:
+    """(reference, other) pairs among `methods`: IC-MoE against each other main method, and the ablations' reference
+    against each ablation (one change from it; the current default, `icmoe`, is the reference without the votes)."""
+    pairs = [("icmoe", m) for m in methods if m in MAIN_METHODS and m != "icmoe" and "icmoe" in methods]
+    if ABLATION_REFERENCE in methods:
+        pairs += [(ABLATION_REFERENCE, m) for m in methods if m in ABLATIONS + ("icmoe",) and m != ABLATION_REFERENCE]
+    return pairs
+
+
+def _paired_table(data: dict) -> list[str]:
     records = [r for r in data["records"] if "per_image_dice" in r]
     rows = []
     for task in _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
         of_task = [r for r in records if r["dataset"] == task]
-        ours = [r for r in of_task if r["method"] == reference]
-        for method in _ordered(of_task, "method", MAIN_METHODS + ABLATIONS):
-            if method == reference or not ours:
-                continue
+        for reference, method in paired_comparisons(_ordered(of_task, "method", MAIN_METHODS + ABLATIONS)):
+            ours = [r for r in of_task if r["method"] == reference]
             theirs = [r for r in of_task if r["method"] == method]
             difference, low, high = paired_difference(ours, theirs)
             verdict = "ahead" if low > 0 else "behind" if high < 0 else "not separable"
-            rows.append(f"| {task} | {method} | {len(ours)} / {len(theirs)} | {len(ours[0]['per_image_dice'])} "
-                        f"| {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | {verdict} |")
+            rows.append(f"| {task} | {reference} | {method} | {len(ours)} / {len(theirs)} "
+                        f"| {len(ours[0]['per_image_dice'])} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] "
+                        f"| {verdict} |")
     if not rows:
         return []
-    return [f"| task | against | seeds ({reference} / other) | test objects | {reference} minus other, mean Dice "
-            "| 95 % interval | |", "|---|---|---|---|---|---|---|"] + rows
+    return ["| task | reference | against | seeds | test objects | reference minus other, mean Dice | 95 % interval "
+            "| reference |", "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def plot_dice(data: dict, path: Path) -> None:
@@ -203,10 +211,10 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
     paired = _paired_table(data)
     if paired:
         lines += ["### Paired comparison", "",
-                  f"IC-MoE's mean test Dice minus each other method's, with a 95 % interval from "
-                  f"{PAIRED_RESAMPLES:,} bootstrap resamples of the training seeds (within each method) and of the "
-                  "test objects (the same ones for both methods); `ahead` or `behind` when the interval excludes 0.",
-                  ""] + paired + [""]
+                  "IC-MoE's mean test Dice minus each other method's, and the ablations' reference "
+                  f"(`{ABLATION_REFERENCE}`) minus each ablation's, with a 95 % interval from {PAIRED_RESAMPLES:,} "
+                  "bootstrap resamples of the training seeds (within each method) and of the test objects (the same "
+                  "ones for both methods); `ahead` or `behind` when the interval excludes 0.", ""] + paired + [""]
     if protocol.get("matched_ranks"):
         m = protocol["matched_ranks"]
         lines += ["### Parameter-matched baselines", "",

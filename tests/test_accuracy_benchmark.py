@@ -103,7 +103,14 @@ def test_report_has_the_tables_and_the_figure(smoke):
     task = data["records"][0]["dataset"]
     assert "### Paired comparison" in report
     for method in ("zeroshot", "adapter"):
-        assert f"| {task} | {method} | 1 / 1 |" in report
+        assert f"| {task} | icmoe | {method} | 1 / 1 |" in report
+
+
+def test_paired_comparisons_pair_methods_with_icmoe_and_ablations_with_their_reference():
+    pairs = accuracy.paired_comparisons(["icmoe", "lora_matched", "icmoe_round4", "icmoe_no_basic", "adapter"])
+    assert pairs == [("icmoe", "lora_matched"), ("icmoe", "adapter"), ("icmoe_round4", "icmoe"),
+                     ("icmoe_round4", "icmoe_no_basic")]
+    assert accuracy.paired_comparisons(["lora", "adapter"]) == []
 
 
 def _records(method: str, per_seed: list[list[float]]) -> list[dict]:
