@@ -111,13 +111,14 @@ def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[s
     return best
 
 
-def paired_difference(reference: list[dict], other: list[dict], *, resamples: int = PAIRED_RESAMPLES,
-                      seed: int = 0) -> tuple[float, float, float]:
+def paired_difference(reference: list[dict], other: list[dict], *, resamples: int = PAIRED_RESAMPLES, seed: int = 0,
+                      resample_objects: bool = True) -> tuple[float, float, float]:
     """Mean test Dice of `reference` minus `other` (records of one task), with a 95 % bootstrap interval.
 
-    Two sources of chance are resampled together: the training seeds (drawn with replacement within each method) and
-    the test objects (drawn with replacement once per resample and used for both methods, since both scored the same
-    objects). A seed-only interval would miss that a small test split (19 nuclei) is itself a sample."""
+    The training seeds are drawn with replacement within each method; with `resample_objects`, the test objects too,
+    once per resample and the same for both methods (both scored the same objects), so that the interval also
+    covers the test split being a sample (19 nuclei are a small one). Without it, the interval says only how sure
+    the difference is on these test objects."""
     scores = []
     for records in (reference, other):
         if not records or any("per_image_dice" not in r for r in records):
@@ -130,7 +131,10 @@ def paired_difference(reference: list[dict], other: list[dict], *, resamples: in
     objects = rng.integers(0, scores[0].shape[1], size=(resamples, scores[0].shape[1]))  # (R, N)
     means = []
     for matrix in scores:
-        per_seed = np.stack([row[objects].mean(axis=1) for row in matrix])  # (seeds, R)
+        if resample_objects:
+            per_seed = np.stack([row[objects].mean(axis=1) for row in matrix])  # (seeds, R)
+        else:
+            per_seed = np.repeat(matrix.mean(axis=1, keepdims=True), resamples, axis=1)  # (seeds, R)
         seeds = rng.integers(0, len(matrix), size=(resamples, len(matrix)))  # (R, seeds)
         means.append(np.take_along_axis(per_seed.T, seeds, axis=1).mean(axis=1))  # (R,)
     low, high = np.percentile(means[0] - means[1], [2.5, 97.5])
@@ -154,15 +158,17 @@ def _paired_table(data: dict) -> list[str]:
         for reference, method in paired_comparisons(_ordered(of_task, "method", MAIN_METHODS + ABLATIONS)):
             ours = [r for r in of_task if r["method"] == reference]
             theirs = [r for r in of_task if r["method"] == method]
-            difference, low, high = paired_difference(ours, theirs)
-            verdict = "ahead" if low > 0 else "behind" if high < 0 else "not separable"
-            rows.append(f"| {task} | {reference} | {method} | {len(ours)} / {len(theirs)} "
-                        f"| {len(ours[0]['per_image_dice'])} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] "
-                        f"| {verdict} |")
+            cells = [f"{len(ours)} / {len(theirs)}", str(len(ours[0]["per_image_dice"]))]
+            for resample_objects in (True, False):
+                difference, low, high = paired_difference(ours, theirs, resample_objects=resample_objects)
+                verdict = "ahead" if low > 0 else "behind" if high < 0 else "not separable"
+                cells.append(f"[{low:+.4f}, {high:+.4f}] {verdict}")
+            rows.append(f"| {task} | {reference} | {method} | {cells[0]} | {cells[1]} | {difference:+.4f} "
+                        f"| {cells[2]} | {cells[3]} |")
     if not rows:
         return []
-    return ["| task | reference | against | seeds | test objects | reference minus other, mean Dice | 95 % interval "
-            "| reference |", "|---|---|---|---|---|---|---|---|"] + rows
+    return ["| task | reference | against | seeds | test objects | reference minus other, mean Dice "
+            "| 95 % interval, seeds and objects | 95 % interval, seeds only |", "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def plot_dice(data: dict, path: Path) -> None:
@@ -212,9 +218,10 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
     if paired:
         lines += ["### Paired comparison", "",
                   "IC-MoE's mean test Dice minus each other method's, and the ablations' reference "
-                  f"(`{ABLATION_REFERENCE}`) minus each ablation's, with a 95 % interval from {PAIRED_RESAMPLES:,} "
+                  f"(`{ABLATION_REFERENCE}`) minus each ablation's, with 95 % intervals from {PAIRED_RESAMPLES:,} "
                   "bootstrap resamples of the training seeds (within each method) and of the test objects (the same "
-                  "ones for both methods); `ahead` or `behind` when the interval excludes 0.", ""] + paired + [""]
+                  "ones for both methods), or of the seeds alone (how sure the difference is on these test objects); "
+                  "`ahead` or `behind` when the interval excludes 0.", ""] + paired + [""]
     if protocol.get("matched_ranks"):
         m = protocol["matched_ranks"]
         lines += ["### Parameter-matched baselines", "",

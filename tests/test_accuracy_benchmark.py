@@ -132,6 +132,18 @@ def test_paired_difference_separates_a_consistent_lead_from_seed_noise():
         _records("icmoe", [[d + (0.2 if i % 2 else -0.2) for i, d in enumerate(objects)]] * 2),
         _records("lora", [objects] * 2))
     assert mixed[0] == pytest.approx(0.0, abs=1e-12) and mixed[1] < 0 < mixed[2]
+    # On these objects alone the seeds agree exactly: the seed-only interval is the point.
+    on_these = accuracy.paired_difference(
+        _records("icmoe", [[d + (0.2 if i % 2 else -0.2) for i, d in enumerate(objects)]] * 2),
+        _records("lora", [objects] * 2), resample_objects=False)
+    assert on_these == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+    # Consistent over seeds, carried by one object: ahead on these objects, not separable beyond them.
+    skewed = [[d + (0.3 if i == 0 else -0.02) for i, d in enumerate(objects)]] * 3
+    beyond = accuracy.paired_difference(_records("icmoe", skewed), _records("lora", [objects] * 3))
+    here = accuracy.paired_difference(_records("icmoe", skewed), _records("lora", [objects] * 3),
+                                      resample_objects=False)
+    assert beyond[0] == pytest.approx(0.02) and beyond[1] < 0 < beyond[2]
+    assert here == pytest.approx((0.02, 0.02, 0.02))
 
 
 def test_paired_difference_refuses_unpaired_records():
