@@ -13,7 +13,6 @@ from benchmarks.accuracy_methods import ABLATION_REFERENCE, ABLATIONS, ICMOE_CAN
 from benchmarks.sections import write_section
 
 
-
 def markers(name: str) -> tuple[str, str]:
     """The comments around the section of one results file (`accuracy` for the main file)."""
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -167,8 +166,9 @@ def _paired_table(data: dict) -> list[str]:
                         f"| {cells[2]} | {cells[3]} |")
     if not rows:
         return []
-    return ["| task | reference | against | seeds | test objects | reference minus other, mean Dice "
-            "| 95 % interval, seeds and objects | 95 % interval, seeds only |", "|---|---|---|---|---|---|---|---|"] + rows
+    header = ("| task | reference | against | seeds | test objects | reference minus other, mean Dice "
+              "| 95 % interval, seeds and objects | 95 % interval, seeds only |")
+    return [header, "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def plot_dice(data: dict, path: Path) -> None:
@@ -218,14 +218,14 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
         lines += [f"![Test Dice per method and task; dots are seeds]({figure})", ""]
     paired = _paired_table(data)
     if paired:
-        lines += ["### Paired comparison", "",
-                  "IC-MoE's mean test Dice minus each other method's"
-                  + (f", and the ablations' reference (`{ABLATION_REFERENCE}`) minus each ablation's"
-                     if f"| {ABLATION_REFERENCE} |" in "\n".join(paired) else "")
-                  + f", with 95 % intervals from {PAIRED_RESAMPLES:,} "
-                  "bootstrap resamples of the training seeds (within each method) and of the test objects (the same "
-                  "ones for both methods), or of the seeds alone (how sure the difference is on these test objects); "
-                  "`ahead` or `behind` when the interval excludes 0.", ""] + paired + [""]
+        has_ablations = any(f"| {ABLATION_REFERENCE} |" in row for row in paired)
+        ablated = f", and the ablations' reference (`{ABLATION_REFERENCE}`) minus each ablation's" if has_ablations else ""
+        explained = (f"IC-MoE's mean test Dice minus each other method's{ablated}, "
+                     f"with 95 % intervals from {PAIRED_RESAMPLES:,} bootstrap resamples of the training seeds "
+                     "(within each method) and of the test objects (the same ones for both methods), or of the seeds "
+                     "alone (how sure the difference is on these test objects); `ahead` or `behind` when the interval "
+                     "excludes 0.")
+        lines += ["### Paired comparison", "", explained, "", *paired, ""]
     if protocol.get("matched_ranks"):
         m = protocol["matched_ranks"]
         lines += ["### Parameter-matched baselines", "",
