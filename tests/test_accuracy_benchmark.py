@@ -242,7 +242,8 @@ def test_committed_records_carry_every_adapter_field():
     fields = set(IcMoeAdapterConfig().to_dict())
     results = REPO_ROOT / "benchmarks" / "results"
     live = ["accuracy.json", "accuracy_ablations_own_rate.json", "accuracy_five_seeds.json", "icmoe_search_round9.json",
-            "icmoe_search_round10.json", "icmoe_search_round10_seeds23.json", "accuracy_bridge_candidate.json"]
+            "icmoe_search_round10.json", "icmoe_search_round10_seeds23.json", "accuracy_bridge_candidate.json",
+            "accuracy_ten_seeds.json", "accuracy_ablations_paired.json"]
     for name in live:
         data = json.loads((results / name).read_text())
         configs = [r["settings"]["icmoe_config"] for kind in ("selection", "records") for r in data[kind]
