@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
             data = run_benchmark(args)
         finally:
             torch.set_num_threads(threads)  # `main` may be called in-process (tests): leave no global change
-    write_report(data, args.report_path, "accuracy" if args.output.name == "accuracy.json" else args.output.stem)
+    write_report(data, args.report_path, args.output.stem)  # `accuracy` for the main file
 
 
 if __name__ == "__main__":
