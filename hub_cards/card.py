@@ -333,6 +333,7 @@ def render_model_card(
         "learning_rate": results.get("learning_rate"),
         "seed": results.get("seed"),
         "batch_size": _batch_size(results),
+        "world": _world(results),
         "train_steps": results.get("train_steps", "n/a"),
         "trainable_params": (
             f"{results['trainable_params']:,}" if isinstance(results.get("trainable_params"), int) else "n/a"
@@ -359,6 +360,23 @@ def _batch_size(results: dict[str, Any]) -> str | None:
     if accumulation == 1 and processes == 1:
         return str(per_device)
     return f"{per_device} per device x {accumulation} accumulation x {processes} processes = {per_device * accumulation * processes}"
+
+
+def _world(results: dict[str, Any]) -> str | None:
+    """How many processes trained the model, as the run recorded it from inside; None for one process."""
+    processes = results.get("num_processes", 1)
+    if processes == 1:
+        return None
+    machines = results.get("num_machines", 1)
+    text = f"{processes} processes on {machines} machine{'s' if machines != 1 else ''}"
+    kind = ", ".join(str(results[key]) for key in ("distributed_type", "process_group_backend", "device_type")
+                     if results.get(key))
+    if kind:
+        text += f" ({kind})"
+    agree = results.get("weights_agree_across_processes")
+    if agree is not None:
+        text += "; weights identical on every process at the end" if agree else "; WEIGHTS DIFFERED between processes"
+    return text
 
 
 def _diagnostic_rows(diagnostics: dict | None) -> list[tuple[str, str]]:

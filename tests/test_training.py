@@ -1,12 +1,10 @@
-"""Short offline runs of training/run.py: every method, resume equivalence, two processes, Trainer."""
+"""Short offline runs of training/run.py: every method, resume equivalence, Trainer (many processes:
+test_distributed.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,33 +98,6 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_base_dir, blob_dataset_dir
     run(_args(tiny_base_dir, blob_dataset_dir, tmp_path / "full", *common, "--resume_from_checkpoint", step_3))
     steps = [json.loads(line)["step"] for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-
-
-def test_two_processes_on_cpu(tmp_path, tiny_base_dir, blob_dataset_dir):
-    out = tmp_path / "ddp"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configuration" / "accelerate" / "cpu_2proc.yaml"),
-        str(REPO / "training" / "run.py"),
-        "--base_model", str(tiny_base_dir), "--dataset", str(blob_dataset_dir), "--output_dir", str(out),
-        "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
-        "--dataloader_num_workers", "0", "--logging_steps", "1",
-        # Off by default: the contrastive head, the pixel votes and the vote loss must still work under DDP.
-        "--contrastive_loss_coef", "0.01", "--pixel_vote_weight", "1", "--vote_loss_coef", "0.1",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    saved = json.loads((out / "eval_results.json").read_text())
-    # 4 eval images over 2 processes with batch 3: gathered once each, the padding duplicates dropped.
-    assert saved["n_images"] == 4
-    assert saved["train_steps"] == 2
-    assert "zero-shot base" in result.stdout
-    trained = json.loads((out / "config.json").read_text())["icmoe_config"]
-    assert (trained["contrastive_loss_coef"], trained["pixel_vote_weight"], trained["vote_loss_coef"]) == (0.01, 1, 0.1)
-    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert any(record["loss_terms"]["contrastive"] > 0 for record in logged)  # 0 when the loss is off
 
 
 def test_transformers_trainer_trains_icmoe(tmp_path, tiny_base_dir, blob_dataset_dir):

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr_scheduler_type", default="cosine")
     train.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--use_cpu", action="store_true",
+                       help="Train every process on the CPU even where GPUs are present (without a GPU, processes "
+                            "started by a multi-process launch join over gloo on the CPU in any case).")
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
                        help="Default: what `accelerate launch` / its config says.")
     train.add_argument("--prompt", default="box", choices=PROMPTS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
@@ -40,11 +40,19 @@ from .data import (
     load_raw_dataset,
     select_splits,
 )
+from .distributed import (
+    accelerator_device_kwargs,
+    check_world,
+    enable_fsdp_on_cpu,
+    local_parameter_counts,
+    world_info,
+)
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
 from .methods import (
     build_model,
     check_base_model,
+    rebuild_model,
     count_trainable,
     load_icmoe_config,
     model_loss,
@@ -173,7 +181,10 @@ def run(args) -> dict:
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        **accelerator_device_kwargs(args.use_cpu),
     )
+    check_world(accelerator)
+    enable_fsdp_on_cpu(accelerator)
     hub_token = None
     if args.push_to_hub and not args.dry_run:
         from .hub import check_hub_push
@@ -219,6 +230,7 @@ def run(args) -> dict:
         num_training_steps=max(1, max_steps) * accelerator.num_processes,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    parameters_per_process = local_parameter_counts(model, accelerator)
     fingerprint = run_fingerprint(
         args, adapter_config=icmoe_config.to_dict(), train_steps=max_steps, warmup_steps=warmup,
         num_processes=accelerator.num_processes,
@@ -352,16 +364,28 @@ def run(args) -> dict:
     )
     if args.method != "zeroshot":
         _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
+    world = world_info(accelerator, model, parameters_per_process)
+    if world["weights_agree_across_processes"] is False:
+        accelerator.print(
+            "WARNING: the processes ended training with different weights (their gradients were not synchronised); "
+            "the saved model is the main process's. eval_results.json records weights_agree_across_processes: false."
+        )
     accelerator.wait_for_everyone()
     # Gathered on every process: with sharded parameters (FSDP) no single process holds the full weights.
     state_dict = accelerator.get_state_dict(model) if args.method != "zeroshot" else None
     results = {}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if accelerator.distributed_type == DistributedType.FSDP and state_dict is not None:
+            # FSDP2 swaps the classes of the modules it shards (FSDPIcMoeSamModel): saved as they are, the folder's
+            # remote code would be torch's FSDP sources. A fresh model of the method takes the gathered weights.
+            unwrapped = rebuild_model(args.method, args.base_model, state_dict, icmoe_config=icmoe_config,
+                                      lora_rank=args.lora_rank, adapter_rank=args.adapter_rank)
+            state_dict = None
         results = write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,
             eval_split=eval_split, steps=completed_steps, trainable=trainable_params, seconds=train_seconds,
-            fingerprint=fingerprint, run_info=run_info(args, accelerator, eval_images, volume_summary),
+            fingerprint=fingerprint, run_info=run_info(args, world, eval_images, volume_summary),
         )
         print_table(accelerator, results)
         if "diagnostics" in results:

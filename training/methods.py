@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import SamModel
 
@@ -119,6 +120,14 @@ def build_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfi
     return model
 
 
+def rebuild_model(method: str, base_model: str, state_dict: dict, **build_kwargs) -> nn.Module:
+    """A fresh, unsharded model of `method` holding `state_dict` (every tensor, as `accelerator.get_state_dict`
+    gathers them): what is saved after sharded (FSDP) training."""
+    model = build_model(method, base_model, **build_kwargs)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
 def sam_of(model: nn.Module) -> SamModel:
     """The `SamModel` inside a model built by `build_model` (PEFT wraps it)."""
     from peft import PeftModel
@@ -128,8 +137,11 @@ def sam_of(model: nn.Module) -> SamModel:
 
 def model_loss(model: nn.Module, inputs: dict, labels: torch.Tensor, *, output_router_probs: bool = False):
     """Forward pass and training loss. IC-MoE models compute their own objective (for the `adapter` baseline it
-    reduces to the segmentation loss); the other methods get the same Dice + BCE + IoU segmentation loss."""
-    if isinstance(sam_of(model), IcMoeSamModel):
+    reduces to the segmentation loss); the other methods get the same Dice + BCE + IoU segmentation loss.
+
+    `model` may be wrapped for distributed training (DDP, FSDP, torch.compile): the objective is chosen by the model
+    inside, and the forward pass runs through the wrapper, which synchronises the gradients."""
+    if isinstance(sam_of(extract_model_from_parallel(model)), IcMoeSamModel):
         outputs = model(**inputs, labels=labels, output_router_probs=output_router_probs)
         return outputs, outputs.loss, outputs.loss_terms
     outputs = model(**inputs)

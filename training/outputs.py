@@ -21,15 +21,16 @@ from .methods import describe_method, sam_of, save_trained
 METRIC_KEYS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
 
 
-def run_info(args, accelerator, eval_images: int, volume_summary) -> dict:
-    """What a reader of the results needs to reproduce or weigh them, beyond the metrics."""
+def run_info(args, world: dict, eval_images: int, volume_summary) -> dict:
+    """What a reader of the results needs to reproduce or weigh them, beyond the metrics; `world` is what
+    `distributed.world_info` recorded from inside the run."""
     volume_info = {} if volume_summary is None else {"volume_data": volume_summary.to_dict()}
     return {
         **volume_info,
         "seed": args.seed,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": accelerator.num_processes,
+        **world,
         "n_eval_source_images": eval_images,
         "base_model_is_standin": Path(args.base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve(),
     }
