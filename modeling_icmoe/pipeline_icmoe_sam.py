@@ -78,6 +78,11 @@ def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] 
     return values
 
 
+# Values scaled at a time (a 32 MiB float64 temporary): a volume is scaled a slab at a time, in place, where one
+# pass over the whole array would make float64 temporaries of eight times its size.
+SCALE_SLAB_VALUES = 1 << 22
+
+
 def scale_intensities(
     values: np.ndarray,
     *,
@@ -89,7 +94,7 @@ def scale_intensities(
     uint8 stays as it is and bool becomes {0, 255}. Otherwise a CT `window` (level, width, or a `CT_WINDOWS` preset)
     maps `[level - width / 2, level + width / 2]` to `[0, 255]`; without one, float values within `[0, 1]` are scaled
     by 255, and anything else is clipped to its `intensity_percentiles` (computed over the whole array) and scaled.
-    Non-finite values are set to the lowest finite value.
+    Non-finite values are set to the lowest finite value. The result has the input's memory order.
     """
     window = resolve_window(window)
     if values.dtype == np.uint8 and window is None:
@@ -99,25 +104,50 @@ def scale_intensities(
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
         raise ValueError(f"Unsupported image dtype {values.dtype}; use an integer, float or bool image.")
     floating = np.issubdtype(values.dtype, np.floating)
-    values = values.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
+    finite = np.isfinite(values) if floating else np.ones((), dtype=bool)  # integers are finite
+    if values.size == 0 or not finite.any():
         raise ValueError("The image holds no finite value.")
-    if not finite.all():
-        values = np.where(finite, values, values[finite].min())
+    fill = None if finite.all() else float(values.min(where=finite, initial=np.inf))
     if window is not None:
         level, width = window
         low, high = level - width / 2.0, level + width / 2.0
-    elif floating and values.min() >= 0.0 and values.max() <= 1.0:
+    elif floating and (
+        values.min(where=finite, initial=np.inf) >= 0.0 and values.max(where=finite, initial=-np.inf) <= 1.0
+    ):
         low, high = 0.0, 1.0
     else:
         low_pct, high_pct = intensity_percentiles
         if not 0.0 <= low_pct < high_pct <= 100.0:
             raise ValueError(f"`intensity_percentiles` must satisfy 0 <= low < high <= 100, got {intensity_percentiles}.")
-        low, high = np.percentile(values, [low_pct, high_pct])
+        low, high = np.percentile(_as_float64(values, fill), [low_pct, high_pct], overwrite_input=True)  # our copy
     if high <= low:  # a constant image carries no contrast to keep
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((np.clip(values, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
+    scaled = np.empty_like(values, dtype=np.uint8)
+    for part in _slabs(values):
+        slab = _as_float64(values[part], fill)
+        np.clip(slab, low, high, out=slab)
+        slab -= low
+        slab /= high - low
+        slab *= 255.0
+        scaled[part] = np.round(slab, out=slab)
+    return scaled
+
+
+def _slabs(values: np.ndarray) -> list[tuple]:
+    """Index tuples cutting `values` into slabs of about `SCALE_SLAB_VALUES` along its outermost axis in memory."""
+    if values.ndim == 0:
+        return [(...,)]
+    axis = int(np.argmax(np.abs(values.strides)))
+    step = max(1, SCALE_SLAB_VALUES * values.shape[axis] // values.size)
+    return [(slice(None),) * axis + (slice(start, start + step),) for start in range(0, values.shape[axis], step)]
+
+
+def _as_float64(values: np.ndarray, fill: float | None) -> np.ndarray:
+    """`values` as a new float64 array, its non-finite values replaced by `fill` (when given)."""
+    copy = values.astype(np.float64)
+    if fill is not None:
+        copy[~np.isfinite(copy)] = fill
+    return copy
 
 
 def to_uint8_rgb(

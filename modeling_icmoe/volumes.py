@@ -25,6 +25,8 @@ from .pipeline_icmoe_sam import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Label ids below this are counted with np.bincount (a count per id) to list the labels present.
+MAX_COUNTED_LABEL = 1 << 16
 # Largest disagreement (in mm) between a label map's affine and its image's that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -83,12 +85,27 @@ class Volume:
         return self.data.shape[axis]
 
     def slice(self, axis: int, index: int) -> np.ndarray:
-        """The 2-D slice `index` along canonical `axis` (rows and columns: the other two axes, in order)."""
-        return np.take(self.data, index, axis=axis)
+        """The 2-D slice `index` along canonical `axis` (rows and columns: the other two axes, in order), as a view
+        of `data`: `np.take` would copy the whole volume for each slice of nibabel's Fortran-ordered arrays."""
+        return slice_view(self.data, axis, index)
 
     def slice_spacing(self, axis: int) -> tuple[float, float]:
         """Pixel spacing (rows, columns) of a slice along `axis`, in mm."""
         return tuple(s for i, s in enumerate(self.spacing) if i != axis)
+
+
+def slice_view(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2-D slice `index` along `axis` of a 3-D array, a view (basic indexing)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The distinct values of a non-negative integer label map, ascending: counted in one pass (`np.bincount`) where
+    sorting the volume (`np.unique`) takes seconds; label ids too large to count fall back to sorting."""
+    flat = labels.ravel(order="K")  # a view unless the array is flipped or cut
+    if flat.size and flat.min() >= 0 and flat.max() < MAX_COUNTED_LABEL:
+        return np.flatnonzero(np.bincount(flat)).tolist()
+    return np.unique(flat).tolist()
 
 
 def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Volume:
@@ -242,11 +259,11 @@ class SlicePrompt:
 
 def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] | None = None) -> list[SlicePrompt]:
     """One box per (slice, class) present in `labels`; `label_ids` chooses the classes (default: every non-zero)."""
-    present = np.unique(labels.data)
-    chosen = sorted(int(v) for v in present if v != 0) if label_ids is None else [int(v) for v in label_ids]
-    missing = sorted(set(chosen) - {int(v) for v in present})
+    present = label_values(labels.data)
+    chosen = [v for v in present if v != 0] if label_ids is None else [int(v) for v in label_ids]
+    missing = sorted(set(chosen) - set(present))
     if missing:
-        raise ValueError(f"{labels.path}: label ids {missing} never occur (labels present: {present.tolist()}).")
+        raise ValueError(f"{labels.path}: label ids {missing} never occur (labels present: {present}).")
     prompts = []
     for index in range(labels.num_slices(axis)):
         plane = labels.slice(axis, index)
@@ -316,7 +333,7 @@ def segment_volume(
     device, dtype = model.device, model.dtype
     batches = list(_batches(prompts, slices_per_batch))
     for indices, chunk in tqdm(batches, desc="Segmenting slices", disable=not progress):
-        images = [np.repeat(np.take(pixels, i, axis=axis)[..., None], 3, axis=-1) for i in indices]
+        images = [np.repeat(slice_view(pixels, axis, i)[..., None], 3, axis=-1) for i in indices]
         encoding = processor(images=images, return_tensors="pt")
         embeddings = model.get_image_embeddings(encoding["pixel_values"].to(device, dtype))
         (height, width), (new_height, new_width) = encoding["original_sizes"][0].tolist(), encoding[
@@ -337,9 +354,7 @@ def segment_volume(
         )
         scores = outputs.iou_scores[:, 0, 0].float().cpu().numpy()
         for prompt, mask, score in zip(chunk, masks, scores):
-            region = [slice(None)] * 3
-            region[axis] = prompt.index
-            plane_labels, plane_best = labels[tuple(region)], best[tuple(region)]
+            plane_labels, plane_best = slice_view(labels, axis, prompt.index), slice_view(best, axis, prompt.index)
             wins = mask[0, 0].numpy() & (score > plane_best)
             plane_labels[wins] = prompt.label
             plane_best[wins] = score

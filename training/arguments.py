@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
+    data.add_argument("--preprocessing_num_workers", type=int, default=None,
+                      help="Processes that slice volumes into the datasets cache in parallel, each a share of the "
+                           "cases (default: one process). Rows and cache are the same whatever the number.")
 
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/icmoe-sam")
@@ -143,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("max_train_steps", "eval_steps", "max_train_samples", "max_eval_samples"):
+    for name in ("max_train_steps", "eval_steps", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if not 0 < args.validation_fraction < 1:

@@ -3,16 +3,20 @@
 Sources: a Hub dataset id, a `save_to_disk` folder, or a folder of images and masks with a `metadata.csv`
 (`file_name,mask_file_name[,split]`). Images of any common kind become 8-bit RGB exactly as the inference pipeline converts them; masks must be binary
 ({0,1}, {0,255}, bool) unless `label_ids` names the foreground values. Masks are checked once, up front, in a
-cached `datasets.map` that decodes every image and mask: a truncated file, an image with NaN pixels, a
-non-binary or empty mask stops the run naming the file, rather than failing or being skipped silently mid-training. Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with
-`with_transform`, in data-loader workers.
+`datasets.map` that decodes every image and mask: a truncated file, an image with NaN pixels, a non-binary or empty
+mask stops the run naming the file, rather than failing or being skipped silently mid-training. A dataset that
+passed is remembered beside its cache files, so that a re-start with the same data does not decode it again.
+Preprocessing (resize, normalise, pad, box from the mask) runs on the fly with `with_transform`, in data-loader
+workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 from PIL import Image
 
 from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
@@ -28,6 +33,7 @@ from .prompts import mask_box
 
 METADATA_FILE = "metadata.csv"
 SPLIT_PREFERENCE = ("test", "validation")
+CHECK_VERSION = 1  # part of the key of a passed check: raise it when what the check rejects changes
 
 
 def load_raw_dataset(source: str, *, image_column: str, mask_column: str) -> datasets.DatasetDict:
@@ -129,14 +135,24 @@ def check_masks(
     label_ids: list[int] | None,
     name: str,
     label_size: int | None = None,
+    num_proc: int | None = None,
 ) -> None:
     """Checks every (image, mask) pair once; raises naming the first bad row.
+
+    A dataset that passes leaves a marker beside its cache files, named by its fingerprint and the check's
+    arguments: checking it again (a re-start with the same data) reads no image. Changed data has another
+    fingerprint and is checked again; so is a dataset held in memory (no cache files; its images may be files that
+    change on disk).
 
     Args:
         label_size: the longest side of SAM's label masks (the processor's `mask_size`). A mask whose object
             vanishes when resized to it (nearest neighbour, as the processor resizes) is rejected: its box would
             otherwise be trained against an empty target.
+        num_proc: processes that check shares of the rows in parallel (default: this process alone).
     """
+    marker = _check_marker(dataset, image_column, mask_column, label_ids, label_size)
+    if marker is not None and marker.is_file():
+        return
 
     def check(batch, indices):
         for index, image_file, mask_file in zip(indices, batch[image_column], batch[mask_column]):
@@ -167,7 +183,20 @@ def check_masks(
     # Undecoded, so that each file is opened (and named) here; returns nothing, so `map` writes no copy.
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
     raw = raw.cast_column(mask_column, datasets.Image(decode=False))
-    raw.map(check, batched=True, with_indices=True, desc=f"Checking {name} images and masks")
+    raw.map(check, batched=True, with_indices=True, num_proc=num_proc, desc=f"Checking {name} images and masks")
+    if marker is not None:
+        with contextlib.suppress(OSError):  # a read-only cache folder: the data is checked again next time
+            unfinished = marker.with_suffix(".tmp")
+            unfinished.write_text(json.dumps({"rows": len(dataset), "fingerprint": dataset._fingerprint}))
+            unfinished.replace(marker)  # whole or absent, whatever interrupts the write
+
+
+def _check_marker(dataset: datasets.Dataset, *key) -> Path | None:
+    """Where `check_masks` marks a dataset that passed (beside its first cache file); None for in-memory data."""
+    if not dataset.cache_files:
+        return None
+    folder = Path(dataset.cache_files[0]["filename"]).parent
+    return folder / f"icmoe_checked-{Hasher.hash((CHECK_VERSION, dataset._fingerprint, *key))}.json"
 
 
 def count_source_images(dataset: datasets.Dataset, image_column: str) -> int:

@@ -69,7 +69,7 @@ def _prepare_data(args, processor, accelerator):
             raw, volume_summary = load_volume_dataset(
                 args.dataset, image_column=args.image_column, mask_column=args.mask_column, slice_axis=args.slice_axis,
                 window=args.window, label_ids=args.label_ids, validation_fraction=args.validation_fraction,
-                seed=args.seed, label_size=label_size,
+                seed=args.seed, label_size=label_size, num_proc=args.preprocessing_num_workers,
             )
         columns["label_ids"] = None  # each row's mask is already one class
         meta_columns = VOLUME_COLUMNS  # evaluation scores whole volumes from them

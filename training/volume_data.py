@@ -11,23 +11,35 @@ Layouts:
 Each volume is read once (canonical orientation), brought to 8 bits with one rule for the whole volume (a CT
 window, or percentiles over the volume: `modeling_icmoe.volumes.to_uint8_volume`), cut along the slice axis, and
 every chosen class present in a slice becomes one row: the slice, that class's binary mask, and where it came from
-(`case`, `slice_index`, `label_id`, `label_name`, `spacing`). Rows are written to the `datasets` cache one volume
-at a time, so no more than one volume is held in memory. Splits are made of whole volumes: no case is in two
-splits.
+(`case`, `slice_index`, `label_id`, `label_name`, `spacing`). Slices are views of the volume (never a copy of
+it per slice), and a slice's PNG is encoded once for all its classes. Rows are written to the `datasets` cache one
+volume at a time, so no more than one volume per process is held in memory; with `num_proc`, processes slice shares
+of the cases in parallel. Splits are made of whole volumes: no case is in two splits.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.fingerprint import Hasher
 
-from modeling_icmoe.volumes import is_nifti, load_label_map, load_volume, resolve_slice_axis, to_uint8_volume
+from modeling_icmoe.volumes import (
+    is_nifti,
+    label_values,
+    load_label_map,
+    load_volume,
+    resolve_slice_axis,
+    slice_view,
+    to_uint8_volume,
+)
 
 from .data import survives_resize
 
@@ -35,6 +47,7 @@ VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
 SLICING_VERSION = 2  # part of the cache key: raise it when what a slice row holds changes
 CHANNEL_SUFFIX = "_0000"
 CSV_SPLITS = ("train", "validation", "test")
+IMAGE_FEATURE = datasets.Image()
 
 
 @dataclass
@@ -193,56 +206,96 @@ def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list
     return order[held:], order[:held]
 
 
-def _rows(cases: list[Case], slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts):
-    for case in cases:
+def _new_counts() -> dict:
+    return {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0, "volumes_without_label": []}
+
+
+def _rows(case: Case, slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts: dict):
+    """The rows of one case (each slice's image PNG-encoded once, as `datasets.Image` stores it), counting what was
+    kept and skipped into `counts`."""
+    try:
+        volume = load_volume(case.image)
+        labels = load_label_map(case.label, volume)
+    except ValueError:
+        raise
+    except Exception as err:  # name the case whatever broke (a codec, a truncated file)
+        raise ValueError(f"{case.image} / {case.label}: {type(err).__name__}: {err}") from err
+    present = set(label_values(labels.data)) - {0}
+    chosen = sorted(present) if label_ids is None else [i for i in label_ids if i in present]
+    counts["volumes"] += 1
+    if not chosen:
+        counts["volumes_without_label"].append(case.name)
+        return
+    pixels = to_uint8_volume(volume, window=window)
+    spacing = [volume.spacing[slice_axis], *volume.slice_spacing(slice_axis)]
+    for index in range(volume.num_slices(slice_axis)):
+        plane = labels.slice(slice_axis, index)
+        image, any_label = None, False
+        for label in chosen:
+            mask = plane == label
+            if not mask.any():
+                continue
+            any_label = True
+            if label_size is not None and not survives_resize(mask, label_size):
+                counts["objects_too_small"] += 1  # it would vanish at SAM's label resolution
+                continue
+            if image is None:  # once for all the slice's classes: the bytes `datasets` would encode for each row
+                image = IMAGE_FEATURE.encode_example(np.ascontiguousarray(slice_view(pixels, slice_axis, index)))
+            counts["rows"] += 1
+            yield {
+                "image": image,
+                "mask": mask.astype(np.uint8),
+                "case": case.name,
+                "slice_index": index,
+                "label_id": label,
+                "label_name": label_names.get(label) or (labels.label_names or {}).get(label) or str(label),
+                "spacing": spacing,
+            }
+        if not any_label:
+            counts["slices_without_label"] += 1
+
+
+def _slice_cases(cases: list[Case], numbers: list[int], reports: str, *, image_column: str, mask_column: str,
+                 **slicing):
+    """The generator of `Dataset.from_generator`: the rows of `cases`. What each case counted, or the error that
+    stopped it, is written to `reports/<number>.json` (`.error`): workers (`num_proc`) cannot hand them back."""
+    for case, number in zip(cases, numbers):
+        counts = _new_counts()
         try:
-            volume = load_volume(case.image)
-            labels = load_label_map(case.label, volume)
-        except ValueError:
+            for row in _rows(case, counts=counts, **slicing):
+                yield {image_column: row.pop("image"), mask_column: row.pop("mask"), **row}
+        except ValueError as err:
+            (Path(reports) / f"{number}.error").write_text(str(err), encoding="utf-8")
             raise
-        except Exception as err:  # name the case whatever broke (a codec, a truncated file)
-            raise ValueError(f"{case.image} / {case.label}: {type(err).__name__}: {err}") from err
-        present = set(np.unique(labels.data).tolist()) - {0}
-        chosen = sorted(present) if label_ids is None else [i for i in label_ids if i in present]
-        counts["volumes"] += 1
-        if not chosen:
-            counts["volumes_without_label"].append(case.name)
-            continue
-        pixels = to_uint8_volume(volume, window=window)
-        spacing = [volume.spacing[slice_axis], *volume.slice_spacing(slice_axis)]
-        for index in range(volume.num_slices(slice_axis)):
-            plane = labels.slice(slice_axis, index)
-            image, any_label = None, False
-            for label in chosen:
-                mask = plane == label
-                if not mask.any():
-                    continue
-                any_label = True
-                if label_size is not None and not survives_resize(mask, label_size):
-                    counts["objects_too_small"] += 1  # it would vanish at SAM's label resolution
-                    continue
-                if image is None:
-                    image = np.ascontiguousarray(np.take(pixels, index, axis=slice_axis))
-                counts["rows"] += 1
-                yield {
-                    "image": image,
-                    "mask": mask.astype(np.uint8),
-                    "case": case.name,
-                    "slice_index": index,
-                    "label_id": label,
-                    "label_name": label_names.get(label) or (labels.label_names or {}).get(label) or str(label),
-                    "spacing": spacing,
-                }
-            if not any_label:
-                counts["slices_without_label"] += 1
+        (Path(reports) / f"{number}.json").write_text(json.dumps(counts), encoding="utf-8")
 
 
-def _cached_counts(dataset: datasets.Dataset, counts: dict) -> dict:
+def _read_reports(reports: Path, count: int) -> dict | None:
+    """The counts of `count` sliced cases combined in case order; None when no case was sliced (a cached dataset)."""
+    files = [reports / f"{number}.json" for number in range(count)]
+    if not any(f.is_file() for f in files):
+        return None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise RuntimeError(f"Slicing left no counts for cases {missing[:5]} in {reports}.")
+    total = _new_counts()
+    for path in files:
+        for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+            total[key] += value
+    return total
+
+
+def _first_error(reports: Path) -> str | None:
+    errors = sorted(reports.glob("*.error"), key=lambda p: int(p.stem))
+    return errors[0].read_text(encoding="utf-8") if errors else None
+
+
+def _cached_counts(dataset: datasets.Dataset, counts: dict | None) -> dict:
     """What slicing counted, kept beside the dataset's cache file: a dataset loaded from the cache (the generator
     did not run, in later runs and in every process but the first) reads it back instead of re-reading volumes."""
     files = dataset.cache_files
     sidecar = Path(files[0]["filename"]).with_suffix(".icmoe_counts.json") if files else None
-    if counts["volumes"]:  # the generator ran
+    if counts is not None:  # the generator ran
         if sidecar is not None:
             sidecar.write_text(json.dumps(counts), encoding="utf-8")
         return counts
@@ -262,12 +315,15 @@ def load_volume_dataset(
     validation_fraction: float = 0.2,
     seed: int = 42,
     label_size: int | None = None,
+    num_proc: int | None = None,
 ) -> tuple[datasets.DatasetDict, VolumeDataSummary]:
     """The per-class slice rows of every split, and what slicing skipped and kept.
 
     Args:
         label_size: the longest side of SAM's label masks (the processor's `mask_size`); an object that would vanish
             at it (a one-voxel tip of an organ) gives no row and is counted in `objects_too_small`.
+        num_proc: processes that slice volumes in parallel, each a share of a split's cases (default: this process
+            alone). The rows, their order and the cache are the same whatever the number.
     """
     axis = resolve_slice_axis(slice_axis)
     notes: list[str] = []
@@ -285,32 +341,38 @@ def load_volume_dataset(
         "label_name": datasets.Value("string"),
         "spacing": datasets.Sequence(datasets.Value("float32"), length=3),
     })
+    slicing = {"slice_axis": axis, "window": window, "label_ids": label_ids, "label_names": label_names,
+               "label_size": label_size}
     result = {}
     for split, cases in splits.items():
-        counts = {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0,
-                  "volumes_without_label": []}
-
-        def generate(cases, stamp, counts=counts):
-            for row in _rows(cases, axis, window, label_ids, label_names, label_size, counts):
-                yield {image_column: row.pop("image"), mask_column: row.pop("mask"), **row}
-
-        # The files' sizes and times are part of the cache key: a volume changed on disk is sliced again; so is
-        # the slicing code's version.
-        stamp = (SLICING_VERSION, label_size, *(_stamp(p) for c in cases for p in (c.image, c.label)))
-        try:
-            dataset = datasets.Dataset.from_generator(
-                generate, features=features, gen_kwargs={"cases": cases, "stamp": stamp}
-            )
-        except datasets.exceptions.DatasetGenerationError as err:  # our own message (a bad file) is the cause
-            raise (err.__cause__ if isinstance(err.__cause__, ValueError) else err) from None
-        except ValueError as err:
-            if counts["volumes"] and not counts["rows"]:  # `datasets` refuses a split that generated nothing
-                raise ValueError(
-                    f"Split `{split}` of {source} has no slice with a chosen label ({counts['volumes']} volumes; "
-                    f"{counts['objects_too_small']} objects too small for SAM's label resolution; "
-                    f"{len(counts['volumes_without_label'])} volumes without the chosen labels)."
-                ) from err
-            raise
+        # The cache key: what slicing reads (the files' names, sizes and times: a volume changed on disk is sliced
+        # again), how it slices, and the slicing code's version.
+        fingerprint = Hasher.hash((
+            SLICING_VERSION, image_column, mask_column, sorted(slicing.items()),
+            [(c.name, _stamp(c.image), _stamp(c.label)) for c in cases],
+        ))
+        with tempfile.TemporaryDirectory(prefix="icmoe-slicing-") as reports:
+            try:
+                dataset = datasets.Dataset.from_generator(
+                    functools.partial(_slice_cases, image_column=image_column, mask_column=mask_column, **slicing),
+                    features=features, fingerprint=fingerprint, num_proc=num_proc,
+                    gen_kwargs={"cases": cases, "numbers": list(range(len(cases))), "reports": reports},
+                )
+            except datasets.exceptions.DatasetGenerationError as err:  # our own message (a bad file) is the cause
+                if isinstance(err.__cause__, ValueError):
+                    raise err.__cause__ from None
+                message = _first_error(Path(reports))  # a worker's error arrives as the text of its traceback
+                raise (ValueError(message) if message else err) from None
+            except ValueError as err:
+                counts = _read_reports(Path(reports), len(cases))
+                if counts and not counts["rows"]:  # `datasets` refuses a split that generated nothing
+                    raise ValueError(
+                        f"Split `{split}` of {source} has no slice with a chosen label ({counts['volumes']} volumes; "
+                        f"{counts['objects_too_small']} objects too small for SAM's label resolution; "
+                        f"{len(counts['volumes_without_label'])} volumes without the chosen labels)."
+                    ) from err
+                raise
+            counts = _read_reports(Path(reports), len(cases))
         counts = _cached_counts(dataset, counts)
         if counts["volumes_without_label"]:
             notes.append(
