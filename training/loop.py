@@ -325,7 +325,9 @@ def run(args) -> dict:
                     means = {k: accelerator.reduce(torch.stack([w[k] for w in window]).mean().float(), "mean").item()
                              for k in window[0]}
                     record = {"step": completed_steps, "epoch": epoch, "loss": means.pop("loss"), "loss_terms": means,
-                              "lr": scheduler.get_last_lr()[0]}
+                              "lr": scheduler.get_last_lr()[0],
+                              # Since this process started training (a resumed run: since it resumed).
+                              "elapsed_seconds": round(time.perf_counter() - start, 4)}
                     if not math.isfinite(record["loss"]):
                         raise NonFiniteTrainingError(
                             f"Step {completed_steps}: the mean loss since the last log is {record['loss']}. "
