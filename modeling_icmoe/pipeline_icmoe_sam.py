@@ -81,6 +81,8 @@ def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] 
 # Values scaled at a time (a 32 MiB float64 temporary): a volume is scaled a slab at a time, in place, where one
 # pass over the whole array would make float64 temporaries of eight times its size.
 SCALE_SLAB_VALUES = 1 << 22
+# Integer images whose values span fewer than this find their percentiles from the count of each value.
+COUNTED_INTENSITY_RANGE = 1 << 20
 
 
 def scale_intensities(
@@ -119,7 +121,7 @@ def scale_intensities(
         low_pct, high_pct = intensity_percentiles
         if not 0.0 <= low_pct < high_pct <= 100.0:
             raise ValueError(f"`intensity_percentiles` must satisfy 0 <= low < high <= 100, got {intensity_percentiles}.")
-        low, high = np.percentile(_as_float64(values, fill), [low_pct, high_pct], overwrite_input=True)  # our copy
+        low, high = _percentiles(values, fill, [low_pct, high_pct])
     if high <= low:  # a constant image carries no contrast to keep
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = np.empty_like(values, dtype=np.uint8)
@@ -140,6 +142,19 @@ def _slabs(values: np.ndarray) -> list[tuple]:
     axis = int(np.argmax(np.abs(values.strides)))
     step = max(1, SCALE_SLAB_VALUES * values.shape[axis] // values.size)
     return [(slice(None),) * axis + (slice(start, start + step),) for start in range(0, values.shape[axis], step)]
+
+
+def _percentiles(values: np.ndarray, fill: float | None, percentiles: list[float]) -> np.ndarray:
+    """`np.percentile` of `values` as float64 (non-finite ones set to `fill`). Of integers spanning a modest range,
+    taken over the same values sorted from their counts: the same numbers (a permutation of the array), where
+    partitioning a float64 copy of a volume takes seconds."""
+    if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 4:
+        lowest, highest = int(values.min()), int(values.max())
+        if highest - lowest < COUNTED_INTENSITY_RANGE:
+            counts = np.bincount(np.subtract(values.ravel(order="K"), lowest, dtype=np.intp))
+            ordered = np.repeat(np.arange(lowest, highest + 1, dtype=np.float64), counts)
+            return np.percentile(ordered, percentiles, overwrite_input=True)
+    return np.percentile(_as_float64(values, fill), percentiles, overwrite_input=True)  # a copy of our own
 
 
 def _as_float64(values: np.ndarray, fill: float | None) -> np.ndarray:

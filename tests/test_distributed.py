@@ -8,7 +8,6 @@ the launches, each a few training steps of the tiny SAM.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -27,9 +26,8 @@ from training.distributed import (
     single_process_launch_problem,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configuration" / "accelerate"
-TIMEOUT = 600
+from launching import CONFIGS, REPO, TIMEOUT, env as _env, launch as _launch, log as _log, results as _results
+from launching import train_args as _train_args
 
 
 # ------------------------------------------------------------------------------------------------ launch rules
@@ -116,38 +114,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_", "FSDP_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _train_args(base, data, out, *extra) -> list[str]:
-    return [
-        "--base_model", str(base), "--dataset", str(data), "--output_dir", str(out),
-        "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3", "--dataloader_num_workers", "0",
-        "--logging_steps", "1", *extra,
-    ]
-
-
-def _launch(launch_args, train_args, cwd, *, check=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, str(REPO / "training" / "run.py"),
-               *train_args]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-def _results(out: Path) -> dict:
-    return json.loads((out / "eval_results.json").read_text())
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
 def _preset(tmp_path, **changes) -> str:

@@ -132,7 +132,9 @@ def test_slab_scaling_is_the_whole_array_rule(monkeypatch):
     mr[0, 0, 0], mr[1, 2, 3], mr[4, 4, 4] = np.nan, np.inf, -np.inf
     unit = rng.uniform(0.0, 1.0, (11, 13))
     unit[3, 3] = np.nan
-    arrays = [ct, ct[::-1, ::-1], ct.transpose(2, 0, 1), mr, np.asfortranarray(mr), unit, np.full((4, 5, 3), 9.0)]
+    wide = rng.integers(-(2**30), 2**30, (20, 30), dtype=np.int32)  # too wide a range to count its values
+    arrays = [ct, ct[::-1, ::-1], ct.transpose(2, 0, 1), rng.integers(0, 65535, (20, 30), dtype=np.uint16), wide,
+              mr, np.asfortranarray(mr), unit, np.full((4, 5, 3), 9.0), np.full((4, 5), 7, dtype=np.int16)]
     for values in arrays:
         for window in (None, "soft_tissue", (300.0, 50.0)):
             scaled = scale_intensities(values, window=window)

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "LEVEL WIDTH in HU. Default: percentiles 0.5-99.5 over each volume (MRI).")
     volumes.add_argument("--nsd_tolerance_mm", type=float, default=1.0,
                          help="Tolerance of the normalised surface Dice in the per-volume evaluation.")
+    data.add_argument("--streaming", action="store_true",
+                      help="Read the training split as a stream (Hub dataset, metadata.csv or save_to_disk folder), "
+                           "each process its own share, checked as it is read; needs --max_train_steps and an "
+                           "evaluation split. Not for volumes, which are sliced into the datasets cache.")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000,
+                      help="With --streaming: examples held in the shuffle buffer.")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
@@ -174,6 +180,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("weight_decay", "max_grad_norm"):
         if not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be finite, got {getattr(args, name)}")
+    if args.shuffle_buffer_size <= 0:
+        parser.error(f"--shuffle_buffer_size must be positive, got {args.shuffle_buffer_size}")
+    if args.streaming:
+        if args.max_train_steps is None and args.method != "zeroshot":
+            parser.error("--streaming needs --max_train_steps: a stream has no length to count epochs by")
+        if args.checkpointing_steps == "epoch":
+            parser.error("--streaming has no epochs: give --checkpointing_steps a number of steps")
+        from .volume_data import is_volume_source
+
+        if is_volume_source(args.dataset):
+            parser.error("--streaming reads image datasets; volumes are sliced into the datasets cache instead "
+                         "(--preprocessing_num_workers slices them in parallel)")
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         parser.error("--overwrite_output_dir clears checkpoints/ and cannot be combined with --resume_from_checkpoint")
     if args.push_to_hub:

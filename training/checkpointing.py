@@ -159,8 +159,13 @@ def replace_path(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, *, fingerprint: dict, comparisons: dict) -> Path:
-    """`accelerator.save_state` into `step_N.partial/`, marker last, then a rename to `step_N/` (on every process)."""
+def save_checkpoint(
+    accelerator, output_dir: Path, step: int, *, fingerprint: dict, comparisons: dict,
+    stream_positions: list | None = None,
+) -> Path:
+    """`accelerator.save_state` into `step_N.partial/`, marker last, then a rename to `step_N/` (on every process).
+
+    `stream_positions`: each process's (pass, batches read) in a streamed training split, kept in the marker."""
     folder = output_dir / "checkpoints" / f"step_{step}"
     partial = folder.with_name(folder.name + PARTIAL_SUFFIX)
     if accelerator.is_main_process:
@@ -173,7 +178,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, *, fingerprint: di
         for path in sorted(p for p in partial.rglob("*") if p.is_file()):
             _fsync(path)
             files[str(path.relative_to(partial))] = path.stat().st_size
-        marker = {"step": step, "fingerprint": fingerprint, "comparisons": comparisons, "files": files}
+        marker = {"step": step, "fingerprint": fingerprint, "comparisons": comparisons, "files": files,
+                  **({"stream_positions": stream_positions} if stream_positions is not None else {})}
         write_json_atomic(partial / MARKER_NAME, marker)
         replace_path(partial, folder)
     accelerator.wait_for_everyone()

@@ -36,8 +36,11 @@ SPLIT_PREFERENCE = ("test", "validation")
 CHECK_VERSION = 1  # part of the key of a passed check: raise it when what the check rejects changes
 
 
-def load_raw_dataset(source: str, *, image_column: str, mask_column: str) -> datasets.DatasetDict:
-    """Loads `source` as a `DatasetDict` whose image and mask columns decode to PIL images."""
+def load_raw_dataset(
+    source: str, *, image_column: str, mask_column: str, split: str | None = None
+) -> datasets.DatasetDict:
+    """Loads `source` as a `DatasetDict` whose image and mask columns decode to PIL images; with `split`, that split
+    alone (a Hub dataset then downloads only it)."""
     path = Path(source)
     if path.is_dir() and (path / METADATA_FILE).is_file():
         dataset = _load_metadata_folder(path, image_column=image_column, mask_column=mask_column)
@@ -49,9 +52,11 @@ def load_raw_dataset(source: str, *, image_column: str, mask_column: str) -> dat
             "(columns file_name,mask_file_name[,split])."
         )
     else:
-        dataset = datasets.load_dataset(source)
+        dataset = datasets.load_dataset(source, split=split)
     if isinstance(dataset, datasets.Dataset):
-        dataset = datasets.DatasetDict({"train": dataset})
+        dataset = datasets.DatasetDict({split or "train": dataset})
+    if split is not None:
+        dataset = datasets.DatasetDict({split: dataset[split]})
     for split, part in dataset.items():
         for column in (image_column, mask_column):
             if column not in part.column_names:
@@ -65,6 +70,18 @@ def load_raw_dataset(source: str, *, image_column: str, mask_column: str) -> dat
 
 
 def _load_metadata_folder(folder: Path, *, image_column: str, mask_column: str) -> datasets.DatasetDict:
+    features = datasets.Features({image_column: datasets.Image(), mask_column: datasets.Image()})
+    return datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(columns, features=features)
+            for name, columns in metadata_splits(folder, image_column=image_column, mask_column=mask_column).items()
+        }
+    )
+
+
+def metadata_splits(folder: Path, *, image_column: str, mask_column: str) -> dict[str, dict[str, list[str]]]:
+    """The file paths of a folder with a `metadata.csv`, by split: `{split: {image_column: [...], mask_column:
+    [...]}}`; raises naming the line of a file that does not exist."""
     with open(folder / METADATA_FILE, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"file_name", "mask_file_name"} <= set(rows[0]):
@@ -77,10 +94,7 @@ def _load_metadata_folder(folder: Path, *, image_column: str, mask_column: str) 
         split = by_split.setdefault(row.get("split") or "train", {image_column: [], mask_column: []})
         split[image_column].append(str(folder / row["file_name"]))
         split[mask_column].append(str(folder / row["mask_file_name"]))
-    features = datasets.Features({image_column: datasets.Image(), mask_column: datasets.Image()})
-    return datasets.DatasetDict(
-        {name: datasets.Dataset.from_dict(columns, features=features) for name, columns in by_split.items()}
-    )
+    return by_split
 
 
 def select_splits(
@@ -156,29 +170,7 @@ def check_masks(
 
     def check(batch, indices):
         for index, image_file, mask_file in zip(indices, batch[image_column], batch[mask_column]):
-            where = f"{name} row {index}"
-            try:
-                where += f" ({_file_label(image_file)}, mask {_file_label(mask_file)})"
-                image, mask = _decode(image_file, "image"), _decode(mask_file, "mask")
-                pixels = np.asarray(image)
-                if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
-                    bad = int((~np.isfinite(pixels)).sum())
-                    raise ValueError(
-                        f"the image has {bad} NaN or infinite pixel values of {pixels.size}; training would see them "
-                        "replaced, so fix the file (or fill them) first"
-                    )
-                array = binary_mask(mask, label_ids)
-                if (image.height, image.width) != array.shape:
-                    raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
-                if not array.any():
-                    raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
-                if label_size is not None and not survives_resize(array, label_size):
-                    raise ValueError(
-                        f"the object ({int(array.sum())} pixels) vanishes at SAM's label resolution (longest side "
-                        f"{label_size}); remove such rows or crop the images"
-                    )
-            except (ValueError, OSError) as err:
-                raise ValueError(f"{where}: {err}") from err
+            check_pair(image_file, mask_file, label_ids=label_ids, label_size=label_size, where=f"{name} row {index}")
 
     # Undecoded, so that each file is opened (and named) here; returns nothing, so `map` writes no copy.
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -189,6 +181,36 @@ def check_masks(
             unfinished = marker.with_suffix(".tmp")
             unfinished.write_text(json.dumps({"rows": len(dataset), "fingerprint": dataset._fingerprint}))
             unfinished.replace(marker)  # whole or absent, whatever interrupts the write
+
+
+def check_pair(
+    image_file: dict, mask_file: dict, *, label_ids: list[int] | None, label_size: int | None, where: str
+) -> tuple[Image.Image, Image.Image]:
+    """Decodes one undecoded (image, mask) pair and checks it (the rules of `check_masks`); returns both decoded.
+    Raises `ValueError` starting with `where` and the files."""
+    try:
+        where += f" ({_file_label(image_file)}, mask {_file_label(mask_file)})"
+        image, mask = _decode(image_file, "image"), _decode(mask_file, "mask")
+        pixels = np.asarray(image)
+        if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+            bad = int((~np.isfinite(pixels)).sum())
+            raise ValueError(
+                f"the image has {bad} NaN or infinite pixel values of {pixels.size}; training would see them "
+                "replaced, so fix the file (or fill them) first"
+            )
+        array = binary_mask(mask, label_ids)
+        if (image.height, image.width) != array.shape:
+            raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
+        if not array.any():
+            raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
+        if label_size is not None and not survives_resize(array, label_size):
+            raise ValueError(
+                f"the object ({int(array.sum())} pixels) vanishes at SAM's label resolution (longest side "
+                f"{label_size}); remove such rows or crop the images"
+            )
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    return image, mask
 
 
 def _check_marker(dataset: datasets.Dataset, *key) -> Path | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
@@ -47,6 +47,7 @@ from .distributed import (
     local_parameter_counts,
     world_info,
 )
+from .streaming import TrainStream, stream_splits, train_stream
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
 from .methods import (
@@ -60,10 +61,16 @@ from .methods import (
 from .outputs import METRIC_KEYS, print_table, run_info, write_outputs
 
 
-def _prepare_data(args, processor, accelerator):
+def _load_splits(args, accelerator, columns: dict, label_size: int):
+    """Train and eval splits (the train split is None when it is streamed), the eval split's name, what slicing
+    volumes counted, and the columns evaluation passes through."""
+    if args.streaming:
+        train_split, eval_split = stream_splits(args.dataset, train_split=args.train_split, eval_split=args.eval_split,
+                                                image_column=args.image_column, mask_column=args.mask_column)
+        raw = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column,
+                               split=eval_split)
+        return None, raw[eval_split], eval_split, None, ()
     volume_summary, meta_columns = None, ()
-    columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
-    label_size = processor.image_processor.mask_size["longest_edge"]
     if is_volume_source(args.dataset):
         with accelerator.local_main_process_first():  # one process per node slices and caches; the others read it
             raw, volume_summary = load_volume_dataset(
@@ -86,27 +93,39 @@ def _prepare_data(args, processor, accelerator):
     )
     if args.max_train_samples:
         train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    return train_set, eval_set, eval_split, volume_summary, meta_columns
+
+
+def _prepare_data(args, processor, accelerator):
+    columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
+    label_size = processor.image_processor.mask_size["longest_edge"]
+    train_set, eval_set, eval_split, volume_summary, meta_columns = _load_splits(args, accelerator, columns, label_size)
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
     with accelerator.main_process_first():
-        check_masks(train_set, name="train", label_size=label_size, **columns)
-        check_masks(eval_set, name="eval", label_size=label_size, **columns)
+        for name, part in (("train", train_set), ("eval", eval_set)):
+            if part is not None:  # a streamed train split is checked as it is read
+                check_masks(part, name=name, label_size=label_size, num_proc=args.preprocessing_num_workers,
+                            **columns)
     eval_images = count_source_images(eval_set, args.image_column)
-    train_set = train_set.with_transform(SamPairTransform(processor, **columns))
     eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True, meta_columns=meta_columns))
     workers = args.dataloader_num_workers
     if workers is None:
         workers = default_num_workers(accelerator.num_processes)
-    # A loader generator of its own: creating an iterator would otherwise draw from the global RNG, so a resumed
-    # run (which creates one more iterator after restoring the RNG states) would drift from an uninterrupted one.
-    train_loader = DataLoader(
-        train_set,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    if train_set is None:
+        train_loader = train_stream(args, processor, accelerator, columns=columns, label_size=label_size,
+                                    train_split=args.train_split, num_workers=workers)
+    else:
+        # A loader generator of its own: creating an iterator would otherwise draw from the global RNG, so a resumed
+        # run (which creates one more iterator after restoring the RNG states) would drift from an uninterrupted one.
+        train_loader = DataLoader(
+            train_set.with_transform(SamPairTransform(processor, **columns)),
+            batch_size=args.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
     return train_loader, eval_loader, eval_split, eval_images, volume_summary
 
@@ -214,9 +233,14 @@ def run(args) -> dict:
     trainable_params = count_trainable(model) if args.method != "zeroshot" else 0
     optimizer = torch.optim.AdamW(_param_groups(model, args) or [torch.nn.Parameter(torch.zeros(1))],
                                   lr=args.learning_rate, weight_decay=args.weight_decay)
-    train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
+    streaming = isinstance(train_loader, TrainStream)
+    if streaming:  # each process already reads its own share (split_dataset_by_node); only the eval loader is sharded
+        eval_loader = accelerator.prepare(eval_loader)
+    else:
+        train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
 
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # A stream has no length: the whole run is one "epoch" of --max_train_steps steps (its passes are its own).
+    steps_per_epoch = args.max_train_steps if streaming else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     if args.method == "zeroshot":
         max_steps = 0
@@ -255,13 +279,15 @@ def run(args) -> dict:
         if "volumes" in metrics:
             comparisons["zeroshot"]["volumes"] = metrics["volumes"]["mean"]
 
-    completed_steps, starting_epoch, resume_batches = 0, 0, 0
+    completed_steps, starting_epoch, resume_batches, stream_start = 0, 0, 0, (0, 0)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
         completed_steps, comparisons = marker["step"], marker["comparisons"]
         starting_epoch = completed_steps // steps_per_epoch
         resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+        if streaming:
+            stream_start = tuple(marker["stream_positions"][accelerator.process_index])
         if completed_steps >= max_steps:
             accelerator.print(
                 f"{checkpoint} is the end of training ({completed_steps} of {max_steps} steps): nothing left to "
@@ -281,7 +307,9 @@ def run(args) -> dict:
 
     def checkpoint_now() -> Path:
         _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
-        return save_checkpoint(accelerator, output_dir, completed_steps, fingerprint=fingerprint, comparisons=comparisons)
+        positions = gather_object([list(train_loader.position)]) if streaming else None
+        return save_checkpoint(accelerator, output_dir, completed_steps, fingerprint=fingerprint, comparisons=comparisons,
+                               stream_positions=positions)
 
     with StopOnSignal() as stop, _naming_the_step(lambda: completed_steps + 1, lambda: checkpoint):
         for epoch in range(starting_epoch, num_epochs):
@@ -290,7 +318,10 @@ def run(args) -> dict:
             model.train()
             train_loader.set_epoch(epoch)
             skip = resume_batches if epoch == starting_epoch else 0
-            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            if streaming:
+                batches = (send_to_device(batch, accelerator.device) for batch in train_loader.batches(stream_start))
+            else:
+                batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             for batch_index, batch in enumerate(batches, start=skip):
                 log_now = (completed_steps + 1) % args.logging_steps == 0 or completed_steps + 1 == max_steps
                 with accelerator.accumulate(model):
@@ -324,7 +355,8 @@ def run(args) -> dict:
                 if log_now:
                     means = {k: accelerator.reduce(torch.stack([w[k] for w in window]).mean().float(), "mean").item()
                              for k in window[0]}
-                    record = {"step": completed_steps, "epoch": epoch, "loss": means.pop("loss"), "loss_terms": means,
+                    record = {"step": completed_steps, "epoch": train_loader.position[0] if streaming else epoch,
+                              "loss": means.pop("loss"), "loss_terms": means,
                               "lr": scheduler.get_last_lr()[0],
                               # Since this process started training (a resumed run: since it resumed).
                               "elapsed_seconds": round(time.perf_counter() - start, 4)}
@@ -367,6 +399,8 @@ def run(args) -> dict:
     if args.method != "zeroshot":
         _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
     world = world_info(accelerator, model, parameters_per_process)
+    if streaming:  # what each process read of its share: the shares' sizes add up to the split's
+        world["stream_per_process"] = gather_object([train_loader.summary()])
     if world["weights_agree_across_processes"] is False:
         accelerator.print(
             "WARNING: the processes ended training with different weights (their gradients were not synchronised); "
