@@ -170,8 +170,9 @@ def load_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
 
 
 def _checked_labels(labels: Volume, reference: Volume) -> Volume:
-    """`labels` as an integer map, after checking it lies on `reference`'s voxel grid (compared in canonical
-    orientation, so a label map stored with another axis order but on the same grid is accepted)."""
+    """`labels` as an integer map (integer files keep their type, float and bool ones become integers), after checking
+    it lies on `reference`'s voxel grid (compared in canonical orientation, so a label map stored with another axis
+    order but on the same grid is accepted)."""
     if labels.shape != reference.shape:
         raise ValueError(
             f"{labels.path}: label map shape {labels.shape} differs from its image {reference.path} {reference.shape} "
@@ -187,9 +188,12 @@ def _checked_labels(labels: Volume, reference: Volume) -> Volume:
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all() or not np.equal(np.round(data), data).all():
             raise ValueError(f"{labels.path}: a label map must hold integer labels, found non-integral values.")
-    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
+        data = data.astype(np.int64)
+    elif data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    elif not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{labels.path}: unsupported label map dtype {data.dtype}.")
-    labels.data = data.astype(np.int64)
+    labels.data = data  # integers keep their type: an int64 copy of a 512 x 512 x 256 uint8 map is 512 MiB
     if labels.data.min() < 0:
         raise ValueError(f"{labels.path}: negative labels ({int(labels.data.min())}); labels must be >= 0.")
     return labels

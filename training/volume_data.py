@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import random
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
+from PIL import Image
 
 from modeling_icmoe.volumes import (
     is_nifti,
@@ -47,7 +49,9 @@ VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
 SLICING_VERSION = 2  # part of the cache key: raise it when what a slice row holds changes
 CHANNEL_SUFFIX = "_0000"
 CSV_SPLITS = ("train", "validation", "test")
-IMAGE_FEATURE = datasets.Image()
+# zlib level of the rows' PNGs: level 1 encodes a noisy 512 x 512 CT slice in about half the time of PIL's default (6)
+# for about an eighth more bytes (benchmarks/ingestion.py); decoding gives the same pixels whatever the level.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -206,13 +210,20 @@ def split_by_volume(cases: list[Case], fraction: float, seed: int) -> tuple[list
     return order[held:], order[:held]
 
 
+def encode_png(array: np.ndarray) -> dict:
+    """A 2-D uint8 array as the value of a `datasets.Image` column: a grey-level PNG that decodes to the same pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
 def _new_counts() -> dict:
     return {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0, "volumes_without_label": []}
 
 
 def _rows(case: Case, slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts: dict):
-    """The rows of one case (each slice's image PNG-encoded once, as `datasets.Image` stores it), counting what was
-    kept and skipped into `counts`."""
+    """The rows of one case, images and masks PNG-encoded (each slice's image once for all its classes), counting
+    what was kept and skipped into `counts`."""
     try:
         volume = load_volume(case.image)
         labels = load_label_map(case.label, volume)
@@ -239,12 +250,12 @@ def _rows(case: Case, slice_axis: int, window, label_ids, label_names: dict[int,
             if label_size is not None and not survives_resize(mask, label_size):
                 counts["objects_too_small"] += 1  # it would vanish at SAM's label resolution
                 continue
-            if image is None:  # once for all the slice's classes: the bytes `datasets` would encode for each row
-                image = IMAGE_FEATURE.encode_example(np.ascontiguousarray(slice_view(pixels, slice_axis, index)))
+            if image is None:  # once for all the slice's classes
+                image = encode_png(slice_view(pixels, slice_axis, index))
             counts["rows"] += 1
             yield {
                 "image": image,
-                "mask": mask.astype(np.uint8),
+                "mask": encode_png(mask.astype(np.uint8)),
                 "case": case.name,
                 "slice_index": index,
                 "label_id": label,
