@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -22,6 +19,7 @@ from modeling_icmoe import (
     load_icmoe_adapter,
     save_icmoe_adapter,
 )
+from remote_code import run_without_package
 
 
 @pytest.fixture
@@ -66,14 +64,8 @@ def test_save_and_auto_load_identical(tmp_path, trained, images, boxes, auto_cla
 def test_remote_code_in_fresh_process_without_package(tmp_path, trained, images, boxes):
     trained.save_pretrained(tmp_path / "model")
     torch.save({"images": images, "boxes": boxes, "expected": _masks(trained, images, boxes)}, tmp_path / "io.pt")
-    script = textwrap.dedent(
+    run_without_package(
         f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_icmoe" or name.startswith("modeling_icmoe."):
-                    raise ModuleNotFoundError("modeling_icmoe is blocked in this process")
-        sys.meta_path.insert(0, Block())
         import torch
         from transformers import AutoModel, AutoModelForMaskGeneration
         io = torch.load({str(tmp_path / "io.pt")!r})
@@ -83,18 +75,9 @@ def test_remote_code_in_fresh_process_without_package(tmp_path, trained, images,
             with torch.no_grad():
                 masks = model(pixel_values=io["images"], input_boxes=io["boxes"]).pred_masks
             assert torch.equal(masks, io["expected"]), (masks - io["expected"]).abs().max()
-        try:
-            import modeling_icmoe
-        except ModuleNotFoundError:
-            print("REMOTE-OK")
-        """
+        """,
+        tmp_path,
     )
-    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "REMOTE-OK" in result.stdout
 
 
 def test_sam_weights_load_back_into_sam_model(tmp_path, base_sam, trained, images, boxes):

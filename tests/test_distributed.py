@@ -12,22 +12,21 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from launching import CONFIGS, REPO, TIMEOUT, env as _env, launch as _launch, log as _log, results as _results
+from launching import train_args as _train_args
+from remote_code import run_without_package
 from training.distributed import (
     accelerator_device_kwargs,
     launched_world_size,
     num_machines,
     single_process_launch_problem,
 )
-
-from launching import CONFIGS, REPO, TIMEOUT, env as _env, launch as _launch, log as _log, results as _results
-from launching import train_args as _train_args
 
 
 # ------------------------------------------------------------------------------------------------ launch rules
@@ -254,14 +253,8 @@ def test_fsdp2_shards_checkpoints_resumes_and_saves_a_loadable_model(tmp_path, t
 
 
 def _load_by_remote_code_without_package(folder: Path, tmp_path: Path) -> None:
-    script = textwrap.dedent(
+    run_without_package(
         f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_icmoe" or name.startswith("modeling_icmoe."):
-                    raise ModuleNotFoundError("modeling_icmoe is blocked in this process")
-        sys.meta_path.insert(0, Block())
         import torch
         from safetensors.torch import load_file
         from transformers import AutoModel
@@ -273,11 +266,6 @@ def _load_by_remote_code_without_package(folder: Path, tmp_path: Path) -> None:
         with torch.no_grad():
             masks = model(pixel_values=torch.zeros(1, 3, 64, 64), input_boxes=torch.tensor([[[4.0, 4.0, 40.0, 40.0]]]))
         assert masks.pred_masks.isfinite().all()
-        print("REMOTE-OK")
-        """
+        """,
+        tmp_path,
     )
-    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "REMOTE-OK" in result.stdout

@@ -154,3 +154,20 @@ def enable_fsdp_on_cpu(accelerator, env: Mapping[str, str] = os.environ) -> None
     accelerator.state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     accelerator.state.fsdp_plugin = plugin
+
+
+def finish_collectives(accelerator):
+    """Waits for every process at the end of a run and returns the last collective's work, for the caller to hold
+    until the process group is destroyed.
+
+    A gloo worker thread that drops the last reference to a finished work frees its tensors, which needs the GIL. If
+    the main thread destroys the process group (and joins those threads, holding the GIL) within the few milliseconds
+    before a worker got the GIL, both wait forever: seen as a process that never exits after a run had finished.
+    Holding the work here keeps its last reference in Python, so the workers have nothing left to free.
+    """
+    if not torch.distributed.is_initialized():
+        accelerator.wait_for_everyone()
+        return None
+    work = torch.distributed.barrier(async_op=True)
+    work.wait()
+    return work

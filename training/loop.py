@@ -44,6 +44,7 @@ from .distributed import (
     accelerator_device_kwargs,
     check_world,
     enable_fsdp_on_cpu,
+    finish_collectives,
     local_parameter_counts,
     world_info,
 )
@@ -426,8 +427,13 @@ def run(args) -> dict:
         print_table(accelerator, results)
         if "diagnostics" in results:
             accelerator.print("IC-MoE diagnostics: " + json.dumps(results["diagnostics"]))
-    accelerator.wait_for_everyone()
+    last_collective = finish_collectives(accelerator)
+    # The wrapped model (DDP's reducer, FSDP's mesh) goes while the process group is still registered, then the group
+    # is destroyed with its worker threads idle (distributed.finish_collectives says why).
+    model = optimizer = scheduler = None
+    accelerator.free_memory()  # drops the Accelerator's references, then collects what they held
     accelerator.end_training()
+    del last_collective
     if accelerator.is_main_process and args.push_to_hub:
         from .hub import push_output_dir
 
