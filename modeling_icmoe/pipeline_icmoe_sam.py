@@ -78,9 +78,9 @@ def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] 
     return values
 
 
-# Values scaled at a time (a 32 MiB float64 temporary): a volume is scaled a slab at a time, in place, where one
-# pass over the whole array would make float64 temporaries of eight times its size.
-SCALE_SLAB_VALUES = 1 << 22
+# Values scaled at a time (an 8 MiB float64 temporary, which the allocator reuses): a volume is scaled a slab at a
+# time, in place, where one pass over the whole array would make float64 temporaries of eight times its size.
+SCALE_SLAB_VALUES = 1 << 20
 # Integer images whose values span fewer than this find their percentiles from the count of each value.
 COUNTED_INTENSITY_RANGE = 1 << 20
 
@@ -146,13 +146,20 @@ def _slabs(values: np.ndarray) -> list[tuple]:
 
 def _percentiles(values: np.ndarray, fill: float | None, percentiles: list[float]) -> np.ndarray:
     """`np.percentile` of `values` as float64 (non-finite ones set to `fill`). Of integers spanning a modest range,
-    taken over the same values sorted from their counts: the same numbers (a permutation of the array), where
-    partitioning a float64 copy of a volume takes seconds."""
+    taken over the same values sorted from their counts, in the narrowest integer type that holds them and their
+    differences: the same numbers (a permutation of the array; the interpolation's arithmetic is exact either way),
+    where partitioning a float64 copy of a volume takes seconds."""
     if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 4:
         lowest, highest = int(values.min()), int(values.max())
         if highest - lowest < COUNTED_INTENSITY_RANGE:
-            counts = np.bincount(np.subtract(values.ravel(order="K"), lowest, dtype=np.intp))
-            ordered = np.repeat(np.arange(lowest, highest + 1, dtype=np.float64), counts)
+            counts = np.zeros(highest - lowest + 1, dtype=np.intp)
+            flat = values.ravel(order="K")
+            for start in range(0, flat.size, SCALE_SLAB_VALUES):  # bincount's intp copy of a volume would be large
+                part = np.subtract(flat[start : start + SCALE_SLAB_VALUES], lowest, dtype=np.intp)
+                counts += np.bincount(part, minlength=counts.size)
+            # The narrowest signed type that holds the values and their differences.
+            dtype = np.result_type(*(np.min_scalar_type(-abs(v) - 1) for v in (lowest, highest, highest - lowest)))
+            ordered = np.repeat(np.arange(lowest, highest + 1, dtype=dtype), counts)
             return np.percentile(ordered, percentiles, overwrite_input=True)
     return np.percentile(_as_float64(values, fill), percentiles, overwrite_input=True)  # a copy of our own
 

@@ -25,8 +25,8 @@ from .pipeline_icmoe_sam import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Label ids below this are counted with np.bincount (a count per id) to list the labels present.
-MAX_COUNTED_LABEL = 1 << 16
+# Label ids below this are counted with np.bincount (a count per id) to list the labels present, COUNTED_SLAB at a time.
+MAX_COUNTED_LABEL, COUNTED_SLAB = 1 << 16, 1 << 20
 # Largest disagreement (in mm) between a label map's affine and its image's that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -100,12 +100,17 @@ def slice_view(array: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 
 def label_values(labels: np.ndarray) -> list[int]:
-    """The distinct values of a non-negative integer label map, ascending: counted in one pass (`np.bincount`) where
-    sorting the volume (`np.unique`) takes seconds; label ids too large to count fall back to sorting."""
+    """The distinct values of a non-negative integer label map, ascending: counted in one pass (`np.bincount`, a
+    slab at a time) where sorting the volume (`np.unique`) takes seconds; label ids too large to count are sorted."""
     flat = labels.ravel(order="K")  # a view unless the array is flipped or cut
-    if flat.size and flat.min() >= 0 and flat.max() < MAX_COUNTED_LABEL:
-        return np.flatnonzero(np.bincount(flat)).tolist()
-    return np.unique(flat).tolist()
+    if flat.size == 0:
+        return []
+    if flat.min() < 0 or flat.max() >= MAX_COUNTED_LABEL:
+        return np.unique(flat).tolist()
+    counts = np.zeros(int(flat.max()) + 1, dtype=np.intp)
+    for start in range(0, flat.size, COUNTED_SLAB):  # bincount's intp copy of a whole volume would be large
+        counts += np.bincount(flat[start : start + COUNTED_SLAB], minlength=counts.size)
+    return np.flatnonzero(counts).tolist()
 
 
 def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Volume:

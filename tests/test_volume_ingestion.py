@@ -14,6 +14,7 @@ from PIL import Image
 from volume_fixtures import save_nifti, write_decathlon
 
 import modeling_icmoe.pipeline_icmoe_sam as pipeline
+import modeling_icmoe.volumes as volumes
 import training.data
 from modeling_icmoe.pipeline_icmoe_sam import resolve_window, scale_intensities
 from modeling_icmoe.volumes import label_values, load_label_map, load_nifti, slice_view, to_uint8_volume
@@ -101,7 +102,8 @@ def test_slices_are_views_equal_to_np_take():
             assert np.shares_memory(view, array) and np.array_equal(view, np.take(array, index, axis=axis))
 
 
-def test_label_values_match_np_unique():
+def test_label_values_match_np_unique(monkeypatch):
+    monkeypatch.setattr(volumes, "COUNTED_SLAB", 7)  # counted a few voxels at a time
     rng = np.random.default_rng(0)
     labels = np.asfortranarray(rng.choice([0, 1, 3, 7], size=(6, 5, 4)))[::-1]
     assert label_values(labels) == np.unique(labels).tolist() == [0, 1, 3, 7]
@@ -146,6 +148,21 @@ def test_slab_scaling_is_the_whole_array_rule(monkeypatch):
                           _whole_array_scaling(mr, None, (10.0, 90.0)))
     with pytest.raises(ValueError, match="no finite value"):
         scale_intensities(np.array([np.nan, np.inf]))
+
+
+def test_counted_percentiles_are_numpys(monkeypatch):
+    monkeypatch.setattr(pipeline, "SCALE_SLAB_VALUES", 64)  # counted a few values at a time
+    rng = np.random.default_rng(2)
+    ranges = [(np.int16, -1024, 3071), (np.int16, -32768, 32767), (np.uint16, 0, 65535), (np.int8, -128, 127),
+              (np.uint32, 2**32 - 5000, 2**32 - 1), (np.int32, -(2**31), -(2**31) + 900_000)]
+    for dtype, low, high in ranges:
+        for size in (1, 2, 7, 500):
+            drawn = rng.integers(low, high, size, endpoint=True).astype(dtype)
+            extremes = np.where(np.arange(size) < size // 2, low, high).astype(dtype)  # the largest differences
+            for values in (drawn, extremes):
+                for q in ([0.5, 99.5], [0.0, 100.0], [13.7, 50.0]):
+                    expected = np.percentile(values.astype(np.float64), q)
+                    assert np.array_equal(pipeline._percentiles(values, None, q), expected), (dtype, size, q)
 
 
 def _counted_decathlon(folder: Path) -> Path:
