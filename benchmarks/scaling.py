@@ -194,16 +194,22 @@ def run_benchmark(args, extra: list[str]) -> dict:
     return {
         "device": args.device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu" else _gpu_name(),
-        "base_model": "ViT-B" if args.vit_b else ("tiny test SAM" if args.smoke else base),
+        "base_model": "ViT-B" if args.vit_b else ("tiny test SAM" if args.smoke else _relative(base)),
         "image_size": args.vit_b,
         "dataset": dataset or "training/data/mr_brain_lesion",
         "max_train_steps": args.max_train_steps,
         "from_step": args.from_step,
         "reps": args.reps,
         "extra_args": extra,
-        "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": "python " + " ".join(["benchmarks/scaling.py", *sys.argv[1:]]),
         "setups": rows,
     }
+
+
+def _relative(path: str) -> str:
+    """A path inside the repository as the repository names it; anything else as it is."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else path
 
 
 def _gpu_name() -> str:
