@@ -1,9 +1,12 @@
 """Volume ingestion that scales with depth: slices as views give the rows and pixels of `np.take` slicing; slicing
-in parallel workers with the same rows and counts; the mask check remembered with the data."""
+in parallel workers with the same rows and counts; the mask check remembered with the data; the benchmark."""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import datasets
@@ -16,12 +19,14 @@ from volume_fixtures import save_nifti, write_decathlon
 import modeling_icmoe.pipeline_icmoe_sam as pipeline
 import modeling_icmoe.volumes as volumes
 import training.data
+from benchmarks import ingestion
 from modeling_icmoe.pipeline_icmoe_sam import resolve_window, scale_intensities
 from modeling_icmoe.volumes import label_values, load_label_map, load_nifti, slice_view, to_uint8_volume
 from training.arguments import parse_args
 from training.data import check_masks
 from training.volume_data import load_volume_dataset
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = {"image_column": "image", "mask_column": "mask"}
 CHECK = {**COLUMNS, "label_ids": None, "name": "train"}
 
@@ -265,3 +270,29 @@ def test_preprocessing_num_workers_argument(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--preprocessing_num_workers", "0"])
     assert "--preprocessing_num_workers must be positive" in capsys.readouterr().err
+
+
+def test_documented_numbers_are_the_results_file():
+    report = json.loads(ingestion.RESULT.read_text())
+    text = ingestion.DEFAULT_REPORT.read_text()
+    section = text[text.index(ingestion.MARK_BEGIN): text.index(ingestion.MARK_END) + len(ingestion.MARK_END)]
+    assert section + "\n" == ingestion.render_section(report)
+    assert report["size"] == 512 and report["depths"] == [64, 256] and report["before_ref"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO_ROOT / ".git").exists(), reason="needs the git history")
+def test_benchmark_smoke(tmp_path):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    report = ingestion.main(["--smoke", "--before_ref", head, "--output", str(tmp_path / "ingestion.json"),
+                             "--report_path", str(tmp_path / "BENCHMARKS.md")])
+    assert json.loads((tmp_path / "ingestion.json").read_text()) == json.loads(json.dumps(report))
+    for depth in ("4", "8"):
+        runs = report["depths_measured"][depth]
+        assert set(runs) == {"first", "restart", "num_proc", "before_first", "before_restart"}
+        assert runs["first"]["rows"] == runs["restart"]["rows"] == runs["num_proc"]["rows"] > 0
+        assert runs["first"]["volumes"] == 2 and runs["before_first"]["volumes"] == 1
+        assert runs["first"]["slices_per_s"] == pytest.approx(2 * int(depth) / runs["first"]["seconds"])
+    part = report["breakdown"]
+    assert part["depth"] == 8 and part["masks"] >= part["images"] > 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert text.count(ingestion.MARK_BEGIN) == 1 and "| 8 | after, num_proc 2 | 2 |" in text
