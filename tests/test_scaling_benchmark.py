@@ -22,3 +22,17 @@ def test_smoke_launches_every_setup_and_renders_the_report(tmp_path):
     assert rows["1 process x 1 thread"]["ratio_to_first"] == 1.0
     text = report_path.read_text()
     assert text.count(scaling.MARK_BEGIN) == 1 and "| 2 processes x 1 thread | 2 | 1 | 2 | 4 |" in text
+
+
+def test_the_published_section_is_the_results_files():
+    """docs/BENCHMARKS.md's scaling section is what the recorded results render to, and the prose's ratios are
+    theirs."""
+    text = scaling.REPORT_PATH.read_text()
+    section = text[text.index(scaling.MARK_BEGIN): text.index(scaling.MARK_END) + len(scaling.MARK_END)]
+    reports = {path.stem: json.loads(path.read_text()) for path in sorted(scaling.RESULTS.glob("scaling_*.json"))}
+    assert section + "\n" == scaling.render(reports)
+    ratios = {row["name"]: row["ratio_to_first"] for row in reports["scaling_cpu"]["setups"]}
+    prose = text[text.index("## Many processes: what the measurements say"): text.index(scaling.MARK_BEGIN)]
+    assert f"train {ratios['2 processes x 1 thread']:.2f}x the samples per second" in prose
+    assert f"the gain is {ratios['2 processes x 1 thread, same global batch']:.2f}x" in prose
+    assert f"through threads gains {ratios['1 process x 2 threads']:.2f}x" in prose
