@@ -1,11 +1,12 @@
 """icmoe-sam: IC-MoE adapters for the Segment Anything Model, as a Hugging Face Transformers model.
 
 Importing this package registers `IcMoeSamConfig` (model type `icmoe_sam`) with `AutoConfig` and
-`IcMoeSamModel` with `AutoModel` and `AutoModelForMaskGeneration`, and the prompt-driven segmentation pipeline
-(task `"medical-mask-segmentation"`) with `transformers.pipeline`.
+`IcMoeSamModel` with `AutoModel` and `AutoModelForMaskGeneration`; `IcMoeSamSemanticConfig` (`icmoe_sam_semantic`)
+and `IcMoeSamForSemanticSegmentation` with `AutoModel` and `AutoModelForSemanticSegmentation`; and the prompt-driven
+segmentation pipeline (task `"medical-mask-segmentation"`) with `transformers.pipeline`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
+from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, AutoModelForSemanticSegmentation
 
 from .adapter import (
     ADAPTER_CONFIG_NAME,
@@ -14,9 +15,10 @@ from .adapter import (
     load_icmoe_adapter_config,
     save_icmoe_adapter,
 )
-from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig
+from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamSemanticConfig
 from .experts import IcMoeExperts
 from .modeling_icmoe_sam import IcMoeSamModel, IcMoeSamOutput, get_icmoe_model
+from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation, IcMoeSemanticSegmenterOutput
 from .pipeline_icmoe_sam import (
     CT_WINDOWS,
     ICMOE_PIPELINE_TASK,
@@ -33,6 +35,9 @@ from .router import IcMoeVotingRouter
 AutoConfig.register(IcMoeSamConfig.model_type, IcMoeSamConfig, exist_ok=True)
 AutoModel.register(IcMoeSamConfig, IcMoeSamModel, exist_ok=True)
 AutoModelForMaskGeneration.register(IcMoeSamConfig, IcMoeSamModel, exist_ok=True)
+AutoConfig.register(IcMoeSamSemanticConfig.model_type, IcMoeSamSemanticConfig, exist_ok=True)
+AutoModel.register(IcMoeSamSemanticConfig, IcMoeSamForSemanticSegmentation, exist_ok=True)
+AutoModelForSemanticSegmentation.register(IcMoeSamSemanticConfig, IcMoeSamForSemanticSegmentation, exist_ok=True)
 register_icmoe_pipeline()
 
 __version__ = "0.1.0"
@@ -47,9 +52,12 @@ __all__ = [
     "IcMoeLayer",
     "IcMoeRouting",
     "IcMoeSamConfig",
+    "IcMoeSamForSemanticSegmentation",
     "IcMoeSamModel",
     "IcMoeSamOutput",
     "IcMoeSamSegmentationPipeline",
+    "IcMoeSamSemanticConfig",
+    "IcMoeSemanticSegmenterOutput",
     "IcMoeVotingRouter",
     "get_icmoe_model",
     "load_icmoe_adapter",

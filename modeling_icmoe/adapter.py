@@ -17,9 +17,11 @@ from safetensors.torch import load_file, save_file
 from transformers import SamModel
 
 from .configuration_icmoe_sam import IcMoeAdapterConfig
-from .modeling_icmoe_sam import IcMoeSamModel, get_icmoe_model
+from .modeling_icmoe_sam import IcMoeSamModel, wrap_sam_model
+from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
 
 ADAPTER_CONFIG_NAME = "icmoe_adapter_config.json"
+SEMANTIC_KEY = "semantic"  # in the adapter config: the classes and head of a semantic model
 ADAPTER_WEIGHTS_NAME = "icmoe_adapter_model.safetensors"
 FORMAT_VERSION = 1
 
@@ -47,6 +49,8 @@ def save_icmoe_adapter(
     save_file(state, weights_path, metadata={"format": "pt", "icmoe_format_version": str(FORMAT_VERSION)})
     config_path = save_directory / ADAPTER_CONFIG_NAME
     payload = {"format_version": FORMAT_VERSION, **model.config.icmoe_config.to_dict()}
+    if isinstance(model, IcMoeSamForSemanticSegmentation):  # the classes and the head the weights belong to
+        payload[SEMANTIC_KEY] = model.semantic_config_dict()
     config_path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [config_path, weights_path]
 
@@ -63,6 +67,11 @@ def _adapter_file(adapter_dir_or_id: str | os.PathLike, filename: str, hub_kwarg
 
 def load_icmoe_adapter_config(adapter_dir_or_id: str | os.PathLike, **hub_kwargs) -> IcMoeAdapterConfig:
     """Reads the adapter configuration of an adapter-only checkpoint (local folder or Hub id)."""
+    return _read_adapter_config(adapter_dir_or_id, hub_kwargs)[0]
+
+
+def _read_adapter_config(adapter_dir_or_id, hub_kwargs: dict) -> tuple[IcMoeAdapterConfig, dict | None]:
+    """The adapter configuration, and the semantic model's classes and head (None for a prompted model's)."""
     path = _adapter_file(adapter_dir_or_id, ADAPTER_CONFIG_NAME, hub_kwargs)
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -71,7 +80,8 @@ def load_icmoe_adapter_config(adapter_dir_or_id: str | os.PathLike, **hub_kwargs
     version = payload.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has IC-MoE adapter format {version!r}; this version reads {FORMAT_VERSION}.")
-    return IcMoeAdapterConfig.from_dict(payload)
+    semantic = payload.pop(SEMANTIC_KEY, None)
+    return IcMoeAdapterConfig.from_dict(payload), semantic
 
 
 def load_icmoe_adapter(
@@ -88,17 +98,21 @@ def load_icmoe_adapter(
         hub_kwargs: `revision`, `token`, `cache_dir`, ... for Hub downloads of the adapter.
 
     Returns:
-        The `IcMoeSamModel` in eval mode.
+        The `IcMoeSamModel` in eval mode, or the `IcMoeSamForSemanticSegmentation` when the adapter was saved from one.
     """
-    adapter_config = load_icmoe_adapter_config(adapter_dir_or_id, **hub_kwargs)
+    adapter_config, semantic = _read_adapter_config(adapter_dir_or_id, hub_kwargs)
     if base_model_or_id is None:
         base_model_or_id = adapter_config.base_model_name_or_path
         if base_model_or_id is None:
             raise ValueError("The adapter config names no base model; pass `base_model_or_id`.")
+    model_class = IcMoeSamModel if semantic is None else IcMoeSamForSemanticSegmentation
+    config_kwargs = {} if semantic is None else IcMoeSamForSemanticSegmentation.semantic_config_kwargs(semantic)
     if isinstance(base_model_or_id, SamModel):
-        model = get_icmoe_model(base_model_or_id, adapter_config)
+        model = wrap_sam_model(base_model_or_id, adapter_config, model_class, **config_kwargs)
     else:
-        model = IcMoeSamModel.from_pretrained(base_model_or_id, icmoe_config=dataclasses.replace(adapter_config))
+        model = model_class.from_pretrained(
+            base_model_or_id, icmoe_config=dataclasses.replace(adapter_config), **config_kwargs
+        )
 
     weights_path = _adapter_file(adapter_dir_or_id, ADAPTER_WEIGHTS_NAME, hub_kwargs)
     try:

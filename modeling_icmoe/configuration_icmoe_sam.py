@@ -17,6 +17,8 @@ from transformers import SamConfig
 
 
 EXPERT_PLACEMENTS = ("mlp", "attention")
+SEMANTIC_DECODERS = ("mask_tokens", "queries")
+SEMANTIC_FIELDS = ("semantic_decoder", "num_query_tokens", "ce_loss_coef", "dice_loss_coef")
 EXPERT_ACTIVATIONS = ("gelu", "identity", "gelu_routed")
 INTEGER_FIELDS = (
     "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
@@ -391,14 +393,76 @@ class IcMoeSamConfig(SamConfig):
         return output
 
     @classmethod
-    def from_sam_config(cls, sam_config: SamConfig, icmoe_config: IcMoeAdapterConfig | dict | None = None):
-        """Builds an IC-MoE config from a plain `SamConfig`, keeping its three sub-configurations."""
+    def from_sam_config(cls, sam_config: SamConfig, icmoe_config: IcMoeAdapterConfig | dict | None = None, **kwargs):
+        """Builds an IC-MoE config from a plain `SamConfig` (or another IC-MoE config), keeping its three
+        sub-configurations; `kwargs` set this config's own fields."""
         config_dict = sam_config.to_dict()
-        for key in ("model_type", "transformers_version", "architectures", "auto_map", "icmoe_config"):
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "icmoe_config", "id2label",
+                    "label2id", "num_labels", *SEMANTIC_FIELDS):
             config_dict.pop(key, None)
-        return cls(**config_dict, icmoe_config=icmoe_config)
+        return cls(**{**config_dict, **kwargs}, icmoe_config=icmoe_config)
+
+
+
+
+class IcMoeSamSemanticConfig(IcMoeSamConfig):
+    r"""
+    Configuration of [`IcMoeSamForSemanticSegmentation`]: IC-MoE SAM segmenting a fixed set of classes without any
+    prompt. Class 0 is the background.
+
+    Args:
+        vision_config, prompt_encoder_config, mask_decoder_config, icmoe_config:
+            As in [`IcMoeSamConfig`].
+        id2label (`dict[int, str]`):
+            The classes, background included (id 0); `num_labels` follows. At least 2.
+        semantic_decoder (`str`, *optional*, defaults to `"mask_tokens"`):
+            How the prompt is removed from SAM's mask decoder. `"mask_tokens"`: one mask token and one hypernetwork
+            MLP per class in place of SAM's, the decoder run once with no prompt (SAMed). `"queries"`: per class,
+            `num_query_tokens` learned tokens given to SAM's own decoder as its prompt, one mask per class.
+        num_query_tokens (`int`, *optional*, defaults to 2):
+            Learned prompt tokens per class (`"queries"` only).
+        ce_loss_coef (`float`, *optional*, defaults to 1.0):
+            Weight of the cross-entropy over the classes.
+        dice_loss_coef (`float`, *optional*, defaults to 1.0):
+            Weight of the Dice loss, averaged over the foreground classes.
+    """
+
+    model_type = "icmoe_sam_semantic"
+
+    semantic_decoder: str = "mask_tokens"
+    num_query_tokens: int = 2
+    ce_loss_coef: float = 1.0
+    dice_loss_coef: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = {
+                "AutoConfig": "configuration_icmoe_sam.IcMoeSamSemanticConfig",
+                "AutoModel": "modeling_icmoe_semantic.IcMoeSamForSemanticSegmentation",
+                "AutoModelForSemanticSegmentation": "modeling_icmoe_semantic.IcMoeSamForSemanticSegmentation",
+            }
+        super().__post_init__(**kwargs)
+        if self.semantic_decoder not in SEMANTIC_DECODERS:
+            raise ValueError(f"`semantic_decoder` must be one of {SEMANTIC_DECODERS}, got {self.semantic_decoder!r}.")
+        self.num_query_tokens = _integer("num_query_tokens", self.num_query_tokens)
+        if self.num_query_tokens < 1:
+            raise ValueError(f"`num_query_tokens` must be at least 1, got {self.num_query_tokens}.")
+        for name in ("ce_loss_coef", "dice_loss_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.num_labels < 2:
+            raise ValueError(
+                f"A semantic model needs at least 2 classes (the background, id 0, and one more); got {self.num_labels}."
+            )
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"`id2label` must name the classes 0 .. num_labels - 1, got ids {sorted(self.id2label)}.")
+        self.label2id = {name: index for index, name in self.id2label.items()}
+        if len(self.label2id) != self.num_labels:
+            raise ValueError(f"Class names must differ from one another, got {list(self.id2label.values())}.")
 
 
 IcMoeSamConfig.register_for_auto_class()
+IcMoeSamSemanticConfig.register_for_auto_class()
 
-__all__ = ["IcMoeAdapterConfig", "IcMoeSamConfig"]
+__all__ = ["IcMoeAdapterConfig", "IcMoeSamConfig", "IcMoeSamSemanticConfig"]

@@ -192,3 +192,75 @@ def semantic_contrastive_loss(
     negatives_lse = torch.logsumexp(similarity.masked_fill(same, float("-inf")), dim=1, keepdim=True)  # (N, 1)
     pair_loss = F.softplus(negatives_lse - similarity)  # (N, N): -log(e^s_p / (e^s_p + sum_n e^s_n))
     return (pair_loss * positives).sum(dim=1).div(positives.sum(dim=1).clamp(min=1)).mean()
+
+
+def routing_losses(routings, foreground: torch.Tensor, adapter_config) -> dict[str, torch.Tensor]:
+    """The router terms of every IC-MoE layer, averaged over the layers: `load_balance`, `router_z`, `vote`, `pixel`.
+
+    Args:
+        routings: each layer's `IcMoeRouting` (router logits, votes, top-k indices, pixel logits).
+        foreground (`torch.Tensor` of shape `(B, H, W)`): 1 where any object is (fractions allowed), at any
+            resolution; resized to the token grid as area fractions.
+        adapter_config: the `IcMoeAdapterConfig` (routed experts, temperatures, weights).
+    """
+    token_labels = resize_masks(foreground, tuple(routings[0].router_logits.shape[1:3]))  # (B, Hg, Wg)
+    shared = adapter_config.num_shared_experts
+    layer_terms = [
+        (
+            load_balancing_loss(
+                r.router_logits, r.top_k_indices, adapter_config.num_routed_experts,
+                temperature=adapter_config.vote_temperature,
+            ),
+            router_z_loss(r.router_logits),
+            vote_loss(
+                r.router_logits, r.pixel_logits[..., shared:], token_labels,
+                temperature=adapter_config.vote_temperature,
+                consistency_weight=adapter_config.label_consistency_weight,
+            ),
+            pixel_loss(r.pixel_logits, token_labels),
+        )
+        for r in routings
+    ]
+    return {
+        name: torch.stack(values).mean()
+        for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms))
+    }
+
+
+def check_class_labels(labels: torch.Tensor, num_labels: int) -> torch.LongTensor:
+    """Checks that `labels` are class ids in `[0, num_labels)` and returns them as int64."""
+    if labels.is_floating_point():
+        if not torch.isfinite(labels).all() or (labels != labels.round()).any():
+            raise ValueError("`labels` must hold integer class ids; found NaN, infinite or fractional values.")
+    elif labels.dtype == torch.bool:
+        labels = labels.long()
+    bad = (labels < 0) | (labels >= num_labels)
+    if bad.any():
+        values = torch.unique(labels[bad])
+        raise ValueError(
+            f"`labels` hold values {values[:8].tolist()}{' ...' if values.numel() > 8 else ''} that are not classes of "
+            f"this model (ids 0 .. {num_labels - 1}); map them to the model's classes first."
+        )
+    return labels.long()
+
+
+def semantic_losses(logits: torch.Tensor, labels: torch.LongTensor, *, smooth: float = 1e-5) -> dict[str, torch.Tensor]:
+    """Cross-entropy over the classes and the Dice loss of the foreground classes.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, L, h, w)`): class logits, brought to the labels' size (bilinear).
+        labels (`torch.LongTensor` of shape `(B, H, W)`): class ids, 0 the background.
+
+    Dice is computed per foreground class over the whole batch (the batch Dice of nnU-Net) from the softmax
+    probabilities, `1 - (2 |P Y| + s) / (|P| + |Y| + s)`, and averaged over the classes; a class absent from the batch
+    then only asks for its probabilities to be 0.
+    """
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(logits, labels)
+    probs = logits.softmax(dim=1)[:, 1:]  # (B, L-1, H, W)
+    target = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()  # (B, L-1, H, W)
+    intersection = (probs * target).sum(dim=(0, 2, 3))  # (L-1,)
+    dice = 1.0 - (2.0 * intersection + smooth) / (probs.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + smooth)
+    return {"ce": ce, "dice": dice.mean()}

@@ -31,14 +31,11 @@ from .layer import IcMoeLayer, IcMoeRouting
 from .placement import IcMoeAttentionQkv, IcMoeMLPBlock
 from .losses import (
     binarize_labels,
-    load_balancing_loss,
-    pixel_loss,
     resize_masks,
-    router_z_loss,
+    routing_losses,
     segmentation_losses,
     segmentation_targets,
     semantic_contrastive_loss,
-    vote_loss,
 )
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -119,6 +116,19 @@ def _unreadable_weight_files(name_or_path) -> list[str]:
     return unreadable
 
 
+def check_label_frame(labels: torch.Tensor, images: torch.Tensor, what: str) -> None:
+    """Raises unless `labels (..., H, W)` have the aspect ratio of `images (..., h, w)`. Labels are resized to the
+    model's grids, never cropped: another aspect ratio would be stretched silently."""
+    frame = tuple(images.shape[-2:])
+    label_aspect, image_aspect = labels.shape[-1] / labels.shape[-2], frame[1] / frame[0]
+    if abs(label_aspect / image_aspect - 1.0) > 0.02:
+        raise ValueError(
+            f"`labels` of size {tuple(labels.shape[-2:])} do not have the aspect ratio of the {what} {frame}: they must "
+            "be in the same frame (resized and padded as the image is, e.g. by `SamProcessor(..., "
+            "segmentation_maps=...)`)."
+        )
+
+
 class IcMoeSamModel(SamModel):
     """SAM with IC-MoE adapters. See the module docstring and [`IcMoeSamConfig`]."""
 
@@ -127,10 +137,12 @@ class IcMoeSamModel(SamModel):
 
     def __init__(self, config: IcMoeSamConfig):
         # Checked by model type, not class: remote code may load the config class from another module object.
-        if getattr(config, "model_type", None) != IcMoeSamConfig.model_type:
+        expected = type(self).config_class
+        if getattr(config, "model_type", None) != expected.model_type:
             raise ValueError(
-                f"IcMoeSamModel needs an IcMoeSamConfig, got {type(config).__name__}; use "
-                "`IcMoeSamConfig.from_sam_config(sam_config, icmoe_config=...)` or `get_icmoe_model`."
+                f"{type(self).__name__} needs an {expected.__name__}, got {type(config).__name__}; use "
+                f"`{expected.__name__}.from_sam_config(sam_config, icmoe_config=...)`"
+                + (" or `get_icmoe_model`." if expected is IcMoeSamConfig else ".")
             )
         super().__init__(config)
         adapter_config = config.icmoe_config
@@ -146,8 +158,15 @@ class IcMoeSamModel(SamModel):
             if adapter_config.contrastive_loss_coef > 0
             else None
         )
+        self._add_task_modules(config)
         self.post_init()
         self.mark_trainable()
+
+    def _add_task_modules(self, config) -> None:
+        """Where a task model adds its own modules, before the weights are initialised (none for the prompted model)."""
+
+    def reset_task_modules(self) -> None:
+        """Re-initialises the task modules that start from SAM's own weights, once those are in place."""
 
     # ----------------------------------------------------------------------------------------------- adapters
     def adapter_modules(self) -> list[tuple[str, nn.Module]]:
@@ -219,24 +238,9 @@ class IcMoeSamModel(SamModel):
         if kwargs.get("config") is None:
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
-            model_type = config_dict.get("model_type")
-            if model_type == IcMoeSamConfig.model_type:
-                if icmoe_config is not None:
-                    raise ValueError(
-                        f"{pretrained_model_name_or_path} is already an IC-MoE checkpoint; load it without "
-                        "`icmoe_config` (its adapter configuration is stored in it)."
-                    )
-            elif model_type == SamConfig.model_type:
-                adapter_config = dataclasses.replace(_as_adapter_config(icmoe_config))
-                if adapter_config.base_model_name_or_path is None:
-                    adapter_config.base_model_name_or_path = str(pretrained_model_name_or_path)
-                sam_config = SamConfig.from_dict(config_dict)
-                kwargs["config"] = IcMoeSamConfig.from_sam_config(sam_config, icmoe_config=adapter_config)
-            else:
-                raise ValueError(
-                    f"{pretrained_model_name_or_path} holds a `{model_type}` model; IcMoeSamModel loads `sam` or "
-                    "`icmoe_sam` checkpoints."
-                )
+            config = cls._config_from_checkpoint(pretrained_model_name_or_path, config_dict, icmoe_config, kwargs)
+            if config is not None:
+                kwargs["config"] = config
         elif icmoe_config is not None:
             raise ValueError("Pass either `config` or `icmoe_config`, not both.")
         try:
@@ -250,6 +254,39 @@ class IcMoeSamModel(SamModel):
         # Loading replaces parameters, which drops their `requires_grad`: freeze again.
         (loaded[0] if isinstance(loaded, tuple) else loaded).mark_trainable()
         return loaded
+
+    @classmethod
+    def _config_from_checkpoint(cls, name_or_path, config_dict: dict, icmoe_config, kwargs: dict):
+        """The config to load `name_or_path` with: None for a checkpoint of this class's own type, a new one built
+        around a plain SAM checkpoint's (with `icmoe_config`, or the defaults)."""
+        model_type = config_dict.get("model_type")
+        if model_type == cls.config_class.model_type:
+            if icmoe_config is not None:
+                raise ValueError(
+                    f"{name_or_path} is already an IC-MoE checkpoint; load it without `icmoe_config` (its adapter "
+                    "configuration is stored in it)."
+                )
+            return None
+        if model_type == SamConfig.model_type:
+            adapter_config = dataclasses.replace(_as_adapter_config(icmoe_config))
+            if adapter_config.base_model_name_or_path is None:
+                adapter_config.base_model_name_or_path = str(name_or_path)
+            return cls.config_class.from_sam_config(
+                SamConfig.from_dict(config_dict), icmoe_config=adapter_config, **cls._pop_config_kwargs(kwargs)
+            )
+        raise ValueError(
+            f"{name_or_path} holds a `{model_type}` model; {cls.__name__} loads "
+            f"{' or '.join(f'`{t}`' for t in cls._loadable_model_types())} checkpoints."
+        )
+
+    @classmethod
+    def _loadable_model_types(cls) -> tuple[str, ...]:
+        return (SamConfig.model_type, cls.config_class.model_type)
+
+    @classmethod
+    def _pop_config_kwargs(cls, kwargs: dict) -> dict:
+        """The `from_pretrained` keyword arguments that are fields of this class's own config (none here)."""
+        return {}
 
     # -------------------------------------------------------------------------------------------- forward
     @contextlib.contextmanager
@@ -391,17 +428,8 @@ class IcMoeSamModel(SamModel):
             )
         if batch_size is not None and labels.shape[0] != batch_size:
             raise ValueError(f"`labels` has batch size {labels.shape[0]} but the images have {batch_size}.")
-        # Labels are resized to the mask grid, never cropped: another aspect ratio would be stretched silently.
-        frame = tuple(images.shape[-2:]) if images is not None else None
-        if frame is not None:
-            label_aspect, image_aspect = labels.shape[-1] / labels.shape[-2], frame[1] / frame[0]
-            if abs(label_aspect / image_aspect - 1.0) > 0.02:
-                raise ValueError(
-                    f"`labels` of size {tuple(labels.shape[-2:])} do not have the aspect ratio of the "
-                    f"{'pixel_values' if pixel_values is not None else 'image_embeddings'} {frame}: they must be in "
-                    "the same frame (resized and padded as the image is, e.g. by `SamProcessor(..., "
-                    "segmentation_maps=...)`)."
-                )
+        if images is not None:
+            check_label_frame(labels, images, "pixel_values" if pixel_values is not None else "image_embeddings")
         if labels.shape[1] != num_prompts:
             raise ValueError(
                 f"`labels` has {labels.shape[1]} mask(s) per image but the prompts ask for {num_prompts}; pass one "
@@ -424,30 +452,7 @@ class IcMoeSamModel(SamModel):
         terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
         foreground = labels.amax(dim=1)  # (B, H, W): any prompt's target
         if routings:
-            token_labels = resize_masks(foreground, tuple(routings[0].router_logits.shape[1:3]))  # (B, Hg, Wg)
-            shared = adapter_config.num_shared_experts
-            layer_terms = [
-                (
-                    load_balancing_loss(
-                        r.router_logits,
-                        r.top_k_indices,
-                        adapter_config.num_routed_experts,
-                        temperature=adapter_config.vote_temperature,
-                    ),
-                    router_z_loss(r.router_logits),
-                    vote_loss(
-                        r.router_logits,
-                        r.pixel_logits[..., shared:],
-                        token_labels,
-                        temperature=adapter_config.vote_temperature,
-                        consistency_weight=adapter_config.label_consistency_weight,
-                    ),
-                    pixel_loss(r.pixel_logits, token_labels),
-                )
-                for r in routings
-            ]
-            for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms)):
-                terms[name] = torch.stack(values).mean()
+            terms.update(routing_losses(routings, foreground, adapter_config))
         if self.icmoe_projection is not None:
             with torch.no_grad():
                 best = outputs.iou_scores.argmax(dim=-1)[..., None, None, None]  # (B, P, 1, 1, 1)
@@ -475,22 +480,30 @@ def get_icmoe_model(sam_model: SamModel, adapter_config: IcMoeAdapterConfig | di
     """
     if isinstance(sam_model, IcMoeSamModel):
         raise ValueError("This model already has IC-MoE adapters; pass a plain SamModel.")
+    return wrap_sam_model(sam_model, adapter_config, IcMoeSamModel)
+
+
+def wrap_sam_model(sam_model: SamModel, adapter_config, model_class: type[IcMoeSamModel], **config_kwargs):
+    """A new `model_class` (an IC-MoE model class) around a copy of `sam_model`'s weights, with fresh adapters and
+    task modules; `config_kwargs` are fields of `model_class`'s config (a semantic model's classes)."""
     if not isinstance(sam_model, SamModel):
-        raise ValueError(f"get_icmoe_model needs a transformers SamModel, got {type(sam_model).__name__}.")
+        raise ValueError(f"{model_class.__name__} needs a transformers SamModel to wrap, got {type(sam_model).__name__}.")
     adapter_config = dataclasses.replace(_as_adapter_config(adapter_config))
     if adapter_config.base_model_name_or_path is None and sam_model.name_or_path:
         adapter_config.base_model_name_or_path = sam_model.name_or_path
-    config = IcMoeSamConfig.from_sam_config(sam_model.config, icmoe_config=adapter_config)
+    config = model_class.config_class.from_sam_config(sam_model.config, icmoe_config=adapter_config, **config_kwargs)
     config._attn_implementation = sam_model.config._attn_implementation
     reference = next(sam_model.parameters())
-    model = IcMoeSamModel(config).to(device=reference.device, dtype=reference.dtype)
-    result = model.load_state_dict(sam_model.state_dict(), strict=False)
-    adapter_keys = set(model.state_dict()) - set(sam_model.state_dict())
-    if result.unexpected_keys or set(result.missing_keys) != adapter_keys:
+    model = model_class(config).to(device=reference.device, dtype=reference.dtype)
+    sam_state = sam_model.state_dict()
+    result = model.load_state_dict(sam_state, strict=False)
+    new_keys = set(model.state_dict()) - set(sam_state)
+    if result.unexpected_keys or set(result.missing_keys) != new_keys:
         raise ValueError(
-            f"The SAM weights do not fit IcMoeSamModel: unexpected {sorted(result.unexpected_keys)[:5]}, missing "
-            f"{sorted(set(result.missing_keys) - adapter_keys)[:5]}."
+            f"The SAM weights do not fit {model_class.__name__}: unexpected {sorted(result.unexpected_keys)[:5]}, "
+            f"missing {sorted(set(result.missing_keys) - new_keys)[:5]}."
         )
+    model.reset_task_modules()  # task modules that start from SAM's weights start from these
     model.train(sam_model.training)
     return model
 
