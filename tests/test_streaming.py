@@ -116,3 +116,13 @@ def test_two_processes_stream_their_shares_and_resume_exactly(tmp_path, tiny_bas
     expected, actual = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
     assert [r["loss"] for r in log(resumed)] == [r["loss"] for r in log(full)][3:]
+
+
+def test_zero_shot_evaluates_a_streamed_source(tmp_path, tiny_base_dir, blob_dataset_dir):
+    """Zero-shot trains nothing: no --max_train_steps is needed, and the evaluation split is scored as usual."""
+    from training.loop import run
+
+    results = run(parse_args(["--base_model", str(tiny_base_dir), "--dataset", str(blob_dataset_dir), "--output_dir",
+                              str(tmp_path / "zs"), "--method", "zeroshot", "--streaming",
+                              "--dataloader_num_workers", "0", "--num_example_figures", "0"]))
+    assert results["n_images"] == 4 and results["train_steps"] == 0

@@ -241,7 +241,10 @@ def run(args) -> dict:
         train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
 
     # A stream has no length: the whole run is one "epoch" of --max_train_steps steps (its passes are its own).
-    steps_per_epoch = args.max_train_steps if streaming else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    steps_per_epoch = (
+        (args.max_train_steps or 1) if streaming  # zero-shot streams no training split
+        else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    )
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     if args.method == "zeroshot":
         max_steps = 0
