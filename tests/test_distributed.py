@@ -23,6 +23,7 @@ from launching import train_args as _train_args
 from remote_code import run_without_package
 from training.distributed import (
     accelerator_device_kwargs,
+    has_accelerator_device,
     launched_world_size,
     num_machines,
     single_process_launch_problem,
@@ -57,7 +58,7 @@ def test_a_single_process_started_for_several_is_refused():
 
 def test_processes_without_a_gpu_join_on_the_cpu():
     torchrun = {"WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    assert accelerator_device_kwargs(False, torchrun) == {"cpu": not torch.cuda.is_available()}
+    assert accelerator_device_kwargs(False, torchrun) == {"cpu": not has_accelerator_device()}
     assert accelerator_device_kwargs(True, {}) == {"cpu": True}
     assert accelerator_device_kwargs(False, {}) == {"cpu": False}
 
