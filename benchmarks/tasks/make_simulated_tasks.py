@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +78,25 @@ def build_task(task: str, *, seed: int) -> list[tuple[str, np.ndarray, np.ndarra
     return samples
 
 
-def write_task(samples: list[tuple[str, np.ndarray, np.ndarray, str]], folder: Path) -> None:
-    """Writes the generated files into a scratch folder first, then swaps them in, so a failed build leaves the
-    previous one intact."""
+@contextlib.contextmanager
+def staged(folder: Path, names: tuple[str, ...]) -> Iterator[Path]:
+    """A scratch folder inside `folder` to write the generated `names` into; when the block ends without an error
+    they replace those in `folder`, so a failed build leaves the previous one intact."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        staging = Path(scratch)
+        yield Path(scratch)
+        for name in names:
+            target = folder / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(Path(scratch) / name), str(target))
+
+
+def write_task(samples: list[tuple[str, np.ndarray, np.ndarray, str]], folder: Path) -> None:
+    """Writes the generated files (through `staged`)."""
+    with staged(folder, GENERATED) as staging:
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
         rows = []
@@ -93,17 +107,15 @@ def write_task(samples: list[tuple[str, np.ndarray, np.ndarray, str]], folder: P
                 staging / "masks" / f"{stem}_mask.png", optimize=True
             )
             rows.append({"file_name": f"images/{stem}.png", "mask_file_name": f"masks/{stem}_mask.png", "split": split})
-        with open(staging / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["file_name", "mask_file_name", "split"])
-            writer.writeheader()
-            writer.writerows(rows)
-        for name in GENERATED:
-            target = folder / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            shutil.move(str(staging / name), str(target))
+        write_metadata(staging / "metadata.csv", rows)
+
+
+def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
+    """`metadata.csv` as `training/data.py` reads it: `file_name,mask_file_name,split`."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file_name", "mask_file_name", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main() -> None:
