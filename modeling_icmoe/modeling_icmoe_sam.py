@@ -165,6 +165,10 @@ class IcMoeSamModel(SamModel):
     def _add_task_modules(self, config) -> None:
         """Where a task model adds its own modules, before the weights are initialised (none for the prompted model)."""
 
+    def objective_weights(self) -> dict[str, float]:
+        """The weight of each term of this model's training objective (`loss_terms` names)."""
+        return dict(self.config.icmoe_config.loss_weights)
+
     def reset_task_modules(self) -> None:
         """Re-initialises the task modules that start from SAM's own weights, once those are in place."""
 

@@ -95,9 +95,10 @@ class IcMoeMaskTokenHead(nn.Module):
     def reset_parameters(self, decoder: SamMaskDecoder) -> None:
         """Class `c` starts as SAM's mask token `c mod num_mask_tokens` and its hypernetwork (tensors loaded from a
         checkpoint are kept)."""
-        for index in range(self.num_labels):
-            source = index % decoder.num_mask_tokens
-            init.copy_(self.class_tokens[index], decoder.mask_tokens.weight[source])
+        sources = [index % decoder.num_mask_tokens for index in range(self.num_labels)]
+        # The whole parameter at once: a loaded parameter carries the flag that makes `init` skip it, a row view not.
+        init.copy_(self.class_tokens, decoder.mask_tokens.weight[sources])
+        for index, source in enumerate(sources):
             sam_mlp = decoder.output_hypernetworks_mlps[source].state_dict()
             for name, tensor in self.hypernetworks[index].named_parameters():
                 init.copy_(tensor, sam_mlp[name])
@@ -273,6 +274,11 @@ class IcMoeSamForSemanticSegmentation(IcMoeSamModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def objective_weights(self) -> dict[str, float]:
+        aux = self.config.icmoe_config.loss_weights
+        return {"ce": self.config.ce_loss_coef, "dice": self.config.dice_loss_coef,
+                **{name: aux[name] for name in SEMANTIC_LOSS_TERMS[2:]}}
+
     def _check_class_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> torch.LongTensor:
         if not isinstance(labels, torch.Tensor):
             raise ValueError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
@@ -307,11 +313,7 @@ class IcMoeSamForSemanticSegmentation(IcMoeSamModel):
                 samples_per_class=adapter_config.contrastive_samples_per_class,
                 temperature=adapter_config.contrastive_temperature,
             )
-        weights = {
-            **adapter_config.loss_weights,
-            "ce": self.config.ce_loss_coef,
-            "dice": self.config.dice_loss_coef,
-        }
+        weights = self.objective_weights()
         # Zero-weight terms stay in the sum: their parameters then get a (zero) gradient, which DDP needs.
         loss = sum(weights[name] * terms[name] for name in SEMANTIC_LOSS_TERMS)
         return loss, {name: terms[name].detach() for name in SEMANTIC_LOSS_TERMS}

@@ -177,9 +177,16 @@ def test_built_from_a_prompted_icmoe_checkpoint_keeps_its_experts(tmp_path, tiny
         IcMoeSamModel.from_pretrained(tmp_path / "semantic")
 
 
+def _as_if_trained(model) -> None:
+    with torch.no_grad():
+        for tensor in (p for p in model.parameters() if p.requires_grad):
+            tensor.add_(0.01 * torch.randn_like(tensor))
+
+
 def test_full_checkpoint_loads_through_the_auto_classes_and_as_remote_code(tmp_path, semantic):
     labels = _class_map()
     images = _images(labels)
+    _as_if_trained(semantic)  # a loaded head must keep its trained tokens, not start again from SAM's
     semantic.eval()
     with torch.no_grad():
         expected = semantic(pixel_values=images).logits
@@ -210,10 +217,7 @@ def test_full_checkpoint_loads_through_the_auto_classes_and_as_remote_code(tmp_p
 def test_adapter_only_checkpoint_round_trip(tmp_path, tiny_base_dir, semantic):
     labels = _class_map()
     images = _images(labels)
-    with torch.no_grad():
-        for name, tensor in semantic.named_parameters():
-            if tensor.requires_grad:
-                tensor.add_(0.01 * torch.randn_like(tensor))  # as if trained
+    _as_if_trained(semantic)
     semantic.eval()
     with torch.no_grad():
         expected = semantic(pixel_values=images).logits

@@ -148,7 +148,7 @@ def test_load_by_kind_and_loss_shares():
         {"step": 5, "loss_terms": {"dice": 0.5, "bce": 0.2, "iou": 0.1, "load_balance": 1.0, "contrastive": 2.0}},
         {"step": 10, "loss_terms": {"dice": 0.3, "bce": 0.1, "iou": 0.1, "load_balance": 1.0, "contrastive": 1.0}},
     ]
-    result = training_diagnostics(records, config)
+    result = training_diagnostics(records, config.loss_weights)
     assert sum(result["loss_term_share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert result["loss_term_share"]["load_balance"] == 0  # a perfectly balanced router has nothing left to reduce
     assert result["contrastive_loss_start"] == 2.0 and result["contrastive_loss_end"] == 1.0

@@ -7,16 +7,17 @@ import math
 from pathlib import Path
 
 from modeling_icmoe.pipeline_icmoe_sam import resolve_window
+from modeling_icmoe.configuration_icmoe_sam import SEMANTIC_DECODERS
 from modeling_icmoe.volumes import resolve_slice_axis
 
-from .methods import DEFAULT_LEARNING_RATES, METHODS
+from .methods import DEFAULT_LEARNING_RATES, METHODS, SEMANTIC_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_MODEL = REPO_ROOT / "training" / "standin" / "sam-standin"
 # The simulated MR lesion task: on the embedded real nuclei the stand-in's zero-shot boxes leave fine-tuning almost
 # nothing to gain (README, "The two commands"), so the default job runs where fine-tuning matters.
 DEFAULT_DATASET = REPO_ROOT / "training" / "data" / "mr_brain_lesion"
-PROMPTS = ("box", "point", "box+point")
+PROMPTS = ("box", "point", "box+point", "none")
 
 
 def _checkpointing_steps(value: str) -> int | str | None:
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "evaluation split. Not for volumes, which are sliced into the datasets cache.")
     data.add_argument("--shuffle_buffer_size", type=int, default=1000,
                       help="With --streaming: examples held in the shuffle buffer.")
+    data.add_argument("--label_names", nargs="+", default=None,
+                      help="With --prompt none: the class names in id order, the background first (default: the "
+                           "labels.json beside the data).")
+    data.add_argument("--semantic_decoder", choices=SEMANTIC_DECODERS, default=None,
+                      help="With --prompt none: how the prompt is removed from SAM's decoder (default: the "
+                           "config's, mask_tokens).")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
@@ -192,6 +199,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if is_volume_source(args.dataset):
             parser.error("--streaming reads image datasets; volumes are sliced into the datasets cache instead "
                          "(--preprocessing_num_workers slices them in parallel)")
+    if args.prompt == "none":
+        # A prompt-free model's class head starts untrained: a zero-shot score of it would measure nothing.
+        if args.method not in SEMANTIC_METHODS:
+            parser.error(f"--prompt none trains the methods {', '.join(SEMANTIC_METHODS)} so far, not {args.method}")
+        from .volume_data import is_volume_source
+
+        if is_volume_source(args.dataset) or args.streaming:
+            parser.error("--prompt none reads 2-D image datasets so far (not volumes, not --streaming)")
+        args.no_zeroshot_eval = True
+    elif args.label_names or args.semantic_decoder:
+        parser.error("--label_names and --semantic_decoder are for --prompt none")
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         parser.error("--overwrite_output_dir clears checkpoints/ and cannot be combined with --resume_from_checkpoint")
     if args.push_to_hub:

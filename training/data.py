@@ -119,15 +119,21 @@ def select_splits(
     return held_out["train"], held_out["test"], f"{train_split}[held-out {validation_fraction:g}, seed {seed}]"
 
 
-def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
-    """A mask as a 2-D bool array: {0,1}, {0,255} or bool, or membership of `label_ids` when given."""
+def _plane(mask, what: str) -> np.ndarray:
+    """A mask as a 2-D array: one channel of several equal ones, or the array itself."""
     array = np.asarray(mask)
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
-            raise ValueError(f"Masks must be single-channel; got shape {array.shape} with differing channels.")
+            raise ValueError(f"{what} must be single-channel; got shape {array.shape} with differing channels.")
         array = array[..., 0]
     if array.ndim != 2:
-        raise ValueError(f"Masks must be 2-D, got shape {array.shape}.")
+        raise ValueError(f"{what} must be 2-D, got shape {array.shape}.")
+    return array
+
+
+def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
+    """A mask as a 2-D bool array: {0,1}, {0,255} or bool, or membership of `label_ids` when given."""
+    array = _plane(mask, "Masks")
     if label_ids is not None:
         return np.isin(array, label_ids)
     if array.dtype == bool:
@@ -150,8 +156,10 @@ def check_masks(
     name: str,
     label_size: int | None = None,
     num_proc: int | None = None,
+    class_ids: list[int] | None = None,
 ) -> None:
-    """Checks every (image, mask) pair once; raises naming the first bad row.
+    """Checks every (image, mask) pair once; raises naming the first bad row. With `class_ids` the masks are
+    class-id maps (`check_pair`).
 
     A dataset that passes leaves a marker beside its cache files, named by its fingerprint and the check's
     arguments: checking it again (a re-start with the same data) reads no image. Changed data has another
@@ -164,13 +172,14 @@ def check_masks(
             otherwise be trained against an empty target.
         num_proc: processes that check shares of the rows in parallel (default: this process alone).
     """
-    marker = _check_marker(dataset, image_column, mask_column, label_ids, label_size)
+    marker = _check_marker(dataset, image_column, mask_column, label_ids, label_size, class_ids)
     if marker is not None and marker.is_file():
         return
 
     def check(batch, indices):
         for index, image_file, mask_file in zip(indices, batch[image_column], batch[mask_column]):
-            check_pair(image_file, mask_file, label_ids=label_ids, label_size=label_size, where=f"{name} row {index}")
+            check_pair(image_file, mask_file, label_ids=label_ids, label_size=label_size, where=f"{name} row {index}",
+                       class_ids=class_ids)
 
     # Undecoded, so that each file is opened (and named) here; returns nothing, so `map` writes no copy.
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -183,11 +192,27 @@ def check_masks(
             unfinished.replace(marker)  # whole or absent, whatever interrupts the write
 
 
+def class_map(mask, class_ids: list[int]) -> np.ndarray:
+    """A class-id mask as a 2-D int64 array, every value one of `class_ids` (0 the background)."""
+    array = _plane(mask, "class-id masks")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise ValueError(f"class-id masks must hold integers, got {array.dtype}")
+    unknown = sorted(set(np.unique(array).tolist()) - set(class_ids))
+    if unknown:
+        raise ValueError(
+            f"the mask holds values {unknown[:8]}{' ...' if len(unknown) > 8 else ''} that are not named classes "
+            f"(ids {sorted(class_ids)}); name them (labels.json, --label_names) or map them first"
+        )
+    return array.astype(np.int64)
+
+
 def check_pair(
-    image_file: dict, mask_file: dict, *, label_ids: list[int] | None, label_size: int | None, where: str
+    image_file: dict, mask_file: dict, *, label_ids: list[int] | None, label_size: int | None, where: str,
+    class_ids: list[int] | None = None,
 ) -> tuple[Image.Image, Image.Image]:
     """Decodes one undecoded (image, mask) pair and checks it (the rules of `check_masks`); returns both decoded.
-    Raises `ValueError` starting with `where` and the files."""
+    With `class_ids` the mask is a class-id map (any of the classes, background alone included) instead of a binary
+    mask. Raises `ValueError` starting with `where` and the files."""
     try:
         where += f" ({_file_label(image_file)}, mask {_file_label(mask_file)})"
         image, mask = _decode(image_file, "image"), _decode(mask_file, "mask")
@@ -198,9 +223,11 @@ def check_pair(
                 f"the image has {bad} NaN or infinite pixel values of {pixels.size}; training would see them "
                 "replaced, so fix the file (or fill them) first"
             )
-        array = binary_mask(mask, label_ids)
+        array = binary_mask(mask, label_ids) if class_ids is None else class_map(mask, class_ids)
         if (image.height, image.width) != array.shape:
             raise ValueError(f"image is {image.height}x{image.width} but mask is {array.shape[0]}x{array.shape[1]}")
+        if class_ids is not None:
+            return image, mask
         if not array.any():
             raise ValueError("the mask is empty, so no prompt can be derived from it; remove such rows")
         if label_size is not None and not survives_resize(array, label_size):

@@ -69,12 +69,12 @@ def load_by_kind(load: np.ndarray, config: IcMoeAdapterConfig) -> dict[str, floa
 LOSS_FLOORS = {"load_balance": 1.0}
 
 
-def training_diagnostics(records: list[dict], config: IcMoeAdapterConfig) -> dict:
+def training_diagnostics(records: list[dict], weights: dict[str, float]) -> dict:
     """Each weighted loss term's mean share of the objective over the logged steps (the load-balancing term by its
-    excess over its floor of 1), and the contrastive loss at the first and the last logged step."""
+    excess over its floor of 1), and the contrastive loss at the first and the last logged step. `weights`: the
+    model's `objective_weights()`."""
     if not records:
         return {}
-    weights = config.loss_weights
     shares = {name: [] for name in weights}
     for record in records:
         terms = record["loss_terms"]

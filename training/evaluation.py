@@ -23,9 +23,20 @@ def routed_counts(router_probs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in router_probs])
 
 
+def reduce_routing_stats(counts: torch.Tensor, voting: VotingStats, accelerator) -> tuple[np.ndarray, VotingStats]:
+    """The expert load `(layers, routed experts)` and the voting statistics of a split, summed over processes."""
+    counts = accelerator.reduce(counts, reduction="sum")
+    load = (counts / counts.sum(dim=1, keepdim=True)).cpu().numpy()
+    totals = accelerator.reduce(torch.cat([voting.sums, torch.tensor([voting.tokens], dtype=torch.float64)]).to(
+        accelerator.device), reduction="sum").cpu()
+    return load, VotingStats(sums=totals[:-1], tokens=float(totals[-1]))
+
+
 def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: float, generator) -> dict:
     """Model inputs for `batch` under the chosen prompt kind. `generator=None` means evaluation: exact boxes and
     the most interior point; otherwise boxes are jittered and points drawn at random inside the mask."""
+    if prompt == "none":  # the prompt-free model: the image alone
+        return {"pixel_values": batch["pixel_values"]}
     inputs = {"pixel_values": batch["pixel_values"], "multimask_output": prompt == "point"}
     if "box" in prompt:
         boxes = batch["input_boxes"]
@@ -114,11 +125,7 @@ def evaluate_model(
         if len(examples) < num_examples:
             examples += _examples(batch, inputs, outputs, best, local, processor, num_examples - len(examples), shown)
     if load is not None:
-        load = accelerator.reduce(load, reduction="sum")
-        load = (load / load.sum(dim=1, keepdim=True)).cpu().numpy()
-        totals = accelerator.reduce(torch.cat([voting.sums, torch.tensor([voting.tokens], dtype=torch.float64)]).to(
-            accelerator.device), reduction="sum").cpu()
-        voting = VotingStats(sums=totals[:-1], tokens=float(totals[-1]))
+        load, voting = reduce_routing_stats(load, voting, accelerator)
     metrics = {}
     if accelerator.is_main_process:
         metrics = load_segmentation_metric().compute(predictions=predictions, references=references)

@@ -48,6 +48,7 @@ from .distributed import (
     local_parameter_counts,
     world_info,
 )
+from .semantic import SemanticPairTransform, class_names, evaluate_semantic
 from .streaming import TrainStream, stream_splits, train_stream
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
@@ -98,18 +99,30 @@ def _load_splits(args, accelerator, columns: dict, label_size: int):
 
 
 def _prepare_data(args, processor, accelerator):
+    """Loaders of the train and eval splits, and what the run reports about them; `classes` (`id2label`) for the
+    prompt-free model, None for the prompted one."""
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
     label_size = processor.image_processor.mask_size["longest_edge"]
+    classes = class_names(args.dataset, args.label_names) if args.prompt == "none" else None
     train_set, eval_set, eval_split, volume_summary, meta_columns = _load_splits(args, accelerator, columns, label_size)
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
     with accelerator.main_process_first():
         for name, part in (("train", train_set), ("eval", eval_set)):
             if part is not None:  # a streamed train split is checked as it is read
-                check_masks(part, name=name, label_size=label_size, num_proc=args.preprocessing_num_workers,
+                check_masks(part, name=name, label_size=None if classes else label_size,
+                            num_proc=args.preprocessing_num_workers, class_ids=sorted(classes) if classes else None,
                             **columns)
     eval_images = count_source_images(eval_set, args.image_column)
-    eval_set = eval_set.with_transform(SamPairTransform(processor, **columns, keep_masks=True, meta_columns=meta_columns))
+    if classes:
+        pair = {"image_column": args.image_column, "mask_column": args.mask_column, "class_ids": sorted(classes)}
+        train_transform = SemanticPairTransform(processor, **pair)
+        eval_set = eval_set.with_transform(SemanticPairTransform(processor, **pair, keep_maps=True))
+    else:
+        train_transform = SamPairTransform(processor, **columns)
+        eval_set = eval_set.with_transform(
+            SamPairTransform(processor, **columns, keep_masks=True, meta_columns=meta_columns)
+        )
     workers = args.dataloader_num_workers
     if workers is None:
         workers = default_num_workers(accelerator.num_processes)
@@ -120,7 +133,7 @@ def _prepare_data(args, processor, accelerator):
         # A loader generator of its own: creating an iterator would otherwise draw from the global RNG, so a resumed
         # run (which creates one more iterator after restoring the RNG states) would drift from an uninterrupted one.
         train_loader = DataLoader(
-            train_set.with_transform(SamPairTransform(processor, **columns)),
+            train_set.with_transform(train_transform),
             batch_size=args.per_device_train_batch_size,
             shuffle=True,
             collate_fn=collate,
@@ -128,7 +141,7 @@ def _prepare_data(args, processor, accelerator):
             generator=torch.Generator().manual_seed(args.seed),
         )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
-    return train_loader, eval_loader, eval_split, eval_images, volume_summary
+    return train_loader, eval_loader, eval_split, eval_images, volume_summary, classes
 
 
 def _step_generator(args, epoch: int, batch_index: int, process_index: int) -> torch.Generator:
@@ -224,12 +237,18 @@ def run(args) -> dict:
     set_seed(args.seed)
 
     processor = AutoProcessor.from_pretrained(args.base_model)
-    train_loader, eval_loader, eval_split, eval_images, volume_summary = _prepare_data(args, processor, accelerator)
+    train_loader, eval_loader, eval_split, eval_images, volume_summary, classes = _prepare_data(
+        args, processor, accelerator
+    )
+    semantic = None if classes is None else {
+        "id2label": classes, **({"semantic_decoder": args.semantic_decoder} if args.semantic_decoder else {})
+    }
     icmoe_config = load_icmoe_config(
         args.icmoe_config, {name: getattr(args, name) for name in ICMOE_CONFIG_OVERRIDES}
     )
     model = build_model(
-        args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank
+        args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank,
+        semantic=semantic,
     )
     trainable_params = count_trainable(model) if args.method != "zeroshot" else 0
     optimizer = torch.optim.AdamW(_param_groups(model, args) or [torch.nn.Parameter(torch.zeros(1))],
@@ -275,10 +294,16 @@ def run(args) -> dict:
         accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(args))
 
     eval_kwargs = {"prompt": args.prompt, "num_points": args.num_points, "nsd_tolerance_mm": args.nsd_tolerance_mm}
+
+    def evaluate(num_examples: int = 0):
+        if classes is not None:
+            return evaluate_semantic(model, eval_loader, accelerator, id2label=classes)
+        return evaluate_model(model, eval_loader, processor, accelerator, num_examples=num_examples, **eval_kwargs)
+
     comparisons = {}
     if not args.no_zeroshot_eval and not args.resume_from_checkpoint:
         accelerator.print("Evaluating the base model (zero-shot) ...")
-        metrics, _, _ = evaluate_model(model, eval_loader, processor, accelerator, **eval_kwargs)
+        metrics, _, _ = evaluate()
         comparisons["zeroshot"] = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
         if "volumes" in metrics:
             comparisons["zeroshot"]["volumes"] = metrics["volumes"]["mean"]
@@ -378,7 +403,7 @@ def run(args) -> dict:
                         with open(log_path, "a", encoding="utf-8") as f:
                             f.write(json.dumps(record) + "\n")
                 if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_steps:
-                    metrics, _, _ = evaluate_model(model, eval_loader, processor, accelerator, **eval_kwargs)
+                    metrics, _, _ = evaluate()
                     if accelerator.is_main_process:
                         accelerator.print(f"step {completed_steps}: eval dice {metrics['dice']:.4f}")
                         accelerator.log({f"eval_{k}": metrics[k] for k in ("dice", "iou", "hd95")}, step=completed_steps)
@@ -397,9 +422,7 @@ def run(args) -> dict:
     progress.close()
 
     accelerator.print("Evaluating the trained model ...")
-    metrics, load, examples = evaluate_model(
-        model, eval_loader, processor, accelerator, num_examples=args.num_example_figures, **eval_kwargs
-    )
+    metrics, load, examples = evaluate(num_examples=args.num_example_figures)
     if args.method != "zeroshot":
         _check_finite_parameters(model, accelerator, completed_steps, checkpoint, args.learning_rate)
     world = world_info(accelerator, model, parameters_per_process)
@@ -420,7 +443,7 @@ def run(args) -> dict:
             # FSDP2 swaps the classes of the modules it shards (FSDPIcMoeSamModel): saved as they are, the folder's
             # remote code would be torch's FSDP sources. A fresh model of the method takes the gathered weights.
             unwrapped = rebuild_model(args.method, args.base_model, state_dict, icmoe_config=icmoe_config,
-                                      lora_rank=args.lora_rank, adapter_rank=args.adapter_rank)
+                                      lora_rank=args.lora_rank, adapter_rank=args.adapter_rank, semantic=semantic)
             state_dict = None
         results = write_outputs(
             args, unwrapped, processor, metrics, load, examples, comparisons, state_dict=state_dict,

@@ -20,7 +20,13 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import SamModel
 
-from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, save_icmoe_adapter, save_pretrained_with_pipeline
+from modeling_icmoe import (
+    IcMoeAdapterConfig,
+    IcMoeSamForSemanticSegmentation,
+    IcMoeSamModel,
+    save_icmoe_adapter,
+    save_pretrained_with_pipeline,
+)
 from modeling_icmoe.losses import segmentation_losses, segmentation_targets
 
 METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
@@ -89,16 +95,27 @@ def load_icmoe_config(path: str | None, overrides: dict) -> IcMoeAdapterConfig:
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def build_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int, adapter_rank: int):
-    """The model of `method`, with exactly its trainable parameters requiring grad."""
+# The methods that train the prompt-free semantic model so far.
+SEMANTIC_METHODS = ("icmoe", "adapter")
+
+
+def build_model(
+    method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int, adapter_rank: int,
+    semantic: dict | None = None,
+):
+    """The model of `method`, with exactly its trainable parameters requiring grad. `semantic` (the classes,
+    `id2label`, and optionally `semantic_decoder`) builds the prompt-free semantic model instead of the prompted one."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    if semantic is not None and method not in SEMANTIC_METHODS:
+        raise ValueError(f"The prompt-free model is trained by {SEMANTIC_METHODS} so far, not {method!r}.")
+    model_class, task_kwargs = (IcMoeSamModel, {}) if semantic is None else (IcMoeSamForSemanticSegmentation, semantic)
     if method == "icmoe":
-        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=icmoe_config)
+        return model_class.from_pretrained(base_model, icmoe_config=icmoe_config, **task_kwargs)
     if method == "adapter":
         config = adapter_baseline_config(adapter_rank)
         config.train_mask_decoder = True
-        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=config)
+        return model_class.from_pretrained(base_model, icmoe_config=config, **task_kwargs)
     model = SamModel.from_pretrained(base_model)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -186,7 +203,11 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
         # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
         (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
         model, state_dict = model.merge_and_unload(), None
-    save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
+    if isinstance(model, IcMoeSamForSemanticSegmentation):  # the prompt-driven pipeline does not serve it
+        model.save_pretrained(output_dir, state_dict=state_dict)
+        processor.save_pretrained(output_dir)
+    else:
+        save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
     if isinstance(model, IcMoeSamModel):
         save_icmoe_adapter(model, output_dir / "adapter", state_dict=state_dict)
 
@@ -194,6 +215,8 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
 def describe_method(model: nn.Module) -> dict:
     """What the card and `eval_results.json` say about the method's configuration."""
     sam = sam_of(model)
+    if isinstance(sam, IcMoeSamForSemanticSegmentation):
+        return {"icmoe_config": sam.config.icmoe_config.to_dict(), "semantic": sam.semantic_config_dict()}
     if isinstance(sam, IcMoeSamModel):
         return {"icmoe_config": sam.config.icmoe_config.to_dict()}
     peft_config = getattr(model, "peft_config", None)

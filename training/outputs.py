@@ -58,6 +58,8 @@ def write_outputs(
         **{k: metrics[k] for k in METRIC_KEYS},
         # Every evaluated object's scores, in the evaluation split's order: what paired comparisons need.
         "per_image": {name: [round(v, 6) for v in values] for name, values in metrics["per_image"].items()},
+        # The prompt-free model: each class's scores, and the class of every scored (image, class) pair above.
+        **{key: metrics[key] for key in ("per_class", "per_image_class_ids") if key in metrics},
         **({"volumes": metrics["volumes"]} if "volumes" in metrics else {}),
         "train_steps": steps,
         "learning_rate": args.learning_rate,
@@ -77,7 +79,7 @@ def write_outputs(
         results["diagnostics"] = {
             "expert_load_by_kind": load_by_kind(load, icmoe_config),
             **{key: round(value, 5) for key, value in metrics.get("voting", {}).items()},
-            **training_diagnostics(records, icmoe_config),
+            **training_diagnostics(records, sam.objective_weights()),
         }
     write_json_atomic(output_dir / "eval_results.json", results)
     write_json_atomic(
@@ -132,6 +134,9 @@ def print_table(accelerator, results: dict) -> None:
             f"{name:<16} {m['dice']:.4f}±{m['dice_std']:.3f} {m['iou']:.4f}±{m['iou_std']:.3f} "
             f"{m['hd95']:8.2f}±{m['hd95_std']:6.2f}  {m['n_images']}"
         )
+    for name, m in results.get("per_class", {}).items():
+        accelerator.print(f"  {name:<14} {m['dice']:.4f}±{m['dice_std']:.3f} {m['iou']:.4f}±{m['iou_std']:.3f} "
+                          f"{m['hd95']:8.2f}±{m['hd95_std']:6.2f}  {m['n_images']}")
     if "volumes" in results:
         accelerator.print(f"\nper volume and class (HD95 in mm, NSD at {results['volumes']['nsd_tolerance_mm']:g} mm)")
         for name, m in rows:

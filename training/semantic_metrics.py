@@ -65,7 +65,8 @@ def score_class_maps(
                 pair_spacings.append(spacings[image])
     result = {"n_images": len(predictions), "n_pairs": len(pair_classes), "per_class": {}}
     if not pair_classes:  # every image empty in prediction and reference alike
-        return {**result, **{name: float("nan") for name in METRIC_NAMES}}
+        empty = {"image": [], "class_id": [], **{name: [] for name in METRIC_NAMES}}
+        return {**result, **{name: float("nan") for name in METRIC_NAMES}, "per_pair": empty}
     scores = load_segmentation_metric().compute(
         predictions=pair_predictions, references=pair_references, class_ids=pair_classes,
         spacing=pair_spacings or None,

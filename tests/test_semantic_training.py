@@ -1,0 +1,132 @@
+"""`training/run.py --prompt none`: class names, class-id masks checked up front, the prompt-free model trained and
+scored per class, its checkpoints, one and two processes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForSemanticSegmentation
+
+from launching import CONFIGS, launch, results, train_args
+from modeling_icmoe import IcMoeSamForSemanticSegmentation, load_icmoe_adapter
+from training.arguments import parse_args
+from training.loop import run
+from training.semantic import class_names
+
+CLASSES = ["background", "disc", "bar"]
+
+
+@pytest.fixture(scope="module")
+def class_dataset_dir(tmp_path_factory):
+    """A folder dataset of 40 x 48 images holding a bright disc (class 1) and a dark bar (class 2), either may be
+    missing; class-id masks and a labels.json."""
+    folder = tmp_path_factory.mktemp("classes") / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :48]
+    rows = ["file_name,mask_file_name,split"]
+    for i in range(12):
+        mask = np.zeros((40, 48), np.uint8)
+        if i % 4 != 3:
+            cy, cx = rng.uniform(10, 30), rng.uniform(10, 22)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 1
+        if i % 4 != 2:
+            top = int(rng.integers(4, 30))
+            mask[top : top + 6, 30:44] = 2
+        image = (rng.normal(100, 15, mask.shape) + 90 * (mask == 1) - 70 * (mask == 2)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{i}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"{i}.png")
+        rows.append(f"images/{i}.png,masks/{i}.png,{'train' if i < 8 else 'test'}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    (folder / "labels.json").write_text(json.dumps(dict(enumerate(CLASSES))))
+    return folder
+
+
+def _args(base, data, out, *extra):
+    return parse_args(["--base_model", str(base), "--dataset", str(data), "--output_dir", str(out), "--prompt", "none",
+                       "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
+                       "--dataloader_num_workers", "0", "--logging_steps", "1", *extra])
+
+
+@pytest.mark.parametrize("method, decoder", [("icmoe", "mask_tokens"), ("icmoe", "queries"), ("adapter", "mask_tokens")])
+def test_prompt_free_training_scores_every_class_and_saves_a_loadable_model(
+    tmp_path, tiny_base_dir, class_dataset_dir, method, decoder
+):
+    out = tmp_path / "run"
+    run(_args(tiny_base_dir, class_dataset_dir, out, "--method", method, "--semantic_decoder", decoder,
+              "--max_train_steps", "3"))
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert (saved["prompt"], saved["n_images"], saved["train_steps"]) == ("none", 4, 3)
+    assert set(saved["per_class"]) <= {"disc", "bar"} and saved["per_class"]
+    assert len(saved["per_image"]["dice"]) == len(saved["per_image_class_ids"]) > 0
+    assert saved["dice"] == pytest.approx(np.mean([c["dice"] for c in saved["per_class"].values()]))
+    assert saved["semantic"]["id2label"] == {"0": "background", "1": "disc", "2": "bar"}
+    assert saved["semantic"]["semantic_decoder"] == decoder
+    assert "zeroshot" not in saved["comparisons"]  # an untrained class head has nothing to show
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"ce", "dice", "load_balance", "pixel"} <= set(log[0]["loss_terms"])
+    assert "| disc |" in (out / "README.md").read_text() or "| bar |" in (out / "README.md").read_text()
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert type(model) is IcMoeSamForSemanticSegmentation and model.config.id2label[2] == "bar"
+    adapter = load_icmoe_adapter(str(tiny_base_dir), out / "adapter")
+    full_state, adapter_state = model.state_dict(), adapter.state_dict()
+    assert all(torch.equal(full_state[key], adapter_state[key]) for key in full_state)  # the same weights, bit for bit
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # the same computation up to float rounding (kernels may differ with memory layout)
+        assert torch.allclose(adapter(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits, atol=1e-6)
+
+
+def test_class_names_come_from_labels_json_or_the_command_line(tmp_path, class_dataset_dir):
+    assert class_names(str(class_dataset_dir), None) == dict(enumerate(CLASSES))
+    assert class_names(str(class_dataset_dir), CLASSES) == dict(enumerate(CLASSES))
+    with pytest.raises(ValueError, match="differ from"):
+        class_names(str(class_dataset_dir), ["background", "bar", "disc"])
+    with pytest.raises(ValueError, match="needs the class names"):
+        class_names(str(tmp_path), None)
+    assert class_names(str(tmp_path), ["background", "organ"]) == {0: "background", 1: "organ"}
+
+
+def test_a_mask_value_that_is_no_named_class_is_refused_naming_the_file(tmp_path, tiny_base_dir, class_dataset_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(class_dataset_dir, data)
+    mask = np.array(Image.open(data / "masks" / "5.png"))
+    mask[0, 0] = 7
+    Image.fromarray(mask).save(data / "masks" / "5.png")
+    with pytest.raises(ValueError, match=r"masks/5\.png\): the mask holds values \[7\] that are not named classes"):
+        run(_args(tiny_base_dir, data, tmp_path / "out", "--max_train_steps", "1"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "lora"], "--prompt none trains the methods icmoe, adapter so far"),
+        (["--method", "zeroshot"], "--prompt none trains the methods icmoe, adapter so far"),
+        (["--streaming", "--max_train_steps", "2"], "reads 2-D image datasets so far"),
+    ],
+)
+def test_prompt_free_arguments_are_checked(tiny_base_dir, class_dataset_dir, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        _args(tiny_base_dir, class_dataset_dir, "out", *extra)
+    assert message in capsys.readouterr().err
+
+
+def test_class_names_without_prompt_none_are_refused(tiny_base_dir, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--base_model", str(tiny_base_dir), "--label_names", "background", "organ"])
+    assert "--label_names and --semantic_decoder are for --prompt none" in capsys.readouterr().err
+
+
+def test_two_processes_train_the_prompt_free_model(tmp_path, tiny_base_dir, class_dataset_dir):
+    out = tmp_path / "ddp"
+    launch(["--config_file", str(CONFIGS / "cpu_2proc.yaml")],
+           train_args(tiny_base_dir, class_dataset_dir, out, "--prompt", "none", "--max_train_steps", "2"), tmp_path)
+    saved = results(out)
+    assert (saved["num_processes"], saved["weights_agree_across_processes"]) == (2, True)
+    assert saved["n_images"] == 4 and saved["per_class"]
