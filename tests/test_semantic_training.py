@@ -130,3 +130,20 @@ def test_two_processes_train_the_prompt_free_model(tmp_path, tiny_base_dir, clas
     saved = results(out)
     assert (saved["num_processes"], saved["weights_agree_across_processes"]) == (2, True)
     assert saved["n_images"] == 4 and saved["per_class"]
+
+
+def test_the_decoder_probe_in_method_md_is_its_results_file():
+    """Every number of METHOD.md's prompt-free probe table is the one in benchmarks/results/semantic_decoder_probe.json."""
+    from launching import REPO
+
+    probe = json.loads((REPO / "benchmarks" / "results" / "semantic_decoder_probe.json").read_text())
+    runs = {(r["semantic_decoder"], r["learning_rate"]): r for r in probe["runs"]}
+    text = (REPO / "docs" / "METHOD.md").read_text()
+    for decoder in ("mask_tokens", "queries"):
+        low, high = runs[(decoder, 3e-4)], runs[(decoder, 1e-3)]
+        row = f"| `{decoder}` | {low['dice']:.3f} | {high['dice']:.3f} | {high['train_seconds']:.1f} s |"
+        assert row in text, row
+    ratio = runs[("queries", 1e-3)]["train_seconds"] / runs[("mask_tokens", 1e-3)]["train_seconds"]
+    assert f"`queries` cost {ratio:.2f}x the training time" in text
+    gap = runs[("queries", 1e-3)]["dice"] - runs[("mask_tokens", 1e-3)]["dice"]
+    assert f"the gap is {gap:.3f} on one seed" in text
