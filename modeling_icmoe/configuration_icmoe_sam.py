@@ -64,7 +64,8 @@ class IcMoeAdapterConfig:
             experts; shared experts keep weight 1. With `k` routed experts per token, `k` gives each chosen expert
             the weight of a shared one on average.
         target_layers (`list[int]`, *optional*):
-            Indices of the vision blocks that get an IC-MoE layer. `None` means every block.
+            Indices of the vision blocks that get an IC-MoE layer. `None` means every block; `[]` none, which leaves
+            SAM's image encoder as it is (the prompt-free models of the other fine-tuning methods are built so).
         expert_placement (`str`, *optional*, defaults to `"attention"`):
             Where the mixture joins each chosen block. `"mlp"`: on the MLP's input, added to the MLP's output
             (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`). `"attention"`: on the attention's input, added to the
@@ -209,9 +210,9 @@ class IcMoeAdapterConfig:
             )
         if self.target_layers is not None:
             layers = [int(i) for i in self.target_layers]
-            if not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+            if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
                 raise ValueError(
-                    f"`target_layers` must be None or a non-empty list of distinct block indices >= 0, "
+                    f"`target_layers` must be None or a list of distinct block indices >= 0, "
                     f"got {self.target_layers}."
                 )
             self.target_layers = sorted(layers)

@@ -18,7 +18,6 @@ from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
         ({"num_basic_experts": -1}, "num_basic_experts"),
         ({"semantic_dilations": [1]}, "semantic_dilations"),
         ({"semantic_dilations": [0, 1]}, "semantic_dilations"),
-        ({"target_layers": []}, "target_layers"),
         ({"target_layers": [1, 1]}, "target_layers"),
         ({"target_layers": [-1]}, "target_layers"),
         ({"router_jitter_noise": 1.5}, "router_jitter_noise"),

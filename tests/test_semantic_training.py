@@ -81,6 +81,66 @@ def test_prompt_free_training_scores_every_class_and_saves_a_loadable_model(
         assert torch.allclose(adapter(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits, atol=1e-6)
 
 
+def _encoder_state(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if k.startswith("vision_encoder.")}
+
+
+def test_every_method_gets_the_same_prompt_free_head(tiny_base_dir):
+    """lora, decoder and full train the class head and decoder parts that IC-MoE trains, no more and no fewer, and
+    adapt the encoder each in its own way; every trained parameter gets a gradient."""
+    from modeling_icmoe import IcMoeAdapterConfig
+    from training.methods import SEMANTIC_METHODS, build_model, count_trainable, encoder_trainable_params
+
+    semantic = {"id2label": dict(enumerate(CLASSES)), "semantic_decoder": "queries"}
+    outside = {}
+    for method in SEMANTIC_METHODS:
+        model = build_model(method, str(tiny_base_dir), icmoe_config=IcMoeAdapterConfig(expert_rank=4), lora_rank=2,
+                            adapter_rank=4, semantic=semantic)
+        outside[method] = count_trainable(model) - encoder_trainable_params(model)
+        output = model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.randint(0, 3, (2, 16, 16)))
+        output.loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (method, missing[:3])
+        encoder = encoder_trainable_params(model)
+        if method == "decoder":
+            assert encoder == 0
+        elif method == "full":
+            assert encoder == sum(p.numel() for p in model.vision_encoder.parameters())
+        else:
+            assert 0 < encoder < sum(p.numel() for n, p in model.named_parameters() if "vision_encoder" in n) / 2
+    assert len(set(outside.values())) == 1 and outside["decoder"] > 0, outside
+
+
+@pytest.mark.parametrize("method", ["lora", "decoder", "full"])
+def test_every_method_trains_and_saves_the_prompt_free_model(tmp_path, tiny_base_dir, class_dataset_dir, method):
+    out = tmp_path / method
+    run(_args(tiny_base_dir, class_dataset_dir, out, "--method", method, "--max_train_steps", "2",
+              "--learning_rate", "1e-2"))
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert (saved["method"], saved["prompt"], saved["n_images"]) == (method, "none", 4)
+    assert saved["per_class"] and saved["semantic"]["id2label"]["2"] == "bar"
+    assert ("lora_config" in saved) == (method == "lora")
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert type(model) is IcMoeSamForSemanticSegmentation and not model.adapter_modules()
+    base = IcMoeSamForSemanticSegmentation.from_pretrained(
+        str(tiny_base_dir), icmoe_config={"target_layers": []}, id2label=dict(enumerate(CLASSES)))
+    changed = {k for k, v in _encoder_state(model).items() if not torch.equal(v, _encoder_state(base)[k])}
+    if method == "decoder":  # SAM's encoder as it was, bit for bit
+        assert not changed
+    elif method == "lora":  # LoRA merged into the qkv projections only
+        assert changed and all(".attn.qkv." in k for k in changed)
+    else:
+        assert any(".mlp." in k for k in changed)
+    adapter = out / "adapter"
+    if method == "full":  # the encoder's own weights changed: no adapter-only checkpoint could hold them
+        assert not adapter.exists()
+    elif method == "lora":
+        assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    else:
+        loaded = load_icmoe_adapter(str(tiny_base_dir), adapter)
+        assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_class_names_come_from_labels_json_or_the_command_line(tmp_path, class_dataset_dir):
     assert class_names(str(class_dataset_dir), None) == dict(enumerate(CLASSES))
     assert class_names(str(class_dataset_dir), CLASSES) == dict(enumerate(CLASSES))
@@ -106,8 +166,7 @@ def test_a_mask_value_that_is_no_named_class_is_refused_naming_the_file(tmp_path
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "lora"], "--prompt none trains the methods icmoe, adapter so far"),
-        (["--method", "zeroshot"], "--prompt none trains the methods icmoe, adapter so far"),
+        (["--method", "zeroshot"], "there is no zero-shot prompt-free model"),
         (["--streaming", "--max_train_steps", "2"], "reads 2-D image datasets so far"),
     ],
 )

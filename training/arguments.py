@@ -202,7 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.prompt == "none":
         # A prompt-free model's class head starts untrained: a zero-shot score of it would measure nothing.
         if args.method not in SEMANTIC_METHODS:
-            parser.error(f"--prompt none trains the methods {', '.join(SEMANTIC_METHODS)} so far, not {args.method}")
+            parser.error(f"--prompt none trains the methods {', '.join(SEMANTIC_METHODS)}, not {args.method} (a "
+                         "prompt-free class head starts untrained: there is no zero-shot prompt-free model)")
         from .volume_data import is_volume_source
 
         if is_volume_source(args.dataset) or args.streaming:

@@ -95,8 +95,50 @@ def load_icmoe_config(path: str | None, overrides: dict) -> IcMoeAdapterConfig:
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-# The methods that train the prompt-free semantic model so far.
-SEMANTIC_METHODS = ("icmoe", "adapter")
+# The methods that train the prompt-free semantic model: every trained method, each with the same class head and
+# decoder parts (`IcMoeSamForSemanticSegmentation`), so that a comparison measures how the encoder is adapted.
+SEMANTIC_METHODS = ("icmoe", "lora", "adapter", "decoder", "full")
+
+
+def plain_encoder_config() -> IcMoeAdapterConfig:
+    """No IC-MoE layer (SAM's image encoder unchanged) and no router terms: the prompt-free model that `lora`,
+    `decoder` and `full` adapt in their own way."""
+    return IcMoeAdapterConfig(target_layers=[], router_aux_loss_coef=0.0, router_z_loss_coef=0.0, vote_loss_coef=0.0,
+                              pixel_loss_coef=0.0, contrastive_loss_coef=0.0, train_mask_decoder=True)
+
+
+def lora_config(rank: int, modules_to_save: list[str]):
+    """LoRA on the image encoder's fused `qkv` projections (SAMed's recipe), with `modules_to_save` trained whole."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=r"vision_encoder\.layers\.\d+\.attn\.qkv",
+                      modules_to_save=modules_to_save)
+
+
+def _modules_to_save(model: IcMoeSamForSemanticSegmentation) -> list[str]:
+    """The semantic model's trained modules as PEFT names them: a `ModuleList` by its elements."""
+    names = []
+    for name, module in model.trainable_modules():
+        names += [f"{name}.{i}" for i in range(len(module))] if isinstance(module, nn.ModuleList) else [name]
+    return names
+
+
+def build_semantic_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int,
+                         adapter_rank: int, semantic: dict):
+    """The prompt-free model of `method`: the same class head and decoder for every method; the encoder adapted by
+    IC-MoE, the plain adapter, LoRA, not at all (`decoder`) or wholly (`full`)."""
+    if method not in SEMANTIC_METHODS:
+        raise ValueError(f"The prompt-free model is trained by {SEMANTIC_METHODS}, not {method!r}.")
+    config = {"icmoe": icmoe_config, "adapter": adapter_baseline_config(adapter_rank)}.get(method, plain_encoder_config())
+    config = dataclasses.replace(config, train_mask_decoder=True) if method == "adapter" else config
+    model = IcMoeSamForSemanticSegmentation.from_pretrained(base_model, icmoe_config=config, **semantic)
+    if method == "lora":
+        from peft import get_peft_model
+
+        return get_peft_model(model, lora_config(lora_rank, _modules_to_save(model)))
+    if method == "full":
+        model.vision_encoder.requires_grad_(True)
+    return model
 
 
 def build_model(
@@ -107,26 +149,20 @@ def build_model(
     `id2label`, and optionally `semantic_decoder`) builds the prompt-free semantic model instead of the prompted one."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    if semantic is not None and method not in SEMANTIC_METHODS:
-        raise ValueError(f"The prompt-free model is trained by {SEMANTIC_METHODS} so far, not {method!r}.")
-    model_class, task_kwargs = (IcMoeSamModel, {}) if semantic is None else (IcMoeSamForSemanticSegmentation, semantic)
+    if semantic is not None:
+        return build_semantic_model(method, base_model, icmoe_config=icmoe_config, lora_rank=lora_rank,
+                                    adapter_rank=adapter_rank, semantic=semantic)
     if method == "icmoe":
-        return model_class.from_pretrained(base_model, icmoe_config=icmoe_config, **task_kwargs)
+        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=icmoe_config)
     if method == "adapter":
         config = adapter_baseline_config(adapter_rank)
         config.train_mask_decoder = True
-        return model_class.from_pretrained(base_model, icmoe_config=config, **task_kwargs)
+        return IcMoeSamModel.from_pretrained(base_model, icmoe_config=config)
     model = SamModel.from_pretrained(base_model)
     if method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_rank,
-            target_modules=r"vision_encoder\.layers\.\d+\.attn\.qkv",
-            modules_to_save=["mask_decoder"],
-        )
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora_config(lora_rank, ["mask_decoder"]))
     model.requires_grad_(method == "full")
     if method == "full":
         # Prompt embeddings a run's prompt kind never uses get no gradient, which DDP rejects; full fine-tuning
@@ -198,7 +234,8 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
     """
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
+    peft_adapter = isinstance(model, PeftModel)
+    if peft_adapter:
         model.save_pretrained(output_dir / "adapter")
         # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
         (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
@@ -208,18 +245,28 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
         processor.save_pretrained(output_dir)
     else:
         save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
-    if isinstance(model, IcMoeSamModel):
+    # An IC-MoE adapter-only checkpoint holds what SAM lacks; where the encoder's own weights were trained (LoRA,
+    # whose adapter PEFT wrote, or full fine-tuning) it would not, so none is written.
+    if isinstance(model, IcMoeSamModel) and not peft_adapter and not trains_sam_encoder(model):
         save_icmoe_adapter(model, output_dir / "adapter", state_dict=state_dict)
+
+
+def trains_sam_encoder(model: nn.Module) -> bool:
+    """Whether any of SAM's own image-encoder weights (not an IC-MoE layer's) is trained, as in full fine-tuning."""
+    adapters = tuple(f"{name}." for name, _ in sam_of(model).adapter_modules()) if isinstance(sam_of(model),
+                                                                                             IcMoeSamModel) else ()
+    return any(p.requires_grad and name.startswith("vision_encoder.") and not name.startswith(adapters)
+               for name, p in sam_of(model).named_parameters())
 
 
 def describe_method(model: nn.Module) -> dict:
     """What the card and `eval_results.json` say about the method's configuration."""
-    sam = sam_of(model)
-    if isinstance(sam, IcMoeSamForSemanticSegmentation):
-        return {"icmoe_config": sam.config.icmoe_config.to_dict(), "semantic": sam.semantic_config_dict()}
+    sam, described = sam_of(model), {}
     if isinstance(sam, IcMoeSamModel):
-        return {"icmoe_config": sam.config.icmoe_config.to_dict()}
+        described["icmoe_config"] = sam.config.icmoe_config.to_dict()
+    if isinstance(sam, IcMoeSamForSemanticSegmentation):
+        described["semantic"] = sam.semantic_config_dict()
     peft_config = getattr(model, "peft_config", None)
     if peft_config:
-        return {"lora_config": json.loads(json.dumps(peft_config["default"].to_dict(), default=str))}
-    return {}
+        described["lora_config"] = json.loads(json.dumps(peft_config["default"].to_dict(), default=str))
+    return described
