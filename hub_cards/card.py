@@ -189,7 +189,8 @@ def _volume_vars(results: dict[str, Any]) -> dict[str, Any]:
     volumes, data = results.get("volumes"), results.get("volume_data") or {}
     if not volumes:
         return {"volume_rows": [], "volume_data": None}
-    names = data.get("label_names", {})
+    # Prompt-free runs key their classes by class id and name them; prompted runs by the stored label value.
+    names = volumes.get("label_names") or data.get("label_names", {})
 
     def row(name: str, m: dict) -> dict[str, str]:
         return {

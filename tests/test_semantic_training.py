@@ -167,7 +167,7 @@ def test_a_mask_value_that_is_no_named_class_is_refused_naming_the_file(tmp_path
     "extra, message",
     [
         (["--method", "zeroshot"], "there is no zero-shot prompt-free model"),
-        (["--streaming", "--max_train_steps", "2"], "reads 2-D image datasets so far"),
+        (["--streaming", "--max_train_steps", "2"], "not --streaming"),
     ],
 )
 def test_prompt_free_arguments_are_checked(tiny_base_dir, class_dataset_dir, capsys, extra, message):

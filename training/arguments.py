@@ -204,10 +204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.method not in SEMANTIC_METHODS:
             parser.error(f"--prompt none trains the methods {', '.join(SEMANTIC_METHODS)}, not {args.method} (a "
                          "prompt-free class head starts untrained: there is no zero-shot prompt-free model)")
-        from .volume_data import is_volume_source
-
-        if is_volume_source(args.dataset) or args.streaming:
-            parser.error("--prompt none reads 2-D image datasets so far (not volumes, not --streaming)")
+        if args.streaming:
+            parser.error("--prompt none reads its training split up front (not --streaming) so far")
         args.no_zeroshot_eval = True
     elif args.label_names or args.semantic_decoder:
         parser.error("--label_names and --semantic_decoder are for --prompt none")

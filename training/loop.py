@@ -48,7 +48,7 @@ from .distributed import (
     local_parameter_counts,
     world_info,
 )
-from .semantic import SemanticPairTransform, class_names, evaluate_semantic
+from .semantic import SemanticPairTransform, class_names, evaluate_semantic, volume_classes
 from .streaming import TrainStream, stream_splits, train_stream
 from .evaluation import evaluate_model, prompt_inputs, routed_counts
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
@@ -63,7 +63,7 @@ from .methods import (
 from .outputs import METRIC_KEYS, print_table, run_info, write_outputs
 
 
-def _load_splits(args, accelerator, columns: dict, label_size: int):
+def _load_splits(args, accelerator, columns: dict, label_size: int, class_values: list[int] | None = None):
     """Train and eval splits (the train split is None when it is streamed), the eval split's name, what slicing
     volumes counted, and the columns evaluation passes through."""
     if args.streaming:
@@ -79,6 +79,7 @@ def _load_splits(args, accelerator, columns: dict, label_size: int):
                 args.dataset, image_column=args.image_column, mask_column=args.mask_column, slice_axis=args.slice_axis,
                 window=args.window, label_ids=args.label_ids, validation_fraction=args.validation_fraction,
                 seed=args.seed, label_size=label_size, num_proc=args.preprocessing_num_workers,
+                class_values=class_values,
             )
         columns["label_ids"] = None  # each row's mask is already one class
         meta_columns = VOLUME_COLUMNS  # evaluation scores whole volumes from them
@@ -103,8 +104,13 @@ def _prepare_data(args, processor, accelerator):
     prompt-free model, None for the prompted one."""
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
     label_size = processor.image_processor.mask_size["longest_edge"]
-    classes = class_names(args.dataset, args.label_names) if args.prompt == "none" else None
-    train_set, eval_set, eval_split, volume_summary, meta_columns = _load_splits(args, accelerator, columns, label_size)
+    classes, class_values = None, None
+    if args.prompt == "none" and is_volume_source(args.dataset):
+        classes, class_values = volume_classes(args.dataset, args.label_names, args.label_ids)
+    elif args.prompt == "none":
+        classes = class_names(args.dataset, args.label_names)
+    train_set, eval_set, eval_split, volume_summary, meta_columns = _load_splits(args, accelerator, columns, label_size,
+                                                                                 class_values)
     if args.max_eval_samples:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
     with accelerator.main_process_first():
@@ -117,7 +123,8 @@ def _prepare_data(args, processor, accelerator):
     if classes:
         pair = {"image_column": args.image_column, "mask_column": args.mask_column, "class_ids": sorted(classes)}
         train_transform = SemanticPairTransform(processor, **pair)
-        eval_set = eval_set.with_transform(SemanticPairTransform(processor, **pair, keep_maps=True))
+        eval_set = eval_set.with_transform(SemanticPairTransform(processor, **pair, keep_maps=True,
+                                                                 meta_columns=meta_columns))
     else:
         train_transform = SamPairTransform(processor, **columns)
         eval_set = eval_set.with_transform(
@@ -297,7 +304,8 @@ def run(args) -> dict:
 
     def evaluate(num_examples: int = 0):
         if classes is not None:
-            return evaluate_semantic(model, eval_loader, accelerator, id2label=classes)
+            return evaluate_semantic(model, eval_loader, accelerator, id2label=classes,
+                                     nsd_tolerance_mm=args.nsd_tolerance_mm)
         return evaluate_model(model, eval_loader, processor, accelerator, num_examples=num_examples, **eval_kwargs)
 
     comparisons = {}

@@ -4,6 +4,10 @@ of every class on every image.
 Masks hold class ids (0 the background). The class names come from `--label_names` (in id order, the background
 first) or from a `labels.json` beside the data (`{"0": "background", "1": "liver", ...}`); every mask value must be
 one of them (checked up front, naming the file and the value), and an image with no object is a valid example.
+
+Volumes (Decathlon / nnU-Net folders, CSV of pairs) take their names from `dataset.json` or `--label_names`, and
+`--label_ids` chooses classes among the stored label values (the others become background); every slice is an
+example, and evaluation stacks each volume's slices back to score it per class in millimetres.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .data import class_map
 from .diagnostics import VotingStats
 from .evaluation import reduce_routing_stats, routed_counts
 from .methods import sam_of
 from .semantic_metrics import score_class_maps
+from .volume_data import VOLUME_COLUMNS, is_volume_source, volume_label_names
 
 LABELS_FILE = "labels.json"
 
@@ -53,6 +59,34 @@ def class_names(source: str, label_names: list[str] | None) -> dict[int, str]:
     return id2label
 
 
+def volume_classes(source: str, label_names: list[str] | None,
+                   label_ids: list[int] | None) -> tuple[dict[int, str], list[int]]:
+    """`id2label` of a volume dataset and the stored label value of each class id: the names of `dataset.json` (or
+    `--label_names`, which must agree with it), all its labels or those `--label_ids` chooses."""
+    recorded = volume_label_names(source)
+    if label_ids:
+        values = [0, *label_ids]
+        if len(set(values)) != len(values) or min(label_ids) <= 0:
+            raise ValueError(f"--label_ids must be distinct label values > 0, got {label_ids}.")
+    else:
+        if not recorded and not label_names:
+            raise ValueError(f"--prompt none needs the class names of {source}: a dataset.json naming its labels, or "
+                             "--label_names background NAME1 NAME2 ... (with --label_ids choosing their values).")
+        values = sorted({0, *recorded}) if recorded else list(range(len(label_names)))
+    named = {0: recorded.get(0, "background"), **{v: recorded.get(v, f"label_{v}") for v in values[1:]}}
+    id2label = {index: named[value] for index, value in enumerate(values)}
+    if label_names:
+        given = dict(enumerate(label_names))
+        if recorded and [given.get(i) for i in range(len(values))] != [id2label[i] for i in range(len(values))] or \
+                len(given) != len(values):
+            raise ValueError(f"--label_names {label_names} differ from the classes of {source} {id2label} "
+                             f"(stored values {values}); give names in this order, or choose with --label_ids.")
+        id2label = given
+    if len(id2label) < 2:
+        raise ValueError(f"{source}: no foreground class to segment ({id2label}).")
+    return id2label, values
+
+
 @dataclass
 class SemanticPairTransform:
     """`with_transform` function: SAM inputs of a batch of (image, class-id mask) rows, and the labels at the mask
@@ -63,9 +97,11 @@ class SemanticPairTransform:
     mask_column: str
     class_ids: list[int]
     keep_maps: bool = False
+    meta_columns: tuple[str, ...] = ()  # passed through (the slices' volumes, for per-volume scores)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = {key: [] for key in ("pixel_values", "labels", "original_sizes", "reshaped_input_sizes")}
+        out.update({column: list(batch[column]) for column in self.meta_columns if column in batch})
         if self.keep_maps:
             out["gt_maps"] = []
         for image, mask in zip(batch[self.image_column], batch[self.mask_column]):
@@ -95,13 +131,13 @@ def class_maps_at_original_size(logits: torch.Tensor, input_size: int, reshaped_
 
 
 @torch.no_grad()
-def evaluate_semantic(model, loader, accelerator, *, id2label: dict[int, str]):
+def evaluate_semantic(model, loader, accelerator, *, id2label: dict[int, str], nsd_tolerance_mm: float = 1.0):
     """Scores every class on every image of `loader`; returns (metrics on the main process else {}, expert load,
     no examples), as `evaluation.evaluate_model` does for prompted models."""
     model.eval()
     sam = sam_of(accelerator.unwrap_model(model))
     config = sam.config.icmoe_config
-    predictions, references, load, voting = [], [], None, VotingStats()
+    predictions, references, metas, load, voting = [], [], [], None, VotingStats()
     batches = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in batches:
         outputs = model(pixel_values=batch["pixel_values"], output_router_probs=True)
@@ -109,6 +145,9 @@ def evaluate_semantic(model, loader, accelerator, *, id2label: dict[int, str]):
                                             batch["reshaped_input_sizes"].cpu(), batch["original_sizes"].cpu())
         predictions += accelerator.gather_for_metrics(local, use_gather_object=True)
         references += accelerator.gather_for_metrics(list(batch["gt_maps"]), use_gather_object=True)
+        if "case" in batch:  # slices of volumes: scored per volume as well
+            local = [{c: batch[c][i] for c in VOLUME_COLUMNS} for i in range(len(batch["case"]))]
+            metas += accelerator.gather_for_metrics(local, use_gather_object=True)
         if outputs.router_probs:
             counts = routed_counts(outputs.router_probs)
             load = counts if load is None else load + counts  # (L, R)
@@ -129,6 +168,45 @@ def evaluate_semantic(model, loader, accelerator, *, id2label: dict[int, str]):
             "per_image": {name: scores["per_pair"][name] for name in ("dice", "iou", "hd95")},
             "per_image_class_ids": scores["per_pair"]["class_id"],
         }
+        if metas:
+            metrics["volumes"] = volume_class_scores(predictions, references, metas, id2label,
+                                                     nsd_tolerance_mm=nsd_tolerance_mm)
         if load is not None:
             metrics["voting"] = voting.summary()
     return metrics, load, []
+
+
+def volume_class_scores(predictions: list, references: list, metas: list[dict], id2label: dict[int, str], *,
+                        nsd_tolerance_mm: float) -> dict:
+    """Per-volume, per-class scores in millimetres: each case's slices stacked back in slice order, each foreground
+    class scored on the whole volume (Dice, IoU, HD95, NSD). As on images, a class absent from both the prediction
+    and the reference volume is not counted, and one absent from the reference but predicted scores 0."""
+    cases: dict[str, list[int]] = {}
+    for row, meta in enumerate(metas):
+        cases.setdefault(meta["case"], []).append(row)
+    per_case, by_class = [], {}
+    for case, rows in sorted(cases.items()):
+        rows.sort(key=lambda r: int(metas[r]["slice_index"]))
+        indices = [int(metas[r]["slice_index"]) for r in rows]
+        if indices != list(range(indices[0], indices[0] + len(indices))):
+            raise ValueError(f"Volume {case}: the evaluated slices {indices[:5]} ... are not consecutive (a truncated "
+                             "split, --max_eval_samples?): it cannot be scored as a volume.")
+        predicted, reference = np.stack([predictions[r] for r in rows]), np.stack([references[r] for r in rows])
+        for class_id, name in sorted(id2label.items()):
+            if class_id == 0 or not ((predicted == class_id).any() or (reference == class_id).any()):
+                continue
+            scores = score_volume(predicted == class_id, reference == class_id, metas[rows[0]]["spacing"],
+                                  nsd_tolerance_mm=nsd_tolerance_mm)
+            per_case.append({"case": case, "label_id": class_id, "label_name": name, "slices": len(rows),
+                             **{k: round(float(v), 5) for k, v in scores.items()}})
+            by_class.setdefault(class_id, []).append(scores)
+    per_class = {str(c): summarize(scores) for c, scores in sorted(by_class.items())}
+    # The headline is the mean over classes of each class's mean over volumes, as for images.
+    mean = {}
+    for name in ("dice", "iou", "hd95", "nsd"):  # the spread is over the classes, as the mean is
+        values = [summary[name] for summary in per_class.values()]
+        mean[name], mean[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+    return {"mean": {**mean, "n_cases": len(cases)}, "per_class": per_class, "per_case": per_case,
+            "label_names": {str(c): id2label[int(c)] for c in per_class},
+            "nsd_tolerance_mm": nsd_tolerance_mm, "units": "hd95 in mm",
+            "averaging": "per class over volumes, then over classes"}

@@ -15,6 +15,12 @@ every chosen class present in a slice becomes one row: the slice, that class's b
 it per slice), and a slice's PNG is encoded once for all its classes. Rows are written to the `datasets` cache one
 volume at a time, so no more than one volume per process is held in memory; with `num_proc`, processes slice shares
 of the cases in parallel. Splits are made of whole volumes: no case is in two splits.
+
+For the prompt-free model (`class_values`, from `--prompt none`) every slice is one row instead, its mask the
+slice's class-id map (class `c` is the stored label value `class_values[c]`; values of no chosen class are background
+when `--label_ids` chose the classes, and refused otherwise): a slice without any organ is an example too, and the
+slices of a volume together give back the whole volume to score. A volume without one of the classes is counted and
+named, not refused.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from modeling_icmoe.volumes import (
 from .data import survives_resize
 
 VOLUME_COLUMNS = ("case", "slice_index", "label_id", "label_name", "spacing")
-SLICING_VERSION = 2  # part of the cache key: raise it when what a slice row holds changes
+SLICING_VERSION = 3  # part of the cache key: raise it when what a slice row holds changes
 CHANNEL_SUFFIX = "_0000"
 CSV_SPLITS = ("train", "validation", "test")
 # zlib level of the rows' PNGs: level 1 encodes a noisy 512 x 512 CT slice in about half the time of PIL's default (6)
@@ -70,6 +76,7 @@ class VolumeDataSummary:
     label_names: dict[int, str]
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    class_maps: bool = False  # one row per slice with its class-id map (the prompt-free model)
 
     def report_lines(self, *, truncated: bool = False) -> list[str]:
         """What to print before training: the notes, and per split what was kept and what was not used."""
@@ -77,6 +84,13 @@ class VolumeDataSummary:
         if truncated:
             lines.append("--max_train_samples / --max_eval_samples keep the first rows: per-volume scores then cover "
                          "only the slices kept, not whole volumes.")
+        if self.class_maps:
+            return lines + [
+                f"{split}: {c['volumes']} volumes, {c['rows']} slices with their class-id maps "
+                f"({c['slices_without_label']} without any class); {c['volumes_missing_a_class']} (volume, class) "
+                "pairs where the class is absent."
+                for split, c in self.splits.items()
+            ]
         lines += [
             f"{split}: {c['volumes']} volumes, {c['rows']} (slice, class) prompts; not used: {c['slices_without_label']} "
             f"slices without a chosen label, {c['objects_too_small']} objects too small for SAM's label resolution."
@@ -90,6 +104,7 @@ class VolumeDataSummary:
             "window": self.window,
             "label_names": {str(k): v for k, v in self.label_names.items()},
             "splits": self.splits,
+            **({"rows": "one per slice, with its class-id map"} if self.class_maps else {}),
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -151,6 +166,11 @@ def _label_names(folder: Path) -> dict[int, str]:
         elif str(key).isdigit():
             names[int(key)] = str(value)
     return names
+
+
+def volume_label_names(source: str) -> dict[int, str]:
+    """The label names a volume source records (`dataset.json` of a folder; a CSV records none)."""
+    return _label_names(Path(source)) if Path(source).is_dir() else {}
 
 
 def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]], dict[int, str]]:
@@ -218,19 +238,54 @@ def encode_png(array: np.ndarray) -> dict:
 
 
 def _new_counts() -> dict:
-    return {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0, "volumes_without_label": []}
+    return {"volumes": 0, "rows": 0, "slices_without_label": 0, "objects_too_small": 0, "volumes_without_label": [],
+            "missing_classes": []}
 
 
-def _rows(case: Case, slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts: dict):
-    """The rows of one case, images and masks PNG-encoded (each slice's image once for all its classes), counting
-    what was kept and skipped into `counts`."""
+def _read_case(case: Case):
     try:
         volume = load_volume(case.image)
-        labels = load_label_map(case.label, volume)
+        return volume, load_label_map(case.label, volume)
     except ValueError:
         raise
     except Exception as err:  # name the case whatever broke (a codec, a truncated file)
         raise ValueError(f"{case.image} / {case.label}: {type(err).__name__}: {err}") from err
+
+
+def _class_map_rows(case: Case, slice_axis: int, window, class_values: list[int], refuse_others: bool,
+                    label_names: dict[int, str], counts: dict):
+    """Every slice of one case with its class-id map, counting the slices without any class and the classes the
+    volume lacks into `counts`."""
+    volume, labels = _read_case(case)
+    present = set(label_values(labels.data)) - {0}
+    unknown = sorted(present - set(class_values))
+    if refuse_others and unknown:
+        raise ValueError(f"{case.label}: the label map holds values {unknown} that are not named classes "
+                         f"{dict(enumerate(class_values))} (name them in dataset.json or --label_names, or choose "
+                         "classes with --label_ids).")
+    counts["volumes"] += 1
+    counts["missing_classes"] += [f"{case.name}: {label_names.get(v, v)}" for v in class_values[1:] if v not in present]
+    pixels = to_uint8_volume(volume, window=window)
+    spacing = [volume.spacing[slice_axis], *volume.slice_spacing(slice_axis)]
+    for index in range(volume.num_slices(slice_axis)):
+        plane = labels.slice(slice_axis, index)
+        classes = np.zeros(plane.shape, dtype=np.uint8)
+        for class_id, value in enumerate(class_values[1:], start=1):
+            classes[plane == value] = class_id
+        counts["rows"] += 1
+        counts["slices_without_label"] += int(not classes.any())
+        yield {"image": encode_png(slice_view(pixels, slice_axis, index)), "mask": encode_png(classes),
+               "case": case.name, "slice_index": index, "label_id": 0, "label_name": "", "spacing": spacing}
+
+
+def _rows(case: Case, slice_axis: int, window, label_ids, label_names: dict[int, str], label_size, counts: dict,
+          class_values: list[int] | None = None):
+    """The rows of one case, images and masks PNG-encoded (each slice's image once for all its classes), counting
+    what was kept and skipped into `counts`; with `class_values`, every slice with its class-id map."""
+    if class_values is not None:
+        yield from _class_map_rows(case, slice_axis, window, class_values, label_ids is None, label_names, counts)
+        return
+    volume, labels = _read_case(case)
     present = set(label_values(labels.data)) - {0}
     chosen = sorted(present) if label_ids is None else [i for i in label_ids if i in present]
     counts["volumes"] += 1
@@ -327,10 +382,13 @@ def load_volume_dataset(
     seed: int = 42,
     label_size: int | None = None,
     num_proc: int | None = None,
+    class_values: list[int] | None = None,
 ) -> tuple[datasets.DatasetDict, VolumeDataSummary]:
     """The per-class slice rows of every split, and what slicing skipped and kept.
 
     Args:
+        class_values: for the prompt-free model, the stored label value of each class id (0 first): every slice
+            becomes one row with its class-id map (see the module docstring).
         label_size: the longest side of SAM's label masks (the processor's `mask_size`); an object that would vanish
             at it (a one-voxel tip of an organ) gives no row and is counted in `objects_too_small`.
         num_proc: processes that slice volumes in parallel, each a share of a split's cases (default: this process
@@ -342,7 +400,8 @@ def load_volume_dataset(
     if "test" not in splits and "validation" not in splits:
         splits["train"], splits["validation"] = split_by_volume(splits["train"], validation_fraction, seed)
         notes.append(f"validation: {len(splits['validation'])} whole volumes held out of train (seed {seed}).")
-    summary = VolumeDataSummary(slice_axis=axis, window=window, label_names=label_names, notes=notes)
+    summary = VolumeDataSummary(slice_axis=axis, window=window, label_names=label_names, notes=notes,
+                                class_maps=class_values is not None)
     features = datasets.Features({
         image_column: datasets.Image(),
         mask_column: datasets.Image(),
@@ -353,7 +412,7 @@ def load_volume_dataset(
         "spacing": datasets.Sequence(datasets.Value("float32"), length=3),
     })
     slicing = {"slice_axis": axis, "window": window, "label_ids": label_ids, "label_names": label_names,
-               "label_size": label_size}
+               "label_size": label_size, "class_values": class_values}
     result = {}
     for split, cases in splits.items():
         # The cache key: what slicing reads (the files' names, sizes and times: a volume changed on disk is sliced
@@ -391,6 +450,10 @@ def load_volume_dataset(
                 f"prompt: {', '.join(counts['volumes_without_label'][:10])}"
                 f"{' ...' if len(counts['volumes_without_label']) > 10 else ''}."
             )
+        missing = counts.get("missing_classes", [])
+        if missing:
+            notes.append(f"{split}: {len(missing)} (volume, class) pairs without the class (scored as absent from the "
+                         f"reference): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
         if len(dataset) == 0:
             raise ValueError(f"Split `{split}` of {source} has no slice with a chosen label.")
         summary.splits[split] = {
@@ -399,6 +462,7 @@ def load_volume_dataset(
             "slices_without_label": counts["slices_without_label"],
             "objects_too_small": counts["objects_too_small"],
             "volumes_without_label": len(counts["volumes_without_label"]),
+            **({"volumes_missing_a_class": len(missing)} if class_values is not None else {}),
         }
         result[split] = dataset
     return datasets.DatasetDict(result), summary
