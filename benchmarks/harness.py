@@ -1,0 +1,501 @@
+"""The accuracy benchmarks' shared harness: tasks, validation splits, one run of a training entry, records saved
+after every run and reused on a restart, the learning rate chosen by validation Dice, and the command line.
+
+A benchmark is a `Benchmark` subclass that says which tasks file and methods it has, each method's learning-rate
+grid, what one run executes and what its record holds: `benchmarks/accuracy.py` (prompted, one object per row) and
+`benchmarks/semantic_accuracy.py` (prompt-free, every class on every image).
+
+Per (task, method) the learning rate is chosen from the method's grid by validation Dice averaged over the selection
+seeds; then each seed trains on the whole train split at that rate and is scored on the test split. The validation
+split is the task's own when its folder has one (`split` column `validation` in `metadata.csv`), else a fixed 20 % of
+the train split's rows, whole images only (`grouped_validation_split`, seed 0). The test split is never looked at
+before the rate is chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy_methods import count_encoder_params, matched_ranks
+from training.arguments import DEFAULT_BASE_MODEL
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
+KEEP_OUTPUTS = ("eval_results.json", "train_log.jsonl")
+METRICS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
+# Protocol entries that processes sharing one results file each add to (`save`).
+MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params")
+
+
+# ----------------------------------------------------------------------------------------------- tasks and data
+def load_tasks(names: list[str] | None, tasks_file: Path, fallback: list[dict] | None = None) -> list[dict]:
+    tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() or fallback is None else fallback
+    by_name = {task["name"]: task for task in tasks}
+    if names is None:
+        return tasks
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"Unknown task(s) {missing}; {tasks_file.name} has {sorted(by_name)}.")
+    return [by_name[name] for name in names]
+
+
+def task_fingerprint(task: dict) -> str:
+    """Content hash of the task's row list, so that a regenerated task is not mistaken for the recorded one."""
+    metadata = REPO_ROOT / task["path"] / "metadata.csv"
+    return hashlib.sha256(metadata.read_bytes()).hexdigest()[:12]
+
+
+def own_splits(task: dict) -> set[str]:
+    """The splits the task's `metadata.csv` names (a row without a split is `train`, as `training/data.py` reads it)."""
+    with open(REPO_ROOT / task["path"] / "metadata.csv", newline="", encoding="utf-8") as f:
+        return {row.get("split") or "train" for row in csv.DictReader(f)}
+
+
+def grouped_validation_split(groups: list[str], *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices with about `fraction` of the rows in validation and every group (image)
+    wholly on one side. Depends only on the multiset of groups and the seed, not on the row order."""
+    sizes = Counter(groups)
+    if len(sizes) < 2:
+        raise ValueError(f"A grouped validation split needs at least two images, got {len(sizes)}.")
+    unique = sorted(sizes)
+    target = fraction * len(groups)
+    held_out, count = set(), 0
+    for index in np.random.default_rng(seed).permutation(len(unique)):
+        if count >= target:
+            break
+        group = unique[index]
+        # Whole groups only: skip one that would overshoot the target by more than it is now undershot.
+        if abs(count + sizes[group] - target) < abs(count - target):
+            held_out.add(group)
+            count += sizes[group]
+    if not held_out:  # every group is over twice the target
+        held_out = {min(unique, key=lambda group: (sizes[group], group))}
+    if len(held_out) == len(unique):
+        held_out.discard(unique[-1])
+    validation = [i for i, group in enumerate(groups) if group in held_out]
+    train = [i for i, group in enumerate(groups) if group not in held_out]
+    return train, validation
+
+
+def save_dataset_dict(splits, folder: Path) -> None:
+    """`save_to_disk` through a partial folder renamed at the end: a cache folder is whole or absent."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    splits.save_to_disk(str(partial))  # embeds the image bytes: the folder stands alone
+    partial.rename(folder)
+
+
+def validation_dataset(task: dict, cache_dir: Path) -> tuple[Path, str]:
+    """The task's train split cut into `train` and `validation`, as a `save_to_disk` folder (cached), and an id of
+    the held-out rows (part of the selection runs' settings: a changed split reruns them)."""
+    import datasets
+
+    from training.data import load_raw_dataset
+
+    task_dir = REPO_ROOT / task["path"]
+    train = load_raw_dataset(str(task_dir), image_column="image", mask_column="mask")["train"]
+    files = train.cast_column("image", datasets.Image(decode=False))["image"]
+    groups = [os.path.relpath(f["path"], task_dir) if f["path"] else hashlib.sha1(f["bytes"]).hexdigest()
+              for f in files]
+    train_rows, validation_rows = grouped_validation_split(groups, fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED)
+    split_id = hashlib.sha256(json.dumps([task_fingerprint(task), validation_rows]).encode()).hexdigest()[:12]
+    folder = cache_dir / f"{task['name']}-{split_id}"
+    if not (folder / "dataset_dict.json").is_file():
+        save_dataset_dict(datasets.DatasetDict({"train": train.select(train_rows),
+                                                "validation": train.select(validation_rows)}), folder)
+    return folder, split_id
+
+
+@dataclass(frozen=True)
+class SelectionSplit:
+    """Where the learning-rate selection runs train (`train` of `dataset`) and are scored (its `validation`)."""
+
+    dataset: Path
+    split_id: str  # part of the selection runs' settings: a changed split reruns them
+    description: str
+
+
+def selection_split(task: dict, cache_dir: Path) -> SelectionSplit:
+    """The task's own validation split when its folder has one, else one carved from its train split."""
+    if "validation" in own_splits(task):
+        return SelectionSplit(REPO_ROOT / task["path"], task_fingerprint(task), "train -> validation")
+    folder, split_id = validation_dataset(task, cache_dir)
+    return SelectionSplit(folder, split_id, "train[grouped, without validation] -> validation")
+
+
+# ------------------------------------------------------------------------------------------------------ running
+def portable(path: str | Path) -> str:
+    """A path relative to the repository when inside it, so that settings compare across checkouts."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
+
+
+def run_training(argv: list[str]) -> dict:
+    """`training/run.py` with `argv`, in this process."""
+    from training.arguments import parse_args as parse_run_args
+    from training.loop import run
+
+    return run(parse_run_args(argv))
+
+
+def train_and_score(argv: list[str], output_dir: Path, *, entry: Callable[[list[str]], dict] = run_training,
+                    keep: tuple[str, ...] = KEEP_OUTPUTS) -> dict:
+    """One run of a training entry (default: the training code's) into `output_dir`; keeps only the files in `keep`."""
+    shutil.rmtree(output_dir, ignore_errors=True)  # a run interrupted earlier left a partial folder
+    results = entry(argv + ["--output_dir", str(output_dir)])
+    for entry_path in output_dir.iterdir():
+        if entry_path.name not in keep:
+            shutil.rmtree(entry_path) if entry_path.is_dir() else entry_path.unlink()
+    return results
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return f"{device}; {platform.platform()}; Python {platform.python_version()}; torch {torch.__version__}"
+
+
+def save(data: dict, path: Path, own: set[tuple[str, str]] | None = None) -> None:
+    """Writes `data` atomically. With `own`, the (task, method) pairs this process runs, the file's records of every
+    other pair are kept, under a lock: several processes can share one results file as long as none runs a pair
+    another runs (split them with `--tasks` and `--methods`)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if own is not None and path.is_file():
+            on_disk = json.loads(path.read_text())
+            for table in ("selection", "records"):
+                others = [r for r in on_disk.get(table, []) if (r["dataset"], r["method"]) not in own]
+                data[table][:] = others + [r for r in data[table] if (r["dataset"], r["method"]) in own]
+            for key in MERGED_PROTOCOL_KEYS:
+                data["protocol"][key] = {**on_disk["protocol"].get(key, {}), **data["protocol"].get(key, {})}
+            commands = on_disk["protocol"].get("commands", []) + data["protocol"].get("commands", [])
+            data["protocol"]["commands"] = list(dict.fromkeys(commands))
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, path)  # atomic: a stop mid-write keeps the previous file
+
+
+def validation_score(records: list[dict]) -> float:
+    """Mean validation Dice over the selection seeds; a diverged run (non-finite Dice) disqualifies its rate."""
+    dice = [r["val_dice"] for r in records]
+    return float(np.mean(dice)) if all(math.isfinite(d) for d in dice) else -math.inf
+
+
+def recorded_matched_ranks(path: Path) -> dict:
+    """The matched ranks another results file records (`--matched_ranks_from`); a bad file is refused by name."""
+    if not path.is_file():
+        raise SystemExit(f"--matched_ranks_from: no results file at {path}")
+    try:
+        source = json.loads(path.read_text())
+    except ValueError as error:
+        raise SystemExit(f"--matched_ranks_from: {path} is not JSON ({error})") from None
+    recorded = source.get("protocol", {}).get("matched_ranks") if isinstance(source, dict) else None
+    if recorded is None:
+        raise SystemExit(f"--matched_ranks_from: {path} records no matched ranks")
+    return recorded
+
+
+class Benchmark:
+    """The loop over (task, method): selection runs, then seeded final runs, saving after each run.
+
+    Subclasses fill in the class attributes and the hooks `lr_grid`, `method_spec`, `settings`, `execute` and
+    `make_record` (and, where they differ, `trains`, `protocol_extra` and `write_report`)."""
+
+    name: str  # the default results file's stem and the printed tag
+    script: str  # how the benchmark is started, for the recorded commands
+    description: str
+    tasks_file: Path
+    fallback_tasks: list[dict] | None = None
+    methods: tuple[str, ...]  # the choices of --methods
+    methods_help: str
+    defaults: dict  # what an unset option means (`lr_grid` None = the method's own grid)
+    smoke: dict  # the same for --smoke
+    default_output: Path
+    # Settings every record of one results file shares; a resume with other values must start a new file.
+    shared_settings: tuple[str, ...] = (
+        "base_model", "max_train_steps", "per_device_train_batch_size", "max_train_samples", "max_eval_samples",
+        "validation_fraction", "validation_seed", "selection_seeds")
+
+    def __init__(self, args: argparse.Namespace, data: dict):
+        self.args, self.data = args, data
+        self.work = Path(args.work_dir).resolve()
+        self.executed = self.reused = 0
+        self.selection_splits: dict[str, SelectionSplit] = {}
+        self.own = {(task["name"], method) for task in self.load_tasks(args.tasks) for method in args.methods}
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    @classmethod
+    def load_tasks(cls, names: list[str] | None) -> list[dict]:
+        return load_tasks(names, cls.tasks_file, cls.fallback_tasks)
+
+    @classmethod
+    def trains(cls, method: str) -> bool:
+        """False for a method that is scored without training (no learning rate to choose)."""
+        return True
+
+    @classmethod
+    def lr_grid(cls, args: argparse.Namespace, method: str) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def protocol_extra(cls, args: argparse.Namespace) -> dict:
+        """Protocol entries of this benchmark alone (placed before `tasks`)."""
+        return {}
+
+    @classmethod
+    def write_report(cls, data: dict, report_path: Path, name: str) -> None:
+        raise NotImplementedError
+
+    def method_spec(self, method: str) -> tuple[str | None, list[str], object | None, dict]:
+        """(run.py --method or None for a model outside run.py, run.py arguments, IC-MoE config, what to record)."""
+        raise NotImplementedError
+
+    def settings(self, kind: str, task: dict, method: str, seed: int, lr: float | None) -> dict:
+        """What makes a run: a recorded run with equal settings is reused."""
+        raise NotImplementedError
+
+    def execute(self, kind: str, task: dict, method: str, seed: int, lr: float | None, folder: Path) -> dict:
+        """Trains and scores one run into `folder`; returns its results."""
+        raise NotImplementedError
+
+    def make_record(self, kind: str, task: dict, method: str, seed: int, lr: float | None, results: dict,
+                    settings: dict) -> dict:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------------- shared
+    def selection_split(self, task: dict) -> SelectionSplit:
+        if task["name"] not in self.selection_splits:
+            self.selection_splits[task["name"]] = selection_split(task, self.work / "splits")
+        return self.selection_splits[task["name"]]
+
+    def sample_args(self) -> list[str]:
+        """The steps, batch size and sample limits every method gets."""
+        args = self.args
+        argv = ["--max_train_steps", str(args.max_train_steps),
+                "--per_device_train_batch_size", str(args.per_device_train_batch_size)]
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(args, name) is not None:
+                argv += [f"--{name}", str(getattr(args, name))]
+        return argv
+
+    def base_record(self, kind: str, task: dict, method: str, seed: int, lr: float | None, results: dict) -> dict:
+        """The fields every benchmark's record has: what ran, its metrics (`val_` in selection runs), its cost."""
+        prefix = "val_" if kind == "selection" else ""
+        return {
+            "dataset": task["name"], "method": method, "seed": seed, "learning_rate": lr,
+            "modality": task.get("modality"), "prompt": task["prompt"], "simulated": bool(task.get("simulated")),
+            **{prefix + key: results[key] for key in METRICS},
+            "trainable_params": results["trainable_params"],
+            "trainable_encoder_params": self.encoder_params(method),
+            "train_steps": results["train_steps"], "train_seconds": results["train_seconds"],
+        }
+
+    def run(self, kind: str, task: dict, method: str, seed: int, lr: float | None) -> dict:
+        """The record of one run: reused when one with identical settings exists, else trained and saved."""
+        settings = self.settings(kind, task, method, seed, lr)
+        table = self.data[kind]
+        for record in table:
+            if record["settings"] == settings:
+                self.reused += 1
+                return record
+        name = f"select_lr{lr:g}_seed{seed}" if kind == "selection" else f"seed{seed}"
+        print(f"[{self.name}] {kind}: {task['name']} / {method} / seed {seed} / lr {lr}", flush=True)
+        results = self.execute(kind, task, method, seed, lr, self.work / "runs" / task["name"] / method / name)
+        self.executed += 1
+        record = self.make_record(kind, task, method, seed, lr, results, settings)
+        same_slot = ("dataset", "method", "seed") + (("learning_rate",) if kind == "selection" else ())
+        table[:] = [r for r in table if any(r[k] != record[k] for k in same_slot)] + [record]
+        save(self.data, self.args.output, self.own)
+        return record
+
+    def encoder_params(self, method: str) -> int | None:
+        """Trainable parameters under SAM's vision encoder (None for a model that is not SAM), counted once per
+        built model and kept in the protocol."""
+        run_method, _, config, info = self.method_spec(method)
+        if run_method is None:
+            return None
+        ranks = {k: v for k, v in info.items() if k.endswith("_rank")}
+        # Keyed by what is built, not by the method's name: a method keeps its name when the default config changes.
+        key = json.dumps([run_method, config.to_dict() if config else None, ranks], sort_keys=True)
+        cache = self.data["protocol"].setdefault("trainable_encoder_params", {})
+        if key not in cache:
+            cache[key] = count_encoder_params(run_method, self.args.base_model, icmoe_config=config, **ranks)
+        return cache[key]
+
+    def task_method(self, task: dict, method: str) -> None:
+        lr = None
+        grid = self.lr_grid(self.args, method) if self.trains(method) else ()
+        if self.trains(method) and len(grid) == 1:  # nothing to choose: no validation runs
+            lr = grid[0]
+            self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
+                                       (task["name"], method) or r["learning_rate"] == lr]
+        elif self.trains(method):
+            seeds = self.args.selection_seeds
+            runs = {value: [self.run("selection", task, method, seed, value) for seed in seeds] for value in grid}
+            self.data["selection"][:] = [r for r in self.data["selection"] if (r["dataset"], r["method"]) !=
+                                         (task["name"], method) or (r["learning_rate"] in runs and r["seed"] in seeds)]
+            lr = max(grid, key=lambda value: validation_score(runs[value]))
+            for value, records in runs.items():
+                for record in records:
+                    record["chosen"] = value == lr
+            # Seeds run earlier at another rate were tuned under another grid: they no longer belong.
+            self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
+                                       (task["name"], method) or r["learning_rate"] == lr]
+            save(self.data, self.args.output, self.own)
+        if self.args.selection_only:
+            return
+        for seed in self.args.seeds:
+            self.run("records", task, method, seed, lr)
+
+    @classmethod
+    def protocol_of(cls, args: argparse.Namespace, tasks: list[dict]) -> dict:
+        return {
+            "base_model": portable(args.base_model),
+            "max_train_steps": args.max_train_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "max_train_samples": args.max_train_samples,
+            "max_eval_samples": args.max_eval_samples,
+            "validation_fraction": VALIDATION_FRACTION,
+            "validation_seed": VALIDATION_SEED,
+            "selection_seeds": args.selection_seeds,
+            "selection_metric": "val_dice",
+            "lr_grid": {m: list(cls.lr_grid(args, m)) for m in args.methods if cls.trains(m)},
+            "seeds": args.seeds,
+            "methods": args.methods,
+            **cls.protocol_extra(args),
+            "tasks": {t["name"]: t for t in tasks},
+        }
+
+
+def run_benchmark(args: argparse.Namespace, benchmark: type[Benchmark]) -> dict:
+    tasks = benchmark.load_tasks(args.tasks)
+    protocol = benchmark.protocol_of(args, tasks)
+    data = {"protocol": {}, "selection": [], "records": []}
+    if args.output.is_file() and not args.fresh:
+        data = json.loads(args.output.read_text())
+        old = data["protocol"]
+        changed = [k for k in benchmark.shared_settings if k in old and old[k] != protocol[k]]
+        if changed and (data["records"] or data["selection"]):
+            was = ", ".join(f"{k}={old[k]}" for k in changed)
+            raise SystemExit(f"{args.output} was made with other settings ({was}); pass --fresh to start over, "
+                             "or another --output.")
+        for key in MERGED_PROTOCOL_KEYS:
+            if key in protocol:
+                protocol[key] = {**old.get(key, {}), **protocol[key]}
+    protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
+    protocol["machine"] = machine()
+    recorded = data["protocol"].get("matched_ranks")
+    if args.matched_ranks_from is not None:
+        if recorded is None:
+            recorded = recorded_matched_ranks(args.matched_ranks_from)
+        else:
+            print(f"[{benchmark.name}] --matched_ranks_from ignored: {args.output} already records its matched ranks",
+                  flush=True)
+    protocol["matched_ranks"] = matched_ranks(args.base_model, recorded)
+    data["protocol"] = protocol
+    save(data, args.output, {(task["name"], method) for task in tasks for method in args.methods})
+
+    bench = benchmark(args, data)
+    for task in tasks:
+        for method in args.methods:
+            bench.task_method(task, method)
+    data["invocation"] = {"command": args.command, "runs_executed": bench.executed, "runs_reused": bench.reused}
+    save(data, args.output, bench.own)
+    print(f"[{benchmark.name}] runs executed: {bench.executed}, reused: {bench.reused}; results in {args.output}",
+          flush=True)
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def parse_args(argv: list[str] | None, benchmark: type[Benchmark]) -> argparse.Namespace:
+    defaults, smoke = benchmark.defaults, benchmark.smoke
+    parser = argparse.ArgumentParser(description=benchmark.description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=None, help="Task names (default: every task).")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(benchmark.methods), metavar="METHOD",
+                        help=benchmark.methods_help)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help=f"Training seeds (default {' '.join(map(str, defaults['seeds']))}).")
+    parser.add_argument("--selection_seeds", nargs="+", type=int, default=None,
+                        help="Training seeds of the learning-rate selection runs; the validation Dice is averaged "
+                             f"over them (default {' '.join(map(str, defaults['selection_seeds']))}).")
+    parser.add_argument("--selection_only", action="store_true",
+                        help="Only the validation runs: choose each method's learning rate, train nothing on the "
+                             "whole train split, never touch the test split.")
+    parser.add_argument("--lr_grid", nargs="+", type=float, default=None,
+                        help="One grid for every method (default: each method's own grid).")
+    parser.add_argument("--max_train_steps", type=int, default=None,
+                        help=f"Default {defaults['max_train_steps']}, equal for all methods.")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=4)
+    parser.add_argument("--max_train_samples", type=int, default=None)
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument("--dataloader_num_workers", type=int, default=None)
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    parser.add_argument("--base_model", default=str(DEFAULT_BASE_MODEL))
+    parser.add_argument("--output", default=None,
+                        help=f"Default {portable(benchmark.default_output)} (--smoke: work dir).")
+    parser.add_argument("--work_dir", default=str(REPO_ROOT / "benchmarks" / ".cache" / benchmark.name),
+                        help="Validation splits, presets and run outputs.")
+    parser.add_argument("--report_path", default=None, help="Default docs/BENCHMARKS.md (--smoke: work dir); the "
+                        "section is named after --output's file.")
+    parser.add_argument("--fresh", action="store_true", help="Discard the results file instead of resuming it.")
+    parser.add_argument("--matched_ranks_from", type=Path, default=None,
+                        help="Another results file whose matched LoRA and adapter ranks a new results file starts "
+                        "with (kept while within the tolerance), so that its matched baselines are the same models.")
+    parser.add_argument("--report", action="store_true", help="Only render the report from the results file.")
+    parser.add_argument("--smoke", action="store_true", help="Tiny settings: " + json.dumps(smoke))
+    args = parser.parse_args(argv)
+    args.command = f"python {benchmark.script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    for key in defaults:
+        if getattr(args, key) is None:
+            setattr(args, key, (smoke if args.smoke else defaults)[key])
+    # A smoke run writes into its work folder unless told otherwise: it must not overwrite the real results.
+    work = Path(args.work_dir)
+    args.output = Path(args.output or (work / f"{benchmark.name}.json" if args.smoke else benchmark.default_output))
+    args.report_path = Path(args.report_path or (work / "BENCHMARKS.md" if args.smoke else
+                                                 REPO_ROOT / "docs" / "BENCHMARKS.md"))
+    for name in ("max_train_steps", "per_device_train_batch_size", "max_train_samples", "max_eval_samples"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.lr_grid is not None and any(lr <= 0 for lr in args.lr_grid):
+        parser.error(f"--lr_grid values must be positive, got {args.lr_grid}")
+    return args
+
+
+def main(argv: list[str] | None, benchmark: type[Benchmark]) -> None:
+    args = parse_args(argv, benchmark)
+    if args.report:
+        if not args.output.is_file():
+            raise SystemExit(f"No results file {args.output}: run the benchmark first (or pass --output).")
+        data = json.loads(args.output.read_text())
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.num_threads or threads)
+        try:
+            data = run_benchmark(args, benchmark)
+        finally:
+            torch.set_num_threads(threads)  # `main` may be called in-process (tests): leave no global change
+    benchmark.write_report(data, args.report_path, args.output.stem)
