@@ -145,21 +145,9 @@ class AccuracyBenchmark(harness.Benchmark):
 
     def execute(self, kind: str, task: dict, method: str, seed: int, lr: float | None, folder: Path) -> dict:
         _, run_method_args, config, _ = self.method_spec(method)
-        argv = ["--base_model", self.args.base_model, *self.common_args(task), *run_method_args, "--seed", str(seed)]
-        if kind == "selection":
-            argv += ["--dataset", str(self.selection_split(task).dataset), "--eval_split", "validation"]
-        else:
-            argv += ["--dataset", str(REPO_ROOT / task["path"]), "--eval_split", "test"]
-        if lr is not None:
-            argv += ["--learning_rate", repr(lr), "--no_zeroshot_eval"]
-        if config is not None:
-            preset = self.work / "presets" / task["name"] / f"{method}.json"  # one writer per task and file
-            preset.parent.mkdir(parents=True, exist_ok=True)
-            config.to_json_file(preset)
-            argv += ["--icmoe_config", str(preset)]
-        if self.args.dataloader_num_workers is not None:
-            argv += ["--dataloader_num_workers", str(self.args.dataloader_num_workers)]
-        return train_and_score(argv, folder)
+        dataset, eval_split = self.eval_data(kind, task)
+        return self.run_training_code(task, method, seed, lr, run_args=self.common_args(task) + run_method_args,
+                                      config=config, dataset=dataset, eval_split=eval_split, folder=folder)
 
     def make_record(self, kind: str, task: dict, method: str, seed: int, lr: float | None, results: dict,
                     settings: dict) -> dict:

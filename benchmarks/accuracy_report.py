@@ -19,20 +19,21 @@ def markers(name: str) -> tuple[str, str]:
 
 
 MARK_BEGIN, MARK_END = markers("accuracy")
+METHOD_ORDER = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)  # rows and columns of the tables
 PAIRED_RESAMPLES = 10_000
 # Settings every record of one results file shares; a resume with other values must start a new file.
 SHARED_SETTINGS = ("base_model", "max_train_steps", "per_device_train_batch_size", "max_train_samples",
                    "max_eval_samples", "validation_fraction", "validation_seed", "selection_seeds")
 
 
-def _summary(values: list[float], digits: int) -> str:
+def summary_over_seeds(values: list[float], digits: int) -> str:
     """Mean ± sample std over seeds; the mean alone for one seed or non-finite values (inf HD95 shows as inf)."""
     if len(values) == 1 or not all(math.isfinite(v) for v in values):
         return f"{np.mean(values):.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def _ordered(records: list[dict], key: str, order: tuple[str, ...]) -> list[str]:
+def ordered(records: list[dict], key: str, order: tuple[str, ...]) -> list[str]:
     seen = list(dict.fromkeys(r[key] for r in records))
     return sorted(seen, key=lambda v: (order.index(v) if v in order else len(order), seen.index(v)))
 
@@ -43,49 +44,47 @@ def _results_table(data: dict, methods: tuple[str, ...]) -> list[str]:
         return []
     rows = ["| task | method | n seeds | lr | Dice | IoU | HD95 (px) | trainable params (of which encoder) |",
             "|---|---|---|---|---|---|---|---|"]
-    for task in _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
+    for task in ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
         of_task = [r for r in records if r["dataset"] == task]
         label = f"{task} (simulated)" if of_task[0].get("simulated") else task
-        for method in _ordered(of_task, "method", methods):
+        for method in ordered(of_task, "method", methods):
             group = sorted((r for r in of_task if r["method"] == method), key=lambda r: r["seed"])
             lr = group[0]["learning_rate"]
             rows.append(
                 f"| {label} | {method} | {len(group)} | {'–' if lr is None else f'{lr:g}'} "
-                f"| {_summary([r['dice'] for r in group], 3)} | {_summary([r['iou'] for r in group], 3)} "
-                f"| {_summary([r['hd95'] for r in group], 2)} "
+                f"| {summary_over_seeds([r['dice'] for r in group], 3)} | {summary_over_seeds([r['iou'] for r in group], 3)} "
+                f"| {summary_over_seeds([r['hd95'] for r in group], 2)} "
                 f"| {group[0]['trainable_params']:,} ({group[0]['trainable_encoder_params']:,}) |"
             )
     return rows
 
 
-def _selection_table(data: dict) -> list[str]:
+def selection_table(data: dict, order: tuple[str, ...] = METHOD_ORDER) -> list[str]:
     selection = data["selection"]
     if not selection:
         return []
     rows = ["| task | method | validation Dice per learning rate, mean over selection seeds (chosen in bold) |",
             "|---|---|---|"]
-    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
-    for task in _ordered(selection, "dataset", tuple(data["protocol"].get("tasks", {}))):
+    for task in ordered(selection, "dataset", tuple(data["protocol"].get("tasks", {}))):
         of_task = [r for r in selection if r["dataset"] == task]
-        for method in _ordered(of_task, "method", order):
+        for method in ordered(of_task, "method", order):
             of_method = [r for r in of_task if r["method"] == method]
             cells = []
             for lr in sorted({r["learning_rate"] for r in of_method}):
                 group = [r for r in of_method if r["learning_rate"] == lr]
-                cell = f"{lr:g}: {_summary([r['val_dice'] for r in group], 3)}"
+                cell = f"{lr:g}: {summary_over_seeds([r['val_dice'] for r in group], 3)}"
                 cells.append(f"**{cell}**" if group[0].get("chosen") else cell)
             rows.append(f"| {task} | {method} | {', '.join(cells)} |")
     return rows
 
 
-def _rates_tried(data: dict) -> dict[str, dict[str, list[float]]]:
+def rates_tried(data: dict, order: tuple[str, ...] = METHOD_ORDER) -> dict[str, dict[str, list[float]]]:
     """Per task and method, the learning rates its records used (the grid when selected, else the one rate): read
     from the records themselves, since processes that share a results file may have run different grids."""
     tried: dict[str, dict[str, set]] = {}
     for record in data["selection"] + data["records"]:
         if record["learning_rate"] is not None:
             tried.setdefault(record["dataset"], {}).setdefault(record["method"], set()).add(record["learning_rate"])
-    order = MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)
     rank = {method: index for index, method in enumerate(order)}
     return {task: {m: sorted(by_method[m]) for m in sorted(by_method, key=lambda m: rank.get(m, len(order)))}
             for task, by_method in tried.items()}
@@ -96,7 +95,7 @@ def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[s
     ran it, with that mean and the tasks. For the main methods, what `training/methods.py` takes as their defaults;
     for IC-MoE variants, how candidate defaults compare without the test split."""
     best = {}
-    for method in _ordered(data["selection"], "method", MAIN_METHODS + ABLATIONS + tuple(ICMOE_CANDIDATES)):
+    for method in ordered(data["selection"], "method", METHOD_ORDER):
         grid = [r for r in data["selection"] if r["method"] == method]
         tasks = sorted({r["dataset"] for r in grid})
         rates = {r["learning_rate"] for r in grid}
@@ -111,18 +110,18 @@ def best_mean_learning_rates(data: dict) -> dict[str, tuple[float, float, list[s
 
 
 def paired_difference(reference: list[dict], other: list[dict], *, resamples: int = PAIRED_RESAMPLES, seed: int = 0,
-                      resample_objects: bool = True) -> tuple[float, float, float]:
+                      resample_objects: bool = True, key: str = "per_image_dice") -> tuple[float, float, float]:
     """Mean test Dice of `reference` minus `other` (records of one task), with a 95 % bootstrap interval.
 
     The training seeds are drawn with replacement within each method; with `resample_objects`, the test objects too,
     once per resample and the same for both methods (both scored the same objects), so that the interval also
     covers the test split being a sample (19 nuclei are a small one). Without it, the interval says only how sure
-    the difference is on these test objects."""
+    the difference is on these test objects. `key`: the records' field of per-object Dice."""
     scores = []
     for records in (reference, other):
-        if not records or any("per_image_dice" not in r for r in records):
-            raise ValueError("Every record needs `per_image_dice` (recorded by runs since the ninth round).")
-        scores.append(np.asarray([r["per_image_dice"] for r in records], dtype=np.float64))  # (seeds, objects)
+        if not records or any(r.get(key) is None for r in records):
+            raise ValueError(f"Every record needs `{key}` (recorded by runs since the ninth round).")
+        scores.append(np.asarray([r[key] for r in records], dtype=np.float64))  # (seeds, objects)
     if scores[0].shape[1] != scores[1].shape[1]:
         raise ValueError(f"The methods scored different test splits ({scores[0].shape[1]} and "
                          f"{scores[1].shape[1]} objects): a paired comparison needs the same objects.")
@@ -149,41 +148,44 @@ def paired_comparisons(methods: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _paired_table(data: dict) -> list[str]:
-    records = [r for r in data["records"] if "per_image_dice" in r]
+def paired_table(data: dict, comparisons, order: tuple[str, ...], *, key: str = "per_image_dice",
+                 objects: str = "test objects") -> list[str]:
+    """Rows of the paired comparison: per task, each (reference, other) pair that `comparisons(task, methods)` names,
+    from the records' per-object Dice in `key`."""
+    records = [r for r in data["records"] if r.get(key) is not None]
     rows = []
-    for task in _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
+    for task in ordered(records, "dataset", tuple(data["protocol"].get("tasks", {}))):
         of_task = [r for r in records if r["dataset"] == task]
-        for reference, method in paired_comparisons(_ordered(of_task, "method", MAIN_METHODS + ABLATIONS)):
+        for reference, method in comparisons(task, ordered(of_task, "method", order)):
             ours = [r for r in of_task if r["method"] == reference]
             theirs = [r for r in of_task if r["method"] == method]
-            cells = [f"{len(ours)} / {len(theirs)}", str(len(ours[0]["per_image_dice"]))]
+            cells = [f"{len(ours)} / {len(theirs)}", str(len(ours[0][key]))]
             for resample_objects in (True, False):
-                difference, low, high = paired_difference(ours, theirs, resample_objects=resample_objects)
+                difference, low, high = paired_difference(ours, theirs, resample_objects=resample_objects, key=key)
                 verdict = "ahead" if low > 0 else "behind" if high < 0 else "not separable"
                 cells.append(f"[{low:+.4f}, {high:+.4f}] {verdict}")
             rows.append(f"| {task} | {reference} | {method} | {cells[0]} | {cells[1]} | {difference:+.4f} "
                         f"| {cells[2]} | {cells[3]} |")
     if not rows:
         return []
-    header = ("| task | reference | against | seeds | test objects | reference minus other, mean Dice "
+    header = (f"| task | reference | against | seeds | {objects} | reference minus other, mean Dice "
               "| 95 % interval, seeds and objects | 95 % interval, seeds only |")
     return [header, "|---|---|---|---|---|---|---|---|", *rows]
 
 
-def plot_dice(data: dict, path: Path) -> None:
+def plot_dice(data: dict, path: Path, order: tuple[str, ...] = MAIN_METHODS + ABLATIONS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = data["records"]
-    tasks = _ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
+    tasks = ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
     width = max(5.0, 0.7 * len({r["method"] for r in records}))
     fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         of_task = [r for r in records if r["dataset"] == task]
-        methods = _ordered(of_task, "method", MAIN_METHODS + ABLATIONS)
+        methods = ordered(of_task, "method", order)
         for x, method in enumerate(methods):
             dice = [r["dice"] for r in of_task if r["method"] == method]
             ax.bar(x, np.mean(dice), color="tab:orange" if method.startswith("icmoe") else "tab:blue", alpha=0.6)
@@ -216,7 +218,7 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
         lines += [""] + ablations + [""]
     if figure:
         lines += [f"![Test Dice per method and task; dots are seeds]({figure})", ""]
-    paired = _paired_table(data)
+    paired = paired_table(data, lambda task, methods: paired_comparisons(methods), MAIN_METHODS + ABLATIONS)
     if paired:
         has_ablations = any(f"| {ABLATION_REFERENCE} |" in row for row in paired)
         ablated = f", and the ablations' reference (`{ABLATION_REFERENCE}`) minus each ablation's" if has_ablations else ""
@@ -233,39 +235,50 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
                   f"{m['icmoe_encoder_params']:,}; `lora_matched` rank {m['lora_rank']} "
                   f"({m['lora_encoder_params']:,}); `adapter_matched` rank {m['adapter_rank']} "
                   f"({m['adapter_encoder_params']:,}); tolerance {m['tolerance']:.0%}.", ""]
-    selection = _selection_table(data)
+    selection = selection_table(data)
     if selection:
         lines += ["### Learning-rate selection", ""] + selection + [""]
         lines += ["Best learning rate per method by validation Dice averaged over the tasks (the defaults of "
                   "`training/run.py` for the main methods come from here):", ""]
         lines += [f"- `{m}`: {lr:g} (mean validation Dice {mean:.3f} over {', '.join(tasks)})"
                   for m, (lr, mean, tasks) in best_mean_learning_rates(data).items()] + [""]
-    lines += ["### Protocol", ""]
-    keys = SHARED_SETTINGS + ("selection_metric",)
+    lines += protocol_lines(data, SHARED_SETTINGS + ("selection_metric",))
+    return "\n".join(lines + [end]) + "\n"
+
+
+def protocol_lines(data: dict, keys: tuple[str, ...], order: tuple[str, ...] = METHOD_ORDER) -> list[str]:
+    """The `Protocol` and `Reproduce` subsections: the settings in `keys`, the rates tried, the tasks, the machines
+    and the commands that made the results file."""
+    protocol = data["protocol"]
+    lines = ["### Protocol", ""]
     lines += [f"- {key}: `{json.dumps(protocol[key])}`" for key in keys if key in protocol]
     lines += [f"- learning rates tried, {task}: " + "; ".join(f"`{m}` {', '.join(f'{lr:g}' for lr in lrs)}"
                                                       for m, lrs in grids.items())
-              for task, grids in _rates_tried(data).items()]
+              for task, grids in rates_tried(data, order).items()]
     tasks = protocol.get("tasks", {})
-    lines += [f"- task `{name}`: {t.get('modality', '')}, {t['prompt']} prompts"
+    lines += [f"- task `{name}`: {t.get('modality', '')}, "
+              f"{'no prompts' if t['prompt'] == 'none' else t['prompt'] + ' prompts'}"
               f"{', simulated' if t.get('simulated') else ''} (`{t['path']}`)" for name, t in tasks.items()]
     machines = sorted({r["machine"] for r in data["records"] + data["selection"] if "machine" in r})
     lines += [f"- machine: {name}" for name in machines]
     lines += ["", "### Reproduce", "", "```bash"] + protocol.get("commands", [])
     if protocol.get("commands"):
         lines += [f"{protocol['commands'][-1]} --report   # re-render this section from the results file"]
-    lines += ["```", end]
-    return "\n".join(lines) + "\n"
+    return lines + ["```"]
 
 
 def write_report(data: dict, report_path: Path, name: str = "accuracy") -> None:
     """Writes the section `name` (the results file's stem: `accuracy` for the main file, so that a side file
     such as a search never overwrites the main section) and its figure `figures/<name>.png`."""
+    write_section_with_figure(data, report_path, name, render_section, MAIN_METHODS + ABLATIONS)
+
+
+def write_section_with_figure(data: dict, report_path: Path, name: str, render, order: tuple[str, ...]) -> None:
+    """`render(data, figure, name)` written between the markers of `name`, with the Dice figure of the records."""
     figure = None
     if data["records"]:
         figure_path = report_path.parent / "figures" / f"{name}.png"
-        plot_dice(data, figure_path)
+        plot_dice(data, figure_path, order)
         figure = os.path.relpath(figure_path, report_path.parent)
-    section = render_section(data, figure, name)
-    write_section(report_path, section, *markers(name))
-    print(f"[accuracy] report in {report_path}", flush=True)
+    write_section(report_path, render(data, figure, name), *markers(name))
+    print(f"[{name}] report in {report_path}", flush=True)

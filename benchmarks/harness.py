@@ -289,15 +289,37 @@ class Benchmark:
             self.selection_splits[task["name"]] = selection_split(task, self.work / "splits")
         return self.selection_splits[task["name"]]
 
-    def sample_args(self) -> list[str]:
-        """The steps, batch size and sample limits every method gets."""
+    def sample_args(self, steps: int | None = None) -> list[str]:
+        """The steps (default --max_train_steps), batch size and sample limits every method gets."""
         args = self.args
-        argv = ["--max_train_steps", str(args.max_train_steps),
+        argv = ["--max_train_steps", str(steps or args.max_train_steps),
                 "--per_device_train_batch_size", str(args.per_device_train_batch_size)]
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(args, name) is not None:
                 argv += [f"--{name}", str(getattr(args, name))]
         return argv
+
+    def eval_data(self, kind: str, task: dict) -> tuple[Path, str]:
+        """(dataset, eval split) of a run: the selection split's validation, or the task's test split."""
+        if kind == "selection":
+            return self.selection_split(task).dataset, "validation"
+        return REPO_ROOT / task["path"], "test"
+
+    def run_training_code(self, task: dict, method: str, seed: int, lr: float | None, *, run_args: list[str],
+                          config, dataset: Path, eval_split: str, folder: Path) -> dict:
+        """One run of `training/run.py` with `run_args`, the IC-MoE `config` (if any) written to a preset."""
+        argv = ["--base_model", self.args.base_model, *run_args, "--seed", str(seed),
+                "--dataset", str(dataset), "--eval_split", eval_split]
+        if lr is not None:
+            argv += ["--learning_rate", repr(lr), "--no_zeroshot_eval"]
+        if config is not None:
+            preset = self.work / "presets" / task["name"] / f"{method}.json"  # one writer per task and file
+            preset.parent.mkdir(parents=True, exist_ok=True)
+            config.to_json_file(preset)
+            argv += ["--icmoe_config", str(preset)]
+        if self.args.dataloader_num_workers is not None:
+            argv += ["--dataloader_num_workers", str(self.args.dataloader_num_workers)]
+        return train_and_score(argv, folder)
 
     def base_record(self, kind: str, task: dict, method: str, seed: int, lr: float | None, results: dict) -> dict:
         """The fields every benchmark's record has: what ran, its metrics (`val_` in selection runs), its cost."""
