@@ -3,7 +3,9 @@
 Importing this package registers `IcMoeSamConfig` (model type `icmoe_sam`) with `AutoConfig` and
 `IcMoeSamModel` with `AutoModel` and `AutoModelForMaskGeneration`; `IcMoeSamSemanticConfig` (`icmoe_sam_semantic`)
 and `IcMoeSamForSemanticSegmentation` with `AutoModel` and `AutoModelForSemanticSegmentation`; and the prompt-driven
-segmentation pipeline (task `"medical-mask-segmentation"`) with `transformers.pipeline`.
+segmentation pipeline (task `"medical-mask-segmentation"`) with `transformers.pipeline`. The prompt-free model's
+pipeline is `transformers`' own task `"image-segmentation"`, found through the `custom_pipelines` of a folder saved
+with `save_semantic_pretrained_with_pipeline` (it is not registered for every model of that task).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, AutoModelForSemanticSegmentation
@@ -28,6 +30,11 @@ from .pipeline_icmoe_sam import (
     save_pretrained_with_pipeline,
     scale_intensities,
     to_uint8_rgb,
+)
+from .pipeline_icmoe_semantic import (
+    IcMoeSamSemanticSegmentationPipeline,
+    class_maps_at_original_size,
+    save_semantic_pretrained_with_pipeline,
 )
 from .layer import IcMoeLayer, IcMoeRouting
 from .router import IcMoeVotingRouter
@@ -56,9 +63,11 @@ __all__ = [
     "IcMoeSamModel",
     "IcMoeSamOutput",
     "IcMoeSamSegmentationPipeline",
+    "IcMoeSamSemanticSegmentationPipeline",
     "IcMoeSamSemanticConfig",
     "IcMoeSemanticSegmenterOutput",
     "IcMoeVotingRouter",
+    "class_maps_at_original_size",
     "get_icmoe_model",
     "load_icmoe_adapter",
     "load_icmoe_adapter_config",
@@ -66,6 +75,7 @@ __all__ = [
     "register_icmoe_pipeline",
     "save_icmoe_adapter",
     "save_pretrained_with_pipeline",
+    "save_semantic_pretrained_with_pipeline",
     "scale_intensities",
     "to_uint8_rgb",
 ]

@@ -321,6 +321,33 @@ def _check_prompts(prompts: dict[str, Any], image_size: tuple[int, int] | None =
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
+def sam_processor_of(pipeline: Pipeline) -> SamProcessor:
+    """A pipeline's SamProcessor: the one it was given, else one around the SAM image processor it was given."""
+    if pipeline.processor is not None:
+        return pipeline.processor
+    if pipeline.image_processor is None:
+        raise ValueError(
+            f"{type(pipeline).__name__} needs a SamProcessor (or a SAM image processor): pass `processor=...`."
+        )
+    return SamProcessor(image_processor=pipeline.image_processor)
+
+
+def image_preprocess_params(
+    intensity_percentiles: tuple[float, float] | None,
+    window: str | Sequence[float] | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """The `preprocess` arguments of the image options a pipeline call gave (those left `None` keep their defaults)."""
+    params: dict[str, Any] = {}
+    if intensity_percentiles is not None:
+        params["intensity_percentiles"] = tuple(intensity_percentiles)
+    if window is not None:
+        params["window"] = resolve_window(window)
+    if timeout is not None:
+        params["timeout"] = timeout
+    return params
+
+
 class IcMoeSamSegmentationPipeline(Pipeline):
     """Segments what boxes or points prompt in medical images, with an IC-MoE SAM (or any SAM) model.
 
@@ -366,12 +393,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.processor is None:
-            if self.image_processor is None:
-                raise ValueError(
-                    f"{type(self).__name__} needs a SamProcessor (or a SAM image processor): pass `processor=...`."
-                )
-            self.processor = SamProcessor(image_processor=self.image_processor)
+        self.processor = sam_processor_of(self)
 
     def _sanitize_parameters(
         self,
@@ -384,13 +406,7 @@ class IcMoeSamSegmentationPipeline(Pipeline):
     ):
         if kwargs:
             raise ValueError(f"Unknown arguments for {type(self).__name__}: {sorted(kwargs)}.")
-        preprocess_params: dict[str, Any] = {}
-        if intensity_percentiles is not None:
-            preprocess_params["intensity_percentiles"] = tuple(intensity_percentiles)
-        if window is not None:
-            preprocess_params["window"] = resolve_window(window)
-        if timeout is not None:
-            preprocess_params["timeout"] = timeout
+        preprocess_params = image_preprocess_params(intensity_percentiles, window, timeout)
         forward_params = {} if multimask_output is None else {"multimask_output": bool(multimask_output)}
         postprocess_params = {} if mask_threshold is None else {"mask_threshold": float(mask_threshold)}
         return preprocess_params, forward_params, postprocess_params
@@ -519,11 +535,31 @@ def save_pretrained_with_pipeline(
     """
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"`model` must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    if hasattr(model, "semantic_head"):  # a prompt-free model: this pipeline's prompts have nothing to drive
+        raise ValueError(
+            f"{type(model).__name__} segments without prompts; save it with `save_semantic_pretrained_with_pipeline` "
+            "(the image-segmentation pipeline)."
+        )
+    save_with_custom_pipeline(
+        model, processor, save_directory, IcMoeSamSegmentationPipeline, icmoe_custom_pipelines(), **save_kwargs
+    )
+
+
+def save_with_custom_pipeline(
+    model: PreTrainedModel,
+    processor: SamProcessor,
+    save_directory: str | os.PathLike,
+    pipeline_class: type[Pipeline],
+    custom_pipelines: dict[str, dict[str, Any]],
+    **save_kwargs,
+) -> None:
+    """Writes `model` with `custom_pipelines` in its config, the file of `pipeline_class` (and the files it imports),
+    and `processor`: what `pipeline(task, model=folder, trust_remote_code=True)` needs."""
     if not isinstance(processor, SamProcessor):
         raise ValueError(f"`processor` must be a SamProcessor, got {type(processor).__name__}.")
     os.makedirs(save_directory, exist_ok=True)
-    model.config.custom_pipelines = icmoe_custom_pipelines()
-    custom_object_save(IcMoeSamSegmentationPipeline, save_directory)
+    model.config.custom_pipelines = custom_pipelines
+    custom_object_save(pipeline_class, save_directory)
     model.save_pretrained(save_directory, **save_kwargs)
     processor.save_pretrained(save_directory)
 

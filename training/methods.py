@@ -26,6 +26,7 @@ from modeling_icmoe import (
     IcMoeSamModel,
     save_icmoe_adapter,
     save_pretrained_with_pipeline,
+    save_semantic_pretrained_with_pipeline,
 )
 from modeling_icmoe.losses import segmentation_losses, segmentation_targets
 
@@ -240,9 +241,8 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
         # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
         (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
         model, state_dict = model.merge_and_unload(), None
-    if isinstance(model, IcMoeSamForSemanticSegmentation):  # the prompt-driven pipeline does not serve it
-        model.save_pretrained(output_dir, state_dict=state_dict)
-        processor.save_pretrained(output_dir)
+    if isinstance(model, IcMoeSamForSemanticSegmentation):  # the image-segmentation pipeline, without prompts
+        save_semantic_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
     else:
         save_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)
     # An IC-MoE adapter-only checkpoint holds what SAM lacks; where the encoder's own weights were trained (LoRA,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from modeling_icmoe.pipeline_icmoe_semantic import class_maps_at_original_size
 from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .data import class_map
@@ -115,19 +115,6 @@ class SemanticPairTransform:
             if self.keep_maps:
                 out["gt_maps"].append(classes)
         return out
-
-
-def class_maps_at_original_size(logits: torch.Tensor, input_size: int, reshaped_sizes, original_sizes) -> list:
-    """Predicted class maps at each image's original size: the logits brought to the padded input frame, cropped to
-    the resized image, resized to the original (bilinear, as SAM's `post_process_masks` does), then the argmax."""
-    logits = F.interpolate(logits.float(), size=(input_size, input_size), mode="bilinear", align_corners=False)
-    maps = []
-    for image_logits, reshaped, original in zip(logits, reshaped_sizes, original_sizes):
-        height, width = (int(v) for v in reshaped)
-        cropped = image_logits[None, :, :height, :width]
-        resized = F.interpolate(cropped, size=tuple(int(v) for v in original), mode="bilinear", align_corners=False)
-        maps.append(resized[0].argmax(dim=0).to(torch.uint8 if logits.shape[1] < 256 else torch.int32).numpy())
-    return maps
 
 
 @torch.no_grad()
