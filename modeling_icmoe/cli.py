@@ -3,14 +3,20 @@
     icmoe-sam predict --model DIR --input CT.nii.gz --output PRED.nii.gz --prompt_labels COARSE.nii.gz
     icmoe-sam predict --model DIR --input MR.nii.gz --output PRED.nii.gz --boxes boxes.json --reference GT.nii.gz
     icmoe-sam predict --model DIR --input SERIES_FOLDER/ --output PRED_SEG.dcm --prompt_labels COARSE_SEG.dcm
+    icmoe-sam predict --model ORGANS_DIR --input CT.nii.gz --output PRED.nii.gz --window soft_tissue --reference GT.nii.gz
     icmoe-sam export --model DIR --output DIR_ONNX --format onnx
 
-`export` writes ONNX files of a trained model (see `export.py`).
+`export` writes ONNX files of a trained model, prompted or prompt-free (see `export.py`).
 
-`predict` segments a volume (NIfTI, or a folder holding one DICOM series) slice by slice, one box prompt per class
-and slice (from a label map such as an earlier reader's coarse segmentation, NIfTI or DICOM SEG, or given as JSON),
-and writes the label map with the input's shape, affine and header (NIfTI), or as a DICOM SEG referencing the input
-series (`--output` ending in `.dcm`). With `--reference`, it also scores the prediction per class in millimetres.
+`predict` segments a volume (NIfTI, or a folder holding one DICOM series) slice by slice and writes the label map with
+the input's shape, affine and header (NIfTI), or as a DICOM SEG referencing the input series (`--output` ending in
+`.dcm`). A prompted model (`icmoe_sam`, `sam`) needs one box prompt per class and slice: from a label map such as an
+earlier reader's coarse segmentation (NIfTI or DICOM SEG), or given as JSON. A prompt-free model
+(`icmoe_sam_semantic`, `IcMoeSamForSemanticSegmentation`) takes no prompt: every slice is segmented into all of its
+classes (the argmax over them), named from its `id2label`. With `--reference`, the prediction is also scored per
+class in millimetres; a class absent from both the prediction and the reference is not counted, one predicted but
+absent from the reference scores Dice 0 (docs/METRICS.md). `--keep_largest_component` keeps each class's largest 3-D
+connected component; it is off by default until the benchmark shows that it raises Dice.
 """
 
 from __future__ import annotations
@@ -19,11 +25,17 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
 from .pipeline_icmoe_sam import resolve_window
 from .volumes import (
     is_nifti,
+    keep_largest_component,
+    label_values,
     load_label_map,
     load_volume,
     prompts_from_boxes,
@@ -31,26 +43,37 @@ from .volumes import (
     resolve_slice_axis,
     save_label_map,
     segment_volume,
+    segment_volume_without_prompts,
 )
+
+PROMPTED_MODEL_TYPES = (IcMoeSamConfig.model_type, "sam")
+SEMANTIC_MODEL_TYPE = IcMoeSamSemanticConfig.model_type
 
 
 def _predict_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "predict", help="Segment a NIfTI volume slice by slice with box prompts per class.",
-        description="Segment a NIfTI volume slice by slice, one box prompt per class and slice, and write the label "
-                    "map at the input's geometry.",
+        "predict", help="Segment a volume slice by slice: box prompts per class, or every class of a prompt-free model.",
+        description="Segment a volume (NIfTI or a DICOM series) slice by slice and write the label map at the input's "
+                    "geometry: a prompted model with one box prompt per class and slice, a prompt-free model with no "
+                    "prompt (every class of the model on every slice).",
     )
     parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
     parser.add_argument("--input", required=True, help="The volume: .nii / .nii.gz, or a folder of one DICOM series.")
     parser.add_argument("--output", required=True,
                         help="The predicted label map: .nii / .nii.gz, or .dcm for a DICOM SEG (DICOM input only).")
-    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts = parser.add_mutually_exclusive_group()  # required for prompted models, refused for prompt-free ones
     prompts.add_argument("--prompt_labels",
-                         help="A label map on the input's grid (NIfTI or DICOM SEG): each class's box in each slice.")
-    prompts.add_argument("--boxes", help='JSON list of {"slice": s, "label": l, "box": [x0, y0, x1, y1]} in the '
-                                         "pixels of canonical (RAS) slices along --slice_axis.")
+                         help="Prompted models: a label map on the input's grid (NIfTI or DICOM SEG), each class's box "
+                              "in each slice.")
+    prompts.add_argument("--boxes", help='Prompted models: a JSON list of {"slice": s, "label": l, "box": [x0, y0, x1, '
+                                         'y1]} in the pixels of canonical (RAS) slices along --slice_axis.')
     parser.add_argument("--label_ids", type=int, nargs="+", default=None,
-                        help="With --prompt_labels: the classes to segment (default: every non-zero label).")
+                        help="With --prompt_labels: the classes to segment (default: every non-zero label). With a "
+                             "prompt-free model: the classes to write (default: all of the model's); the others are "
+                             "written as background.")
+    parser.add_argument("--keep_largest_component", action="store_true",
+                        help="Keep only each class's largest 3-D connected component (26-connectivity), the rest "
+                             "becoming background. Off by default until the benchmark shows it raises Dice.")
     parser.add_argument("--slice_axis", default=None,
                         help="axial, coronal, sagittal or 0/1/2 (canonical axes). Default: the axis the model was "
                              "trained on (eval_results.json of --model), else axial.")
@@ -87,17 +110,29 @@ def _training_record(model: str) -> dict:
         raise ValueError(f"{path} is not valid JSON: {err}.") from err
 
 
+def model_config(model: str) -> dict:
+    """The `config.json` of a model folder or Hub id, checked to be a model `icmoe-sam` runs."""
+    from transformers import PreTrainedConfig
+
+    config = PreTrainedConfig.get_config_dict(model)[0]
+    model_type = config.get("model_type")
+    if model_type not in (*PROMPTED_MODEL_TYPES, SEMANTIC_MODEL_TYPE):
+        raise ValueError(f"{model} holds a `{model_type}` model; `icmoe-sam` runs "
+                         f"{', '.join(f'`{t}`' for t in (*PROMPTED_MODEL_TYPES, SEMANTIC_MODEL_TYPE))} models.")
+    return config
+
+
 def load_model(model: str, device: str | None):
-    """An IC-MoE or SAM checkpoint and its processor, in eval mode on `device`."""
+    """An IC-MoE (prompted or prompt-free) or SAM checkpoint and its processor, in eval mode on `device`."""
     import torch
-    from transformers import PreTrainedConfig, SamModel, SamProcessor
+    from transformers import SamModel, SamProcessor
 
     from .modeling_icmoe_sam import IcMoeSamModel
+    from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
 
-    model_type = PreTrainedConfig.get_config_dict(model)[0].get("model_type")
-    model_class = {"icmoe_sam": IcMoeSamModel, "sam": SamModel}.get(model_type)
-    if model_class is None:
-        raise ValueError(f"{model} holds a `{model_type}` model; `icmoe-sam predict` runs `icmoe_sam` or `sam` models.")
+    model_classes = {IcMoeSamConfig.model_type: IcMoeSamModel, "sam": SamModel,
+                     SEMANTIC_MODEL_TYPE: IcMoeSamForSemanticSegmentation}
+    model_class = model_classes[model_config(model)["model_type"]]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model_class.from_pretrained(model).to(device).eval(), SamProcessor.from_pretrained(model)
 
@@ -118,10 +153,37 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}.")
 
 
+def _check_prompts(args: argparse.Namespace, config: dict) -> dict[int, str]:
+    """Prompts required for prompted models and refused for prompt-free ones; `--label_ids` checked against the
+    model's classes. Returns a prompt-free model's foreground classes (`{id: name}`), else `{}`."""
+    given = [f"--{name} {getattr(args, name)}" for name in ("prompt_labels", "boxes") if getattr(args, name)]
+    if config["model_type"] != SEMANTIC_MODEL_TYPE:
+        if not given:
+            raise ValueError(
+                f"--model {args.model} is a prompted `{config['model_type']}` model: give its prompts with "
+                "--prompt_labels or --boxes (only a prompt-free `icmoe_sam_semantic` model segments without them)."
+            )
+        if args.boxes and args.label_ids:
+            raise ValueError("--label_ids chooses classes of --prompt_labels; with --boxes, give only the boxes you "
+                             "want.")
+        return {}
+    classes = {int(index): str(name) for index, name in config["id2label"].items() if int(index) != 0}
+    if given:
+        raise ValueError(
+            f"--model {args.model} is a prompt-free model that segments all of its classes ({classes}) without "
+            f"prompts; remove {' and '.join(given)}."
+        )
+    unknown = sorted(set(args.label_ids or ()) - set(classes))
+    if unknown:
+        raise ValueError(f"--label_ids {unknown}: --model {args.model} has no such class (its classes: {classes}; 0 "
+                         "is the background).")
+    return {label: classes[label] for label in args.label_ids} if args.label_ids else classes
+
+
 def predict(args: argparse.Namespace) -> dict:
     _check_paths(args)
-    if args.boxes and args.label_ids:
-        raise ValueError("--label_ids chooses classes of --prompt_labels; with --boxes, give only the boxes you want.")
+    config = model_config(args.model)
+    classes = _check_prompts(args, config)
     record = _training_record(args.model)
     if args.slice_axis is None:
         args.slice_axis = record.get("slice_axis", "axial")
@@ -134,6 +196,31 @@ def predict(args: argparse.Namespace) -> dict:
           + (f"CT window level {window[0]:g}, width {window[1]:g}." if window else "percentiles 0.5-99.5 of the volume."))
     volume = load_volume(args.input)
     reference = load_label_map(args.reference, volume) if args.reference else None  # fail before the slow part
+    if config["model_type"] == SEMANTIC_MODEL_TYPE:
+        prediction = _predict_without_prompts(args, volume, axis, window, classes)
+    else:
+        prediction = _predict_with_prompts(args, volume, axis, window, record)
+    labels = prediction.labels
+    if args.keep_largest_component:
+        labels = keep_largest_component(labels, prediction.classes)
+    written = save_label_map(labels, volume, args.output, prediction.label_names)
+    print(f"Wrote {written} ({prediction.summary}).")
+    if reference is None:
+        return {}
+    return _score(args, labels, reference, prediction.classes, prediction.label_names)
+
+
+@dataclass
+class _Prediction:
+    """A predicted canonical label map, the names of its labels, the classes segmented, and a line about it."""
+
+    labels: np.ndarray
+    label_names: dict[int, str]
+    classes: list[int]
+    summary: str
+
+
+def _predict_with_prompts(args, volume, axis: int, window, record: dict):
     label_names = {int(k): str(v) for k, v in record.get("label_names", {}).items()}
     if args.prompt_labels:
         prompt_labels = load_label_map(args.prompt_labels, volume)
@@ -153,24 +240,44 @@ def predict(args: argparse.Namespace) -> dict:
     labels = segment_volume(
         model, processor, volume, prompts, axis=axis, window=window, slices_per_batch=args.batch_size
     )
-    written = save_label_map(labels, volume, args.output, label_names)
-    print(f"Wrote {written} ({len(prompts)} prompts in {len({p.index for p in prompts})} slices).")
-    if reference is None:
-        return {}
-    return _score(args, labels, reference, sorted({p.label for p in prompts}))
+    return _Prediction(labels, label_names, sorted({p.label for p in prompts}),
+                       f"{len(prompts)} prompts in {len({p.index for p in prompts})} slices")
 
 
-def _score(args, labels, reference, classes: list[int]) -> dict:
+def _predict_without_prompts(args, volume, axis: int, window, classes: dict[int, str]):
+    model, processor = load_model(args.model, args.device)
+    labels = segment_volume_without_prompts(
+        model, processor, volume, axis=axis, window=window, slices_per_batch=args.batch_size
+    )
+    if args.label_ids:  # the classes not chosen are written as background
+        labels[~np.isin(labels, list(classes))] = 0
+    present = [classes[v] for v in label_values(labels) if v != 0]
+    return _Prediction(labels, classes, sorted(classes), f"{volume.num_slices(axis)} slices without prompts; classes "
+                                                         f"predicted: {', '.join(present) or 'none'}")
+
+
+def _score(args, labels, reference, classes: list[int], label_names: dict[int, str]) -> dict:
+    """Scores each class of `classes` in mm. A class absent from both the prediction and the reference is not counted;
+    one absent from the reference but predicted scores as a false positive (Dice 0), and is listed."""
     from .volume_metrics import score_volume
 
-    scores = {
-        str(label): {k: round(float(v), 5) for k, v in score_volume(
-            labels == label, reference.data == label, reference.spacing, nsd_tolerance_mm=args.nsd_tolerance_mm
+    scores, not_counted, absent_in_reference = {}, [], []
+    for label in classes:
+        predicted, expected = labels == label, reference.data == label
+        if not predicted.any() and not expected.any():
+            not_counted.append(label)
+            continue
+        if not expected.any():
+            absent_in_reference.append(label)
+        scores[str(label)] = {k: round(float(v), 5) for k, v in score_volume(
+            predicted, expected, reference.spacing, nsd_tolerance_mm=args.nsd_tolerance_mm
         ).items()}
-        for label in classes
-    }
+    unscored = [v for v in label_values(reference.data) if v != 0 and v not in classes]
     result = {"input": args.input, "reference": args.reference, "nsd_tolerance_mm": args.nsd_tolerance_mm,
-              "units": "hd95 in mm", "per_class": scores}
+              "units": "hd95 in mm", "per_class": scores,
+              "label_names": {label: label_names[int(label)] for label in scores if int(label) in label_names},
+              "absent_in_reference": absent_in_reference, "not_counted": not_counted,
+              "reference_labels_not_scored": unscored}
     stem = str(args.output)
     for suffix in (".nii.gz", ".nii", ".dcm"):
         if stem.lower().endswith(suffix):
@@ -179,17 +286,26 @@ def _score(args, labels, reference, classes: list[int]) -> dict:
     output = Path(args.metrics_output or f"{stem}_metrics.json")
     output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for label, values in scores.items():
-        print(f"label {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        name = f" ({label_names[int(label)]})" if int(label) in label_names else ""
+        print(f"label {label}{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    if absent_in_reference:
+        print(f"Predicted but absent from the reference (scored as false positives): {absent_in_reference}.")
+    if not_counted:
+        print(f"Absent from both the prediction and the reference (not counted): {not_counted}.")
+    if unscored:
+        print(f"Reference labels that were not segmented (not scored): {unscored}.")
     print(f"Wrote {output}.")
     return result
 
 
 def _export_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="Export a trained model to ONNX (image encoder with the experts, prompt decoders).",
-        description="Export a model to ONNX as SAM deployments split it: the image encoder (with the IC-MoE experts "
-                    "and routing) and the prompt-encoder-plus-mask-decoder for boxes and for points. Each part is "
-                    "checked against PyTorch with onnxruntime; a model that does not export faithfully is refused.",
+        "export", help="Export a trained model to ONNX (image encoder with the experts, prompt decoders; or one "
+                       "graph for a prompt-free model).",
+        description="Export a model to ONNX. A prompted model as SAM deployments split it: the image encoder (with the "
+                    "IC-MoE experts and routing) and the prompt-encoder-plus-mask-decoder for boxes and for points; a "
+                    "prompt-free model as one graph from pixel values to class logits. Each part is checked against "
+                    "PyTorch with onnxruntime; a model that does not export faithfully is refused.",
     )
     parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
     parser.add_argument("--output", required=True, help="A new (or empty) folder for the ONNX files.")

@@ -7,6 +7,11 @@
 - `prompt_decoder_points.onnx`: `image_embeddings`, `input_points (B, P, N, 2)`, `input_labels (B, P, N)` ->
   `iou_scores (B, P, 3)`, `pred_masks (B, P, 3, 4h, 4w)`: SAM's three candidate masks per point prompt.
 
+A prompt-free model (`IcMoeSamForSemanticSegmentation`) needs no prompt, so it is one graph:
+
+- `semantic_segmentation.onnx`: `pixel_values (B, 3, S, S)` -> `logits (B, num_labels, 4h, 4w)`, the class logits
+  (the background is class 0; `export_config.json` and the README name the classes).
+
 Coordinates are in the processor's resized input frame, as `SamProcessor` returns them; masks are low-resolution
 logits that `SamProcessor.post_process_masks` brings to the image size. Every exported file is run with
 onnxruntime on a sample and compared with PyTorch before the export is accepted: a model whose ONNX graph does not
@@ -63,6 +68,39 @@ mask = full[0][0, 0].numpy()  # (H, W) bool for the first box
 """
 
 
+SEMANTIC_README_TEMPLATE = """# {title}: ONNX export
+
+Exported by `icmoe-sam export` from `{source}`: the prompt-free model (the image encoder with the IC-MoE experts and
+their routing, and the class decoder) as one graph.
+
+| file | inputs | outputs |
+|---|---|---|
+| `semantic_segmentation.onnx` | `pixel_values` float32 (B, 3, {size}, {size}) | `logits` (B, {num_labels}, {mask}, {mask}) |
+
+`logits` are class logits at low resolution in the padded input frame; each pixel's class is the argmax after they
+are brought to the image size (crop the resized image's part, resize). Classes (`export_config.json`, `id2label`):
+{classes}. Checked against PyTorch at export: largest difference {difference:.2e} (tolerance {tolerance:g}).
+
+```python
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from transformers import SamProcessor
+
+processor = SamProcessor.from_pretrained("{folder}")
+session = ort.InferenceSession("{folder}/semantic_segmentation.onnx")
+
+image = np.asarray(Image.open("scan.png").convert("RGB"))
+inputs = processor(images=image, return_tensors="np")
+(logits,) = session.run(None, {{"pixel_values": inputs["pixel_values"].astype(np.float32)}})
+full = processor.post_process_masks(torch.from_numpy(logits)[:, :, None], inputs["original_sizes"],
+                                    inputs["reshaped_input_sizes"], binarize=False)
+class_map = full[0][:, 0].argmax(dim=0).numpy()  # (H, W) class ids
+```
+"""
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -97,12 +135,23 @@ class PointDecoder(nn.Module):
         return outputs.iou_scores, outputs.pred_masks
 
 
+class SemanticSegmenter(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
 def _samples(model) -> dict[str, tuple]:
     """Example inputs of each part, with real shapes; values chosen to exercise every path (two prompts)."""
     vision = model.config.vision_config
     size, grid = vision.image_size, vision.image_size // vision.patch_size
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(1, 3, size, size, generator=generator)
+    if _is_semantic(model):
+        return {"semantic_segmentation": (pixel_values,)}
     with torch.no_grad():
         embeddings = model.get_image_embeddings(pixel_values)
     boxes = torch.tensor([[[0.1, 0.2, 0.6, 0.7], [0.3, 0.1, 0.9, 0.5]]]) * size
@@ -128,6 +177,16 @@ PARTS = {
                                "input_labels": {0: "batch", 1: "prompts", 2: "points"},
                                "iou_scores": {0: "batch", 1: "prompts"}, "pred_masks": {0: "batch", 1: "prompts"}}),
 }
+SEMANTIC_PARTS = {
+    "semantic_segmentation": (SemanticSegmenter, ["pixel_values"], ["logits"],
+                              {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}),
+}
+
+
+def _is_semantic(model) -> bool:
+    from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
+
+    return isinstance(model, IcMoeSamForSemanticSegmentation)
 
 
 def check_exportable(model) -> None:
@@ -146,7 +205,8 @@ def check_exportable(model) -> None:
 
 
 def export_onnx(model, processor, output_dir: str | Path, *, opset: int = 18, source: str = "") -> dict:
-    """Writes the three ONNX files, the processor and a README into `output_dir`; returns the export report.
+    """Writes the ONNX files (three for a prompted model, one for a prompt-free one), the processor, the report
+    (`export_config.json`, with the classes of a prompt-free model) and a README into `output_dir`; returns the report.
 
     Raises `ValueError` (and leaves no partial folder behind) when the model cannot be exported or a part's ONNX
     outputs differ from PyTorch's by more than `TOLERANCE + RELATIVE_TOLERANCE * |value|`. The model is exported in
@@ -164,9 +224,12 @@ def export_onnx(model, processor, output_dir: str | Path, *, opset: int = 18, so
         raise ValueError(f"{partial} exists (left by an interrupted export?); remove it first.")
     partial.mkdir(parents=True)
     samples = _samples(model)
+    semantic = _is_semantic(model)
     report = {"opset": opset, "tolerance": TOLERANCE, "parts": {}}
+    if semantic:
+        report["id2label"] = {str(index): name for index, name in model.config.id2label.items()}
     try:
-        for name, (wrapper, inputs, outputs, axes) in PARTS.items():
+        for name, (wrapper, inputs, outputs, axes) in (SEMANTIC_PARTS if semantic else PARTS).items():
             module, args = wrapper(model).eval(), samples[name]
             path = partial / f"{name}.onnx"
             with torch.no_grad():
@@ -193,10 +256,11 @@ def export_onnx(model, processor, output_dir: str | Path, *, opset: int = 18, so
         grid = vision.image_size // vision.patch_size
         worst = max(part["max_difference"] for part in report["parts"].values())
         (partial / "export_config.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (partial / "README.md").write_text(README_TEMPLATE.format(
+        (partial / "README.md").write_text((SEMANTIC_README_TEMPLATE if semantic else README_TEMPLATE).format(
             title=type(model).__name__, source=source or "a model in memory", size=vision.image_size,
             channels=model.config.vision_config.output_channels, grid=grid, mask=4 * grid, difference=worst,
-            tolerance=TOLERANCE, folder=str(output_dir),
+            tolerance=TOLERANCE, folder=str(output_dir), num_labels=model.config.num_labels,
+            classes=", ".join(f"{index} `{name}`" for index, name in report.get("id2label", {}).items()),
         ), encoding="utf-8")
     except Exception:
         shutil.rmtree(partial, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""Medical volumes: NIfTI in and out at the input's geometry, slicing, and slice-by-slice prompted segmentation.
+"""Medical volumes: NIfTI in and out at the input's geometry, slicing, and slice-by-slice segmentation, prompted or
+prompt-free.
 
 SAM and IC-MoE segment 2-D images. A volume is read with nibabel and brought to the closest canonical (RAS+)
 orientation, so that "axis 2" is the axial direction whatever the scanner wrote; it is cut into 2-D slices along
-a chosen axis, each class present in a slice gets its own prompt (a box), and the predicted masks are stacked back
-into a label map that is written with the input's own orientation, shape, affine and header.
+a chosen axis, each class present in a slice gets its own prompt (a box) or, for a prompt-free model, every slice is
+segmented into all its classes, and the predicted masks are stacked back into a label map that is written with the
+input's own orientation, shape, affine and header.
 
 Intensities go to 8 bits once per volume (a CT window, or percentiles over the whole volume), with the rule the
 2-D pipeline applies to single images (`scale_intensities`), so that training slices, pipeline calls and
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from .pipeline_icmoe_sam import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
+from .pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -304,6 +307,11 @@ def prompts_from_boxes(entries: Sequence[dict], volume: Volume, axis: int) -> li
     return prompts
 
 
+def _rgb_slices(pixels: np.ndarray, axis: int, indices: Sequence[int]) -> list[np.ndarray]:
+    """Slices `indices` of a uint8 volume as the `(H, W, 3)` images SAM's processor takes."""
+    return [np.repeat(slice_view(pixels, axis, i)[..., None], 3, axis=-1) for i in indices]
+
+
 def _batches(prompts: list[SlicePrompt], slices_per_batch: int) -> Iterator[tuple[list[int], list[SlicePrompt]]]:
     """Groups prompts by slice, `slices_per_batch` slices at a time."""
     by_slice: dict[int, list[SlicePrompt]] = {}
@@ -342,8 +350,7 @@ def segment_volume(
     device, dtype = model.device, model.dtype
     batches = list(_batches(prompts, slices_per_batch))
     for indices, chunk in tqdm(batches, desc="Segmenting slices", disable=not progress):
-        images = [np.repeat(slice_view(pixels, axis, i)[..., None], 3, axis=-1) for i in indices]
-        encoding = processor(images=images, return_tensors="pt")
+        encoding = processor(images=_rgb_slices(pixels, axis, indices), return_tensors="pt")
         embeddings = model.get_image_embeddings(encoding["pixel_values"].to(device, dtype))
         (height, width), (new_height, new_width) = encoding["original_sizes"][0].tolist(), encoding[
             "reshaped_input_sizes"][0].tolist()
@@ -368,3 +375,54 @@ def segment_volume(
             plane_labels[wins] = prompt.label
             plane_best[wins] = score
     return labels
+
+
+@torch.no_grad()
+def segment_volume_without_prompts(
+    model,
+    processor,
+    volume: Volume,
+    *,
+    axis: int,
+    window: str | Sequence[float] | None = None,
+    intensity_percentiles: tuple[float, float] = DEFAULT_INTENSITY_PERCENTILES,
+    slices_per_batch: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Segments every slice of `volume` along `axis` with a prompt-free model (`IcMoeSamForSemanticSegmentation`) into
+    its class ids, the argmax over its classes of each pixel (`class_maps_at_original_size`, the rule of training's
+    evaluation and of the image-segmentation pipeline); returns a canonical-orientation label map of `volume`'s shape.
+    """
+    from tqdm.auto import tqdm
+
+    pixels = to_uint8_volume(volume, window=window, intensity_percentiles=intensity_percentiles)
+    labels = np.zeros(volume.shape, dtype=class_map_dtype(model.config.num_labels))
+    device, dtype = model.device, model.dtype
+    starts = range(0, volume.num_slices(axis), slices_per_batch)
+    for start in tqdm(starts, desc="Segmenting slices", disable=not progress):
+        indices = list(range(start, min(start + slices_per_batch, volume.num_slices(axis))))
+        encoding = processor(images=_rgb_slices(pixels, axis, indices), return_tensors="pt")
+        pixel_values = encoding["pixel_values"].to(device, dtype)  # (B, 3, S, S)
+        logits = model(pixel_values=pixel_values).logits.cpu()  # (B, L, h, w)
+        maps = class_maps_at_original_size(logits, pixel_values.shape[-1], encoding["reshaped_input_sizes"],
+                                           encoding["original_sizes"])
+        for index, class_map in zip(indices, maps):
+            slice_view(labels, axis, index)[...] = class_map
+    return labels
+
+
+def keep_largest_component(labels: np.ndarray, label_ids: Sequence[int] | None = None) -> np.ndarray:
+    """`labels` with, per class, only its largest 3-D connected component (26-connectivity: voxels touching at a face,
+    an edge or a corner are connected); the rest of that class becomes background (0). `label_ids` chooses the
+    classes (default: every non-zero label). Returns a new array."""
+    from scipy import ndimage
+
+    kept = labels.copy()
+    chosen = [v for v in label_values(labels) if v != 0] if label_ids is None else list(label_ids)
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    for label in chosen:
+        components, count = ndimage.label(labels == label, structure=structure)
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]  # voxels per component, the background's count left out
+            kept[(components != 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+    return kept
