@@ -29,7 +29,7 @@ from .diagnostics import VotingStats
 from .evaluation import reduce_routing_stats, routed_counts
 from .methods import sam_of
 from .semantic_metrics import score_class_maps
-from .volume_data import VOLUME_COLUMNS, is_volume_source, volume_label_names
+from .volume_data import VOLUME_COLUMNS, volume_label_names
 
 LABELS_FILE = "labels.json"
 
