@@ -116,15 +116,18 @@ def paired_difference(reference: list[dict], other: list[dict], *, resamples: in
     The training seeds are drawn with replacement within each method; with `resample_objects`, the test objects too,
     once per resample and the same for both methods (both scored the same objects), so that the interval also
     covers the test split being a sample (19 nuclei are a small one). Without it, the interval says only how sure
-    the difference is on these test objects. `key`: the records' field of per-object Dice."""
+    the difference is on these test objects. `key`: the records' field of per-object Dice; an object without a
+    score (None) in any record of either method is left out."""
     scores = []
     for records in (reference, other):
         if not records or any(r.get(key) is None for r in records):
             raise ValueError(f"Every record needs `{key}` (recorded by runs since the ninth round).")
-        scores.append(np.asarray([r[key] for r in records], dtype=np.float64))  # (seeds, objects)
+        scores.append(np.asarray([r[key] for r in records], dtype=np.float64))  # (seeds, objects); None -> nan
     if scores[0].shape[1] != scores[1].shape[1]:
         raise ValueError(f"The methods scored different test splits ({scores[0].shape[1]} and "
                          f"{scores[1].shape[1]} objects): a paired comparison needs the same objects.")
+    scored = ~np.isnan(np.concatenate(scores)).any(axis=0)  # (objects,)
+    scores = [matrix[:, scored] for matrix in scores]
     rng = np.random.default_rng(seed)
     objects = rng.integers(0, scores[0].shape[1], size=(resamples, scores[0].shape[1]))  # (R, N)
     means = []
@@ -159,7 +162,8 @@ def paired_table(data: dict, comparisons, order: tuple[str, ...], *, key: str = 
         for reference, method in comparisons(task, ordered(of_task, "method", order)):
             ours = [r for r in of_task if r["method"] == reference]
             theirs = [r for r in of_task if r["method"] == method]
-            cells = [f"{len(ours)} / {len(theirs)}", str(len(ours[0][key]))]
+            scored = [all(r[key][i] is not None for r in ours + theirs) for i in range(len(ours[0][key]))]
+            cells = [f"{len(ours)} / {len(theirs)}", str(sum(scored))]
             for resample_objects in (True, False):
                 difference, low, high = paired_difference(ours, theirs, resample_objects=resample_objects, key=key)
                 verdict = "ahead" if low > 0 else "behind" if high < 0 else "not separable"

@@ -41,7 +41,7 @@ VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
 KEEP_OUTPUTS = ("eval_results.json", "train_log.jsonl")
 METRICS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
 # Protocol entries that processes sharing one results file each add to (`save`).
-MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params")
+MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params", "semantic_methods")
 
 
 # ----------------------------------------------------------------------------------------------- tasks and data
@@ -188,7 +188,8 @@ def save(data: dict, path: Path, own: set[tuple[str, str]] | None = None) -> Non
                 others = [r for r in on_disk.get(table, []) if (r["dataset"], r["method"]) not in own]
                 data[table][:] = others + [r for r in data[table] if (r["dataset"], r["method"]) in own]
             for key in MERGED_PROTOCOL_KEYS:
-                data["protocol"][key] = {**on_disk["protocol"].get(key, {}), **data["protocol"].get(key, {})}
+                if key in on_disk["protocol"] or key in data["protocol"]:
+                    data["protocol"][key] = {**on_disk["protocol"].get(key, {}), **data["protocol"].get(key, {})}
             commands = on_disk["protocol"].get("commands", []) + data["protocol"].get("commands", [])
             data["protocol"]["commands"] = list(dict.fromkeys(commands))
         partial = path.with_name(path.name + ".partial")

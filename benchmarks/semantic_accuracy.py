@@ -22,9 +22,23 @@ scored on `test`. Every SAM method and the U-Net get the same steps and batch si
 run and reused on a restart; test records carry every reference pair's Dice (`per_pair_dice`) for the paired
 bootstrap of the report.
 
-    python benchmarks/semantic_accuracy.py --num_threads 1 --dataloader_num_workers 0   # the full benchmark
+The full benchmark, as two processes of one thread each sharing the results file (each runs its own methods; the
+U-Net at its own budget is about as long as all the rest):
+
+    python benchmarks/semantic_accuracy.py --methods unet_own_budget --selection_seeds 0 1 \
+        --num_threads 1 --dataloader_num_workers 0 &
+    python benchmarks/semantic_accuracy.py --methods icmoe icmoe_queries lora_matched adapter decoder full unet \
+        icmoe_prompted --selection_seeds 0 1 --num_threads 1 --dataloader_num_workers 0
+    wait; python benchmarks/semantic_accuracy.py --report   # the section of docs/BENCHMARKS.md, from both
+
+Measured on this project's 2-core CPU (one thread, batch 4, stand-in SAM; 100-step probe), seconds per training
+step: decoder 0.046, adapter 0.076, lora_matched 0.077, icmoe 0.093, full 0.094, icmoe_prompted 0.094,
+icmoe_queries 0.115, unet 0.265. At 600 steps with 3 rates x 2 selection seeds and 3 test seeds (9 runs per method,
+evaluation included) that is about 1.4 h for the second process and 1.6 h for the first (U-Net, 2,400 steps a run):
+3 h of CPU time, 1.6 h on two free cores.
+
     python benchmarks/semantic_accuracy.py --report         # re-render docs/BENCHMARKS.md from the JSON
-    python benchmarks/semantic_accuracy.py --smoke --work_dir /tmp/sem   # tiny end-to-end check
+    python benchmarks/semantic_accuracy.py --smoke --work_dir /tmp/sem   # tiny end-to-end check, under a minute
 
 Writes `benchmarks/results/semantic_accuracy.json` and the section between the `semantic_accuracy` markers of
 `docs/BENCHMARKS.md` (another `--output` file gets its own section, named after the file).
@@ -63,7 +77,7 @@ TASKS_FILE = REPO_ROOT / "benchmarks" / "tasks" / "semantic_tasks.json"
 DEFAULTS = {"tasks": None, "methods": list(SEMANTIC_METHODS), "seeds": [0, 1, 2], "selection_seeds": [0],
             "lr_grid": None, "max_train_steps": 600, "max_train_samples": None, "max_eval_samples": None,
             "dataloader_num_workers": None, "num_threads": None}
-SMOKE = {"tasks": ["ct_abdomen_organs"], "methods": ["icmoe", "unet", "icmoe_prompted"], "seeds": [0],
+SMOKE = {"tasks": ["ct_abdomen_organs"], "methods": ["icmoe", "lora_matched", "unet", "icmoe_prompted"], "seeds": [0],
          "selection_seeds": [0], "lr_grid": [1e-3, 3e-3], "max_train_steps": 2, "max_train_samples": 8,
          "max_eval_samples": 4, "dataloader_num_workers": 0, "num_threads": 1}
 UNET_KEEP = harness.KEEP_OUTPUTS + ("predictions.npz",)
@@ -117,7 +131,7 @@ class SemanticBenchmark(harness.Benchmark):
         spec = SEMANTIC_METHODS[method]
         samples = self.sample_args(self.args.max_train_steps * spec.steps_factor)
         if spec.family == "unet":
-            return [*samples, "--label_names", *self.label_names(task)]
+            return [*samples, *spec.run_args, "--label_names", *self.label_names(task)]
         _, method_args, _, _ = self.method_spec(method)
         if spec.family == "prompted":
             return ["--prompt", "box", "--num_example_figures", "0", *samples, *method_args]
@@ -154,23 +168,35 @@ class SemanticBenchmark(harness.Benchmark):
 
     def prompted_run(self, task: dict, method: str, seed: int, lr: float | None, *, run_args: list[str], config,
                      dataset: Path, eval_split: str, folder: Path) -> dict:
-        """The prompted IC-MoE on one row per reference pair, its scores gathered per class."""
+        """The prompted IC-MoE on one row per reference pair, its scores gathered per class; a pair too small for
+        SAM's label resolution has no row, no score (None in `reference_pair_dice`) and no weight in the means."""
         id2label = class_names(str(REPO_ROOT / task["path"]), None)
-        content = source_id(harness.portable(dataset), harness.task_fingerprint(task))
-        pairs = per_pair_dataset(dataset, content, sorted(id2label), self.work / "splits")
-        rows = json.loads((pairs / ROWS_FILE).read_text())
-        # The image limits as row limits: the rows of the first N images.
+        label_size = self.label_size()
+        content = source_id(harness.portable(dataset), harness.task_fingerprint(task), label_size)
+        rows = per_pair_dataset(dataset, content, sorted(id2label), label_size, self.work / "splits")
+        pairs = json.loads((rows / ROWS_FILE).read_text())
+        # Image limits become row limits: the rows of the first N images.
+        limits = {"train": len(pairs["train"]), eval_split: len(pairs[eval_split])}
         for option, split in (("--max_train_samples", "train"), ("--max_eval_samples", eval_split)):
             if option in run_args:
                 at = run_args.index(option) + 1
-                images = int(run_args[at])
-                run_args = [*run_args[:at], str(sum(image < images for image, _ in rows[split])), *run_args[at + 1:]]
-        results = self.run_training_code(task, method, seed, lr, run_args=run_args, config=config, dataset=pairs,
+                limits[split] = sum(image < int(run_args[at]) for image, _, _ in pairs[split])
+                run_args = [*run_args[:at], str(sum(has_row for _, _, has_row in pairs[split][: limits[split]])),
+                            *run_args[at + 1:]]
+        results = self.run_training_code(task, method, seed, lr, run_args=run_args, config=config, dataset=rows,
                                          eval_split=eval_split, folder=folder)
-        scored = rows[eval_split][: len(results["per_image"]["dice"])]
+        evaluated = pairs[eval_split][: limits[eval_split]]
+        scored = [(image, class_id) for image, class_id, has_row in evaluated if has_row]
+        per_row = iter(results["per_image"]["dice"])
         return {**results, **class_means_of_rows([c for _, c in scored], results["per_image"], id2label),
-                "n_images": len({image for image, _ in scored}), "prompted_row_mean_dice": results["dice"],
-                "reference_pair_dice": results["per_image"]["dice"]}
+                "n_images": len({image for image, _, _ in evaluated}), "prompted_row_mean_dice": results["dice"],
+                "reference_pair_dice": [next(per_row) if has_row else None for _, _, has_row in evaluated]}
+
+    def label_size(self) -> int:
+        """The longest side of the base SAM's label masks (its processor's `mask_size`)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.args.base_model).image_processor.mask_size["longest_edge"]
 
     def make_record(self, kind: str, task: dict, method: str, seed: int, lr: float | None, results: dict,
                     settings: dict) -> dict:
@@ -179,7 +205,8 @@ class SemanticBenchmark(harness.Benchmark):
         prefix = "val_" if kind == "selection" else ""
         n_pairs = len(results["per_image"]["dice"])
         if spec.family == "prompted":  # scored on the reference pairs alone
-            pairs, n_reference = results["reference_pair_dice"], n_pairs
+            pairs = results["reference_pair_dice"]
+            n_reference = n_pairs
         else:  # scored on every pair present in the prediction or the reference: find the reference pairs
             references = self.reference_classes(task, *self.eval_data(kind, task))
             pairs = reference_pair_dice(results["per_image_class_ids"], results["per_image"]["dice"], references)
@@ -193,10 +220,10 @@ class SemanticBenchmark(harness.Benchmark):
             "machine": harness.machine(), "settings": settings,
         }
         if spec.family == "prompted":
-            record.update(prompt="box", counting=PROMPTED_COUNTING,
+            record.update(prompt="box", counting=PROMPTED_COUNTING, unscored_pairs=pairs.count(None),
                           prompted_row_mean_dice=results["prompted_row_mean_dice"])
         if kind == "records":  # every reference pair's Dice, in order, for paired comparisons across methods
-            record["per_pair_dice"] = None if pairs is None else [round(value, 5) for value in pairs]
+            record["per_pair_dice"] = None if pairs is None else [None if d is None else round(d, 5) for d in pairs]
         if "diagnostics" in results:
             record["diagnostics"] = results["diagnostics"]
         return record

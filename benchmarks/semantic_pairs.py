@@ -21,7 +21,7 @@ from benchmarks.harness import save_dataset_dict
 from training.data import class_map, load_raw_dataset
 from training.semantic_metrics import METRIC_NAMES
 
-ROWS_FILE = "pair_rows.json"  # beside the per-pair dataset: each split's (image, class) of every row
+ROWS_FILE = "pair_rows.json"  # beside the per-pair dataset: each split's reference pairs, which have a row
 
 
 def reference_classes(dataset: str | Path, split: str, class_ids: list[int], limit: int | None = None) -> list[tuple]:
@@ -71,12 +71,16 @@ def pair_rows(references: list[tuple]) -> list[tuple[int, int]]:
     return [(image, class_id) for image, present in enumerate(references) for class_id in present]
 
 
-def per_pair_dataset(source: str | Path, source_id: str, class_ids: list[int], cache_dir: Path) -> Path:
+def per_pair_dataset(source: str | Path, source_id: str, class_ids: list[int], label_size: int, cache_dir: Path) -> Path:
     """A `save_to_disk` copy of `source` with one row per reference pair of each split: the image and the binary
-    mask of that class (cached by `source_id`, an id of the source's content). Beside it, `pair_rows.json` holds
-    each split's (image, class) per row."""
+    mask of that class (cached by `source_id`, an id of the source's content and `label_size`). A pair whose object
+    vanishes at SAM's label resolution (`label_size`, the longest side) has no row: SAM can be neither trained nor
+    scored on it. Beside the dataset, `pair_rows.json` holds each split's reference pairs as (image, class, has a
+    row)."""
     import datasets
     from PIL import Image
+
+    from training.data import survives_resize
 
     folder = cache_dir / f"per_pair-{source_id}"
     if (folder / "dataset_dict.json").is_file():
@@ -86,11 +90,14 @@ def per_pair_dataset(source: str | Path, source_id: str, class_ids: list[int], c
     for split, rows in raw.items():
         encoded = rows.cast_column("image", datasets.Image(decode=False))["image"]
         masks = [class_map(mask, class_ids) for mask in rows["mask"]]
-        rows_of[split] = pair_rows([tuple(int(v) for v in np.unique(m) if v != 0) for m in masks])
+        pairs = pair_rows([tuple(int(v) for v in np.unique(m) if v != 0) for m in masks])
+        rows_of[split] = [(image, class_id, survives_resize(masks[image] == class_id, label_size))
+                          for image, class_id in pairs]
+        kept = [(image, class_id) for image, class_id, has_row in rows_of[split] if has_row]
         splits[split] = datasets.Dataset.from_dict(
-            {"image": [encoded[image] for image, _ in rows_of[split]],
+            {"image": [encoded[image] for image, _ in kept],
              "mask": [Image.fromarray(np.where(masks[image] == class_id, 255, 0).astype(np.uint8))
-                      for image, class_id in rows_of[split]]},
+                      for image, class_id in kept]},
             features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
         )
     save_dataset_dict(datasets.DatasetDict(splits), folder)

@@ -139,7 +139,7 @@ def render_section(data: dict, figure: str | None, name: str = "semantic_accurac
                       "pair's Dice): " + ", ".join(f"{t} / {m} / seed {s}" for t, m, s in unpaired) + ".", ""]
     if any(r["method"] == "icmoe_prompted" for r in data["records"]):
         lines += ["### The prompted upper bound", "", f"`icmoe_prompted`: {PROMPTED_COUNTING}", ""]
-    if protocol.get("matched_ranks") and "lora_matched" in protocol.get("methods", []):
+    if protocol.get("matched_ranks") and any(r["method"] == "lora_matched" for r in data["records"]):
         m = protocol["matched_ranks"]
         lines += ["### Parameter-matched LoRA", "",
                   f"`lora_matched`: rank {m['lora_rank']} ({m['lora_encoder_params']:,} trainable encoder parameters "

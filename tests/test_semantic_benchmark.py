@@ -56,7 +56,8 @@ def _test_references(split: str = "test") -> tuple[dict[int, str], list[np.ndarr
 
 def test_smoke_records_hold_what_the_report_needs(smoke):
     _, data, _ = smoke
-    assert {(r["method"], r["seed"]) for r in data["records"]} == {(m, s) for m in SMOKE["methods"] for s in SMOKE["seeds"]}
+    expected = {(m, s) for m in SMOKE["methods"] for s in SMOKE["seeds"]}
+    assert {(r["method"], r["seed"]) for r in data["records"]} == expected
     id2label, references = _test_references()
     n_reference = sum(len(set(np.unique(m).tolist()) - {0}) for m in references)
     for record in data["records"]:
@@ -72,7 +73,8 @@ def test_smoke_records_hold_what_the_report_needs(smoke):
     assert by_method["icmoe"]["semantic_decoder"] == "mask_tokens"
     assert by_method["icmoe"]["trainable_encoder_params"] > 0 and by_method["unet"]["trainable_encoder_params"] is None
     prompted = by_method["icmoe_prompted"]
-    assert prompted["prompt"] == "box" and prompted["false_positive_pairs"] == 0 and "never prompted" in prompted["counting"]
+    assert prompted["prompt"] == "box" and prompted["false_positive_pairs"] == 0
+    assert "never prompted" in prompted["counting"]
 
 
 def test_selection_uses_the_tasks_own_validation_split(smoke):
@@ -126,6 +128,26 @@ def test_prompted_upper_bound_is_counted_per_class_over_its_rows(smoke):
     assert record["prompted_row_mean_dice"] == pytest.approx(np.mean(results["per_image"]["dice"]))
 
 
+def test_pairs_too_small_for_sams_labels_have_no_prompted_row(smoke):
+    """The stand-in SAM's labels are 48 px: a class of a few pixels on a 128 px slice vanishes there, so the prompted
+    dataset has no row for it (training could not use it, nor run.py score it)."""
+    import datasets
+
+    from training.data import survives_resize
+
+    folder, _, _ = smoke
+    (rows,) = (folder / "work" / "splits").glob("per_pair-*")
+    pairs = json.loads((rows / "pair_rows.json").read_text())
+    dataset = datasets.load_from_disk(str(rows))
+    id2label, references = _test_references()
+    first = [(image, c, survives_resize(references[image] == c, 48)) for image in range(len(references))
+             for c in sorted(set(np.unique(references[image]).tolist()) - {0})]
+    assert [tuple(p) for p in pairs["test"][: len(first)]] == first
+    for split in ("train", "validation", "test"):
+        assert len(dataset[split]) == sum(has_row for _, _, has_row in pairs[split])
+    assert sum(not has_row for split in pairs.values() for _, _, has_row in split) > 0  # some are that small
+
+
 def test_report_has_the_tables(smoke):
     folder, data, _ = smoke
     report = (folder / "BENCHMARKS.md").read_text()
@@ -135,6 +157,7 @@ def test_report_has_the_tables(smoke):
         assert f"| ct_abdomen_organs | icmoe | {method} |" in report or method == "icmoe"  # paired
     assert "| task | method | liver | spleen | kidney_right | kidney_left | aorta |" in report
     assert "### Learning-rate selection" in report and "### The prompted upper bound" in report
+    assert "`lora_matched`: rank" in report
     assert (folder / "figures" / "semantic_accuracy.png").is_file()
 
 
@@ -167,6 +190,17 @@ def test_reference_classes_are_read_in_row_order():
     assert present == [tuple(int(v) for v in np.unique(m) if v) for m in references[:3]]
 
 
+def test_objects_without_a_score_are_left_out_of_the_paired_difference():
+    from benchmarks.accuracy_report import paired_difference
+
+    def records(method: str, dice: list) -> list[dict]:
+        return [{"method": method, "seed": 0, "per_pair_dice": dice}]
+
+    left_out = paired_difference(records("icmoe", [0.9, 0.5, 0.7]), records("icmoe_prompted", [None, 0.4, 0.6]),
+                                 key="per_pair_dice")
+    assert left_out == pytest.approx((0.1, 0.1, 0.1))
+
+
 def test_class_means_of_rows_are_macro_averages():
     scores = class_means_of_rows([1, 1, 2], {"dice": [0.2, 0.4, 0.9], "iou": [0.1, 0.3, 0.8], "hd95": [4.0, 2.0, 1.0]},
                                  {0: "background", 1: "a", 2: "b"})
@@ -190,7 +224,8 @@ def test_the_better_decoder_on_validation_is_the_reference():
               "false_positive_pairs": 0, "train_seconds": 1.0, "train_steps": 2, "trainable_params": 10,
               "trainable_encoder_params": 5, "per_class_dice": {"a": 0.5}, "per_pair_dice": [0.5, 0.6]}
     data["selection"].append(_selection("icmoe_queries", 1e-3, 0.55, True))
-    data["records"] = [{**record, "method": "icmoe"}, {**record, "method": "icmoe_queries", "per_pair_dice": [0.7, 0.6]}]
+    data["records"] = [{**record, "method": "icmoe"},
+                       {**record, "method": "icmoe_queries", "per_pair_dice": [0.7, 0.6]}]
     section = render_section(data, None)
     assert "-> `icmoe_queries` (queries) is the reference" in section
     assert "| t | icmoe_queries | icmoe | 1 / 1 | 2 | +0.1000 |" in section
