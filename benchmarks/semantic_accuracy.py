@@ -122,8 +122,12 @@ class SemanticBenchmark(harness.Benchmark):
         return RUN_METHOD[spec.base], argv + list(spec.run_args), config, info
 
     @staticmethod
-    def label_names(task: dict) -> list[str]:
-        id2label = class_names(str(REPO_ROOT / task["path"]), None)
+    def id2label(task: dict) -> dict[int, str]:
+        """The task's classes, from the `labels.json` beside its data."""
+        return class_names(str(REPO_ROOT / task["path"]), None)
+
+    def label_names(self, task: dict) -> list[str]:
+        id2label = self.id2label(task)
         return [id2label[index] for index in sorted(id2label)]
 
     def run_args(self, task: dict, method: str) -> list[str]:
@@ -170,7 +174,7 @@ class SemanticBenchmark(harness.Benchmark):
                      dataset: Path, eval_split: str, folder: Path) -> dict:
         """The prompted IC-MoE on one row per reference pair, its scores gathered per class; a pair too small for
         SAM's label resolution has no row, no score (None in `reference_pair_dice`) and no weight in the means."""
-        id2label = class_names(str(REPO_ROOT / task["path"]), None)
+        id2label = self.id2label(task)
         label_size = self.label_size()
         content = source_id(harness.portable(dataset), harness.task_fingerprint(task), label_size)
         rows = per_pair_dataset(dataset, content, sorted(id2label), label_size, self.work / "splits")
@@ -231,8 +235,8 @@ class SemanticBenchmark(harness.Benchmark):
     def reference_classes(self, task: dict, dataset: Path, split: str) -> list[tuple]:
         key = (str(dataset), split)
         if key not in self.references:
-            class_ids = sorted(class_names(str(REPO_ROOT / task["path"]), None))
-            self.references[key] = reference_classes(dataset, split, class_ids, self.args.max_eval_samples)
+            self.references[key] = reference_classes(dataset, split, sorted(self.id2label(task)),
+                                                     self.args.max_eval_samples)
         return self.references[key]
 
 

@@ -45,25 +45,27 @@ def reference_pair_dice(pair_classes: list[int], pair_dice: list[float], referen
     a false positive scores exactly 0. Every split of the list into images that fits those rules is followed; None
     when two fits disagree on a reference pair's Dice (the list alone cannot say which is right). Raises when no
     split fits: the scores do not belong to these references."""
-    states = {0: {()}}  # position in the scored pairs -> the reference pairs' Dice so far, per way of getting there
+    # Position in the scored pairs -> the reference pairs' Dice so far, or None where two ways of getting there
+    # disagree (one value per position keeps the search linear).
+    states: dict[int, tuple | None] = {0: ()}
     for present in references:
-        reached: dict[int, set] = {}
-        for start, prefixes in states.items():
+        reached: dict[int, tuple | None] = {}
+        for start, prefix in states.items():
             for stop in range(start, len(pair_classes) + 1):
                 if stop > start + 1 and pair_classes[stop - 1] <= pair_classes[stop - 2]:
                     break  # an image's pairs are in class order
                 if stop > start and pair_classes[stop - 1] not in present and pair_dice[stop - 1] != 0:
                     break  # a class the reference lacks is a false positive, and those score 0
-                classes = pair_classes[start:stop]
-                if set(present) <= set(classes):
+                if set(present) <= set(pair_classes[start:stop]):
                     found = tuple(pair_dice[k] for k in range(start, stop) if pair_classes[k] in present)
-                    reached.setdefault(stop, set()).update(prefix + found for prefix in prefixes)
+                    dice = None if prefix is None else prefix + found
+                    reached[stop] = dice if reached.get(stop, dice) == dice else None
         states = reached
-    fits = states.get(len(pair_classes), set())
-    if not fits:
+    if len(pair_classes) not in states:
         raise ValueError(f"{len(pair_classes)} scored pairs do not fit the reference classes of {len(references)} "
                          "images: the scores are of another split or another subset of it.")
-    return list(next(iter(fits))) if len(fits) == 1 else None
+    fit = states[len(pair_classes)]
+    return None if fit is None else list(fit)
 
 
 def pair_rows(references: list[tuple]) -> list[tuple[int, int]]:

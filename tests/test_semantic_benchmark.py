@@ -179,6 +179,27 @@ def test_reference_pairs_are_found_among_the_scored_ones(classes, dice, referenc
     assert reference_pair_dice(classes, dice, references) == expected
 
 
+def test_reference_pairs_of_random_maps_are_those_the_image_ids_name():
+    """Random reference and predicted maps (some classes missed, some predicted where absent), scored by the
+    project's function, which also returns each pair's image: the reference pairs found from the classes alone are
+    those."""
+    rng = np.random.default_rng(0)
+    id2label = {0: "background", 1: "a", 2: "b", 3: "c"}
+    references, predictions = [], []
+    for _ in range(30):
+        reference = np.zeros((6, 6), np.uint8)
+        for class_id in rng.choice([1, 2, 3], size=rng.integers(0, 4), replace=False):
+            reference[rng.integers(0, 6), :] = class_id
+        prediction = np.where(rng.random((6, 6)) < 0.7, reference, rng.integers(0, 4, (6, 6))).astype(np.uint8)
+        references.append(reference)
+        predictions.append(prediction)
+    pairs = score_class_maps(predictions, references, id2label)["per_pair"]
+    present = [tuple(int(v) for v in np.unique(r) if v) for r in references]
+    expected = [d for image, c, d in zip(pairs["image"], pairs["class_id"], pairs["dice"]) if c in present[image]]
+    assert len(pairs["dice"]) > len(expected)  # there are false positives to tell apart
+    assert reference_pair_dice(pairs["class_id"], pairs["dice"], present) == pytest.approx(expected)
+
+
 def test_scored_pairs_of_other_references_are_refused():
     with pytest.raises(ValueError, match="do not fit"):
         reference_pair_dice([1, 3], [0.9, 0.4], [(1,), (2,)])  # class 3 scored 0.4 but absent: not a false positive
