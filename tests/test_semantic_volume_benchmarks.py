@@ -1,0 +1,40 @@
+"""The prompt-free volume scripts end to end at tiny settings: the cost comparison with the prompted path, and the
+volumetric benchmark (clean-up decided on validation volumes, test runs, the prompted upper bound)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import semantic_cost, semantic_volumes
+
+
+def test_cost_script_times_every_path_on_the_same_volume(tmp_path):
+    output = tmp_path / "cost.json"
+    report = semantic_cost.main(["--max_slices", "2", "--reps", "2", "--warmup", "0", "--output", str(output)])
+    assert json.loads(output.read_text()) == json.loads(json.dumps(report))
+    assert report["volume"]["slices"] == 2 and report["volume"]["prompts"] == 2 * report["volume"]["classes"]
+    for name in semantic_cost.PATHS:
+        entry = report["paths"][name]
+        assert len(entry["times_s"]) == 2 and all(t > 0 for t in entry["times_s"])
+        ratios = [t / p for t, p in zip(entry["times_s"], report["paths"]["prompted"]["times_s"])]
+        assert entry["ratio_to_prompted"]["median"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
+
+
+def test_volume_benchmark_smoke(tmp_path):
+    data = semantic_volumes.main(["--smoke", "--work_dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "semantic_volumes.json").read_text())
+    assert saved["validation_volumes"] == data["validation_volumes"] and len(saved["validation_volumes"]) == 3
+    selection = saved["selection"]["0"]
+    assert {record["volume"] for record in selection["per_volume"]} == {
+        name.removesuffix(".nii.gz") for name in saved["validation_volumes"]}
+    # The decision follows its rule from the recorded numbers.
+    gain = selection["dice_keep_largest_component"] - selection["dice"]
+    assert saved["keep_largest_component"]["chosen"] == (gain > 0)
+    icmoe, prompted = saved["test"]["icmoe/seed0"], saved["test"]["icmoe_prompted/seed0"]
+    assert icmoe["predict_dice"] == pytest.approx(semantic_volumes.mean_dice(icmoe["per_volume"]))
+    assert icmoe["run_volumes"]["n_cases"] == 6 and prompted["run_volumes"]["n_cases"] > 0
+    # A restart reuses what the file records.
+    again = semantic_volumes.main(["--smoke", "--work_dir", str(tmp_path)])
+    assert again["test"] == saved["test"]
