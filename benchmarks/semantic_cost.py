@@ -111,7 +111,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if args.max_slices:
         volume, labels = first_slices(volume, labels, args.max_slices)
     prompts = prompts_from_label_map(labels, AXIAL)
-    id2label = {0: "background", **{int(c): f"class_{int(c)}" for c in sorted(set(np.unique(labels.data)) - {0})}}
+    classes = sorted(set(np.unique(labels.data)) - {0})
+    id2label = {0: "background", **{index: f"class_{int(c)}" for index, c in enumerate(classes, start=1)}}
     with tempfile.TemporaryDirectory(prefix="icmoe-semantic-cost-") as scratch:
         base = vit_b_base(Path(scratch) / "sam", args.image_size) if args.vit_b else args.base_model
         processor = SamProcessor.from_pretrained(base)

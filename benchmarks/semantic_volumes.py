@@ -104,9 +104,12 @@ def predict(model_dir: Path, volumes: list[tuple[Path, Path]], out: Path, *, cle
     for image, label in volumes:
         stem = image.name.removesuffix(".nii.gz")
         metrics = out / f"{stem}{'_lcc' if clean_up else ''}.json"
-        cli(["predict", "--model", str(model_dir), "--input", str(image), "--output",
-             str(out / f"{stem}{'_lcc' if clean_up else ''}.nii.gz"), "--window", WINDOW, "--reference", str(label),
-             "--metrics_output", str(metrics), "--device", "cpu", *(["--keep_largest_component"] if clean_up else [])])
+        status = cli(["predict", "--model", str(model_dir), "--input", str(image), "--output",
+                      str(out / f"{stem}{'_lcc' if clean_up else ''}.nii.gz"), "--window", WINDOW, "--reference",
+                      str(label), "--metrics_output", str(metrics), "--device", "cpu",
+                      *(["--keep_largest_component"] if clean_up else [])])
+        if status != 0:
+            raise RuntimeError(f"icmoe-sam predict failed on {image} (exit status {status}); its message is above.")
         scores = json.loads(metrics.read_text())
         records.append({"volume": stem, "dice": {scores["label_names"][k]: v["dice"]
                                                  for k, v in scores["per_class"].items()}})

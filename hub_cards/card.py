@@ -213,6 +213,7 @@ def _volume_vars(results: dict[str, Any]) -> dict[str, Any]:
             "window": f"CT window level {window[0]:g}, width {window[1]:g}" if window else "percentiles 0.5-99.5 per volume",
             "nsd_tolerance_mm": volumes.get("nsd_tolerance_mm"),
             "test_volumes": (data.get("splits") or {}).get(str(results.get("eval_split")), {}).get("volumes"),
+            "prompt_free": results.get("prompt") == "none",
         },
     }
 

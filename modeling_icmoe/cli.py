@@ -173,10 +173,13 @@ def _check_prompts(args: argparse.Namespace, config: dict) -> dict[int, str]:
             f"--model {args.model} is a prompt-free model that segments all of its classes ({classes}) without "
             f"prompts; remove {' and '.join(given)}."
         )
+    # Written and scored as the label values the model was trained on (`label_values`), where those differ from ids.
+    values = config.get("label_values") or list(range(len(config["id2label"])))
+    classes = {values[index]: name for index, name in classes.items()}
     unknown = sorted(set(args.label_ids or ()) - set(classes))
     if unknown:
-        raise ValueError(f"--label_ids {unknown}: --model {args.model} has no such class (its classes: {classes}; 0 "
-                         "is the background).")
+        raise ValueError(f"--label_ids {unknown}: --model {args.model} has no such class (its classes by label value: "
+                         f"{classes}; 0 is the background).")
     return {label: classes[label] for label in args.label_ids} if args.label_ids else classes
 
 
@@ -249,6 +252,8 @@ def _predict_without_prompts(args, volume, axis: int, window, classes: dict[int,
     labels = segment_volume_without_prompts(
         model, processor, volume, axis=axis, window=window, slices_per_batch=args.batch_size
     )
+    if model.config.label_values is not None:  # class ids to the label values of the training data
+        labels = np.asarray(model.config.label_values, dtype=np.int32)[labels]
     if args.label_ids:  # the classes not chosen are written as background
         labels[~np.isin(labels, list(classes))] = 0
     present = [classes[v] for v in label_values(labels) if v != 0]

@@ -18,7 +18,7 @@ from transformers import SamConfig
 
 EXPERT_PLACEMENTS = ("mlp", "attention")
 SEMANTIC_DECODERS = ("mask_tokens", "queries")
-SEMANTIC_FIELDS = ("semantic_decoder", "num_query_tokens", "ce_loss_coef", "dice_loss_coef")
+SEMANTIC_FIELDS = ("semantic_decoder", "num_query_tokens", "ce_loss_coef", "dice_loss_coef", "label_values")
 EXPERT_ACTIVATIONS = ("gelu", "identity", "gelu_routed")
 INTEGER_FIELDS = (
     "num_shared_experts", "num_basic_experts", "num_semantic_experts", "num_adaptive_experts", "num_experts_per_tok",
@@ -426,6 +426,10 @@ class IcMoeSamSemanticConfig(IcMoeSamConfig):
             Weight of the cross-entropy over the classes.
         dice_loss_coef (`float`, *optional*, defaults to 1.0):
             Weight of the Dice loss, averaged over the foreground classes.
+        label_values (`list[int]`, *optional*):
+            The value that stands for each class id in the label maps the model was trained on (index = class id,
+            `label_values[0] == 0`), where they differ from the ids: volumes whose labels are not 0 .. N-1, or a
+            subset chosen with `--label_ids`. `icmoe-sam predict` writes and scores these values. `None`: the ids.
     """
 
     model_type = "icmoe_sam_semantic"
@@ -434,6 +438,7 @@ class IcMoeSamSemanticConfig(IcMoeSamConfig):
     num_query_tokens: int = 2
     ce_loss_coef: float = 1.0
     dice_loss_coef: float = 1.0
+    label_values: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         if getattr(self, "auto_map", None) is None:
@@ -461,6 +466,12 @@ class IcMoeSamSemanticConfig(IcMoeSamConfig):
         self.label2id = {name: index for index, name in self.id2label.items()}
         if len(self.label2id) != self.num_labels:
             raise ValueError(f"Class names must differ from one another, got {list(self.id2label.values())}.")
+        if self.label_values is not None:
+            values = [_integer("label_values", value) for value in self.label_values]
+            if len(values) != self.num_labels or values[0] != 0 or len(set(values)) != len(values) or min(values) < 0:
+                raise ValueError(f"`label_values` must give one distinct value >= 0 per class, 0 for the background "
+                                 f"(class 0), {self.num_labels} in all; got {self.label_values}.")
+            self.label_values = values
 
 
 IcMoeSamConfig.register_for_auto_class()

@@ -134,8 +134,14 @@ def test_every_method_trains_and_saves_the_prompt_free_model(tmp_path, tiny_base
     adapter = out / "adapter"
     if method == "full":  # the encoder's own weights changed: no adapter-only checkpoint could hold them
         assert not adapter.exists()
-    elif method == "lora":
-        assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    elif method == "lora":  # PEFT's adapter, on the prompt-free model rebuilt as the run built it
+        from training.methods import load_prompt_free_lora
+
+        reloaded = load_prompt_free_lora(str(tiny_base_dir), adapter).eval()
+        pixels = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(reloaded(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits,
+                                  atol=1e-5)
     else:
         loaded = load_icmoe_adapter(str(tiny_base_dir), adapter)
         assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
@@ -206,3 +212,25 @@ def test_the_decoder_probe_in_method_md_is_its_results_file():
     assert f"`queries` cost {ratio:.2f}x the training time" in text
     gap = runs[("queries", 1e-3)]["dice"] - runs[("mask_tokens", 1e-3)]["dice"]
     assert f"the gap is {gap:.3f} on one seed" in text
+
+
+def test_the_readme_prompt_free_commands_train_on_the_embedded_data(tmp_path):
+    """Each `--prompt none` training command of the README runs as written on the bundled data, at two steps."""
+    import re
+    import shlex
+
+    from launching import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    commands = [" ".join(block.replace("\\\n", " ").split()) for block in blocks]
+    commands = [c for c in commands if "training/run.py" in c and "--prompt none" in c]
+    assert len(commands) >= 2, commands  # images and volumes
+    for number, command in enumerate(commands):
+        argv = shlex.split(command.split("training/run.py", 1)[1])
+        argv = [str(REPO / a) if a.startswith("training/data/") else a for a in argv]
+        out = tmp_path / f"run{number}"
+        run(parse_args([*argv, "--output_dir", str(out), "--max_train_steps", "2", "--max_eval_samples", "48",
+                        "--dataloader_num_workers", "0", "--num_example_figures", "0"]))
+        saved = json.loads((out / "eval_results.json").read_text())
+        assert saved["prompt"] == "none" and saved["per_class"] and saved["train_steps"] == 2

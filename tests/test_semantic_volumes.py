@@ -100,8 +100,43 @@ def test_training_without_prompts_on_a_decathlon_folder(tmp_path, tiny_base_dir)
     assert saved["semantic"]["id2label"] == {str(k): v for k, v in NAMES.items()}
     assert saved["n_images"] == 2 * SHAPE[2]  # every slice of the two test volumes
     volumes = saved["volumes"]
-    assert volumes["mean"]["n_cases"] == 2 and set(volumes["label_names"].values()) <= {"organ", "lesion"}
+    assert volumes["n_volumes"] == volumes["mean"]["n_volumes"] == 2 and volumes["mean"]["n_cases"] == len(volumes["per_case"])
+    assert set(volumes["label_names"].values()) <= {"organ", "lesion"}
     assert {record["case"] for record in volumes["per_case"]} == {"case100", "case101"}
     assert all(0.0 <= record["dice"] <= 1.0 and record["hd95"] >= 0.0 for record in volumes["per_case"])
     card = (out / "README.md").read_text()
-    assert "organ" in card and "mm" in card
+    assert "organ" in card and "mm" in card and "segmented without prompts" in card
+
+
+def test_label_values_behind_the_class_ids_are_kept_for_predict(tmp_path, tiny_base_dir):
+    """Trained on stored value 2 alone (`--label_ids 2`, class id 1), the model writes and scores value 2."""
+    from modeling_icmoe.cli import main as cli
+
+    folder = write_decathlon(tmp_path / "data", cases=3, test_cases=1)
+    out = tmp_path / "run"
+    run(parse_args(["--base_model", str(tiny_base_dir), "--dataset", str(folder), "--output_dir", str(out),
+                    "--prompt", "none", "--label_ids", "2", "--max_train_steps", "2", "--learning_rate", "0.05",
+                    "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0",
+                    "--num_example_figures", "0"]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "background", "1": "lesion"} and config["label_values"] == [0, 2]
+    image, label = folder / "imagesTs" / "case100_0000.nii.gz", folder / "labelsTs" / "case100.nii.gz"
+    assert cli(["predict", "--model", str(out), "--input", str(image), "--output", str(tmp_path / "p.nii.gz"),
+                "--reference", str(label), "--device", "cpu"]) == 0
+    written = set(np.unique(np.asarray(nib.load(str(tmp_path / "p.nii.gz")).dataobj))) - {0}
+    assert written <= {2}
+    scores = json.loads((tmp_path / "p_metrics.json").read_text())
+    assert set(scores["per_class"]) <= {"2"} and scores["reference_labels_not_scored"] == [1]
+    # --label_ids of predict are the same label values.
+    assert cli(["predict", "--model", str(out), "--input", str(image), "--output", str(tmp_path / "q.nii.gz"),
+                "--label_ids", "1", "--device", "cpu"]) == 2
+
+
+def test_label_ids_that_name_nothing_are_refused(tmp_path):
+    folder = write_decathlon(tmp_path / "data", cases=3)
+    with pytest.raises(ValueError, match=r"--label_ids \[7\]: .* names no such label"):
+        volume_classes(str(folder), None, [7])
+    unnamed = write_decathlon(tmp_path / "unnamed", cases=3, names=False)
+    with pytest.raises(ValueError, match=r"classes \['7'\] occur in none of the 2 training volumes"):
+        load_volume_dataset(str(unnamed), image_column="image", mask_column="mask", class_values=[0, 7],
+                            label_ids=[7], validation_fraction=0.34, seed=0)

@@ -101,7 +101,7 @@ def _load_splits(args, accelerator, columns: dict, label_size: int, class_values
 
 def _prepare_data(args, processor, accelerator):
     """Loaders of the train and eval splits, and what the run reports about them; `classes` (`id2label`) for the
-    prompt-free model, None for the prompted one."""
+    prompt-free model, None for the prompted one, and the label value of each class of a volume dataset."""
     columns = {"image_column": args.image_column, "mask_column": args.mask_column, "label_ids": args.label_ids}
     label_size = processor.image_processor.mask_size["longest_edge"]
     classes, class_values = None, None
@@ -148,7 +148,7 @@ def _prepare_data(args, processor, accelerator):
             generator=torch.Generator().manual_seed(args.seed),
         )
     eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate, num_workers=workers)
-    return train_loader, eval_loader, eval_split, eval_images, volume_summary, classes
+    return train_loader, eval_loader, eval_split, eval_images, volume_summary, classes, class_values
 
 
 def _step_generator(args, epoch: int, batch_index: int, process_index: int) -> torch.Generator:
@@ -244,11 +244,13 @@ def run(args) -> dict:
     set_seed(args.seed)
 
     processor = AutoProcessor.from_pretrained(args.base_model)
-    train_loader, eval_loader, eval_split, eval_images, volume_summary, classes = _prepare_data(
+    train_loader, eval_loader, eval_split, eval_images, volume_summary, classes, class_values = _prepare_data(
         args, processor, accelerator
     )
     semantic = None if classes is None else {
-        "id2label": classes, **({"semantic_decoder": args.semantic_decoder} if args.semantic_decoder else {})
+        "id2label": classes, **({"semantic_decoder": args.semantic_decoder} if args.semantic_decoder else {}),
+        # The label values behind the class ids, where they differ (predict writes and scores those).
+        **({"label_values": class_values} if class_values and class_values != list(range(len(classes))) else {}),
     }
     icmoe_config = load_icmoe_config(
         args.icmoe_config, {name: getattr(args, name) for name in ICMOE_CONFIG_OVERRIDES}

@@ -174,6 +174,21 @@ def build_model(
     return model
 
 
+PROMPT_FREE_BASE_FILE = "prompt_free_base.json"
+
+
+def load_prompt_free_lora(base_model: str, adapter_dir: str | Path):
+    """A prompt-free LoRA run's `adapter/` on its SAM checkpoint: the prompt-free model is rebuilt as the run built it
+    (its classes, decoder and empty IC-MoE config, recorded in `prompt_free_base.json`), then PEFT loads the LoRA
+    weights and the class head and decoder parts trained whole."""
+    from peft import PeftModel
+
+    recorded = json.loads((Path(adapter_dir) / PROMPT_FREE_BASE_FILE).read_text())
+    model = IcMoeSamForSemanticSegmentation.from_pretrained(
+        base_model, **IcMoeSamForSemanticSegmentation.semantic_config_kwargs(recorded))
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
 def rebuild_model(method: str, base_model: str, state_dict: dict, **build_kwargs) -> nn.Module:
     """A fresh, unsharded model of `method` holding `state_dict` (every tensor, as `accelerator.get_state_dict`
     gathers them): what is saved after sharded (FSDP) training."""
@@ -240,6 +255,10 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
         model.save_pretrained(output_dir / "adapter")
         # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
         (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
+        if isinstance(model.get_base_model(), IcMoeSamForSemanticSegmentation):  # what the adapter goes on
+            base = model.get_base_model()
+            (output_dir / "adapter" / PROMPT_FREE_BASE_FILE).write_text(json.dumps(
+                {"icmoe_config": base.config.icmoe_config.to_dict(), **base.semantic_config_dict()}, indent=2) + "\n")
         model, state_dict = model.merge_and_unload(), None
     if isinstance(model, IcMoeSamForSemanticSegmentation):  # the image-segmentation pipeline, without prompts
         save_semantic_pretrained_with_pipeline(model, processor, output_dir, state_dict=state_dict)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
-from modeling_icmoe.pipeline_icmoe_semantic import class_maps_at_original_size
+from modeling_icmoe.pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
 from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .data import class_map
@@ -68,6 +68,9 @@ def volume_classes(source: str, label_names: list[str] | None,
         values = [0, *label_ids]
         if len(set(values)) != len(values) or min(label_ids) <= 0:
             raise ValueError(f"--label_ids must be distinct label values > 0, got {label_ids}.")
+        unnamed = sorted(set(label_ids) - set(recorded))
+        if recorded and unnamed:
+            raise ValueError(f"--label_ids {unnamed}: {source} names no such label (its labels: {recorded}).")
     else:
         if not recorded and not label_names:
             raise ValueError(f"--prompt none needs the class names of {source}: a dataset.json naming its labels, or "
@@ -112,8 +115,8 @@ class SemanticPairTransform:
             out["labels"].append(encoded["labels"][0].long())  # (h, w) class ids
             out["original_sizes"].append(encoded["original_sizes"][0])
             out["reshaped_input_sizes"].append(encoded["reshaped_input_sizes"][0])
-            if self.keep_maps:
-                out["gt_maps"].append(classes)
+            if self.keep_maps:  # in the narrowest type: a volume's maps are held until it is scored
+                out["gt_maps"].append(classes.astype(class_map_dtype(len(self.class_ids))))
         return out
 
 
@@ -188,12 +191,15 @@ def volume_class_scores(predictions: list, references: list, metas: list[dict], 
                              **{k: round(float(v), 5) for k, v in scores.items()}})
             by_class.setdefault(class_id, []).append(scores)
     per_class = {str(c): summarize(scores) for c, scores in sorted(by_class.items())}
-    # The headline is the mean over classes of each class's mean over volumes, as for images.
+    # The headline is the mean over classes of each class's mean over volumes, as for images; the spread is over the
+    # classes, as the mean is. `n_cases` counts the scored (volume, class) pairs, as the prompted path's does. No
+    # class in any volume, predicted or not: nothing is counted, and there is no mean.
     mean = {}
-    for name in ("dice", "iou", "hd95", "nsd"):  # the spread is over the classes, as the mean is
+    for name in ("dice", "iou", "hd95", "nsd") if per_class else ():
         values = [summary[name] for summary in per_class.values()]
         mean[name], mean[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
-    return {"mean": {**mean, "n_cases": len(cases)}, "per_class": per_class, "per_case": per_case,
+    mean = {**mean, "n_cases": len(per_case), "n_volumes": len(cases)} if mean else {}
+    return {"mean": mean, "per_class": per_class, "per_case": per_case, "n_volumes": len(cases),
             "label_names": {str(c): id2label[int(c)] for c in per_class},
             "nsd_tolerance_mm": nsd_tolerance_mm, "units": "hd95 in mm",
             "averaging": "per class over volumes, then over classes"}

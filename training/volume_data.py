@@ -30,6 +30,7 @@ import functools
 import io
 import json
 import random
+from collections import Counter
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,6 +452,11 @@ def load_volume_dataset(
                 f"{' ...' if len(counts['volumes_without_label']) > 10 else ''}."
             )
         missing = counts.get("missing_classes", [])
+        absent = Counter(entry.split(": ", 1)[1] for entry in missing)
+        never = sorted(name for name, volumes in absent.items() if volumes == len(cases))
+        if split == "train" and never:
+            raise ValueError(f"{source}: classes {never} occur in none of the {len(cases)} training volumes; nothing "
+                             "could learn them (choose the classes with --label_ids).")
         if missing:
             notes.append(f"{split}: {len(missing)} (volume, class) pairs without the class (scored as absent from the "
                          f"reference): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.")
