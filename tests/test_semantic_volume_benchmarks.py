@@ -38,3 +38,18 @@ def test_volume_benchmark_smoke(tmp_path):
     # A restart reuses what the file records.
     again = semantic_volumes.main(["--smoke", "--work_dir", str(tmp_path)])
     assert again["test"] == saved["test"]
+
+
+def test_resolution_ceiling_is_exact_at_full_resolution_and_lower_when_coarse():
+    import numpy as np
+
+    from benchmarks.semantic_resolution_ceiling import ceiling
+    from training.semantic_metrics import score_class_maps
+
+    maps = [np.zeros((40, 32), np.uint8) for _ in range(2)]
+    maps[0][5:20, 4:12] = 1
+    maps[1][22:24, 3:30] = 2  # a thin bar: lost on a coarse grid
+    names = {0: "background", 1: "a", 2: "b"}
+    exact = score_class_maps(ceiling(maps, 3, 40, 40), maps, names)
+    coarse = score_class_maps(ceiling(maps, 3, 40, 5), maps, names)
+    assert exact["dice"] == 1.0 and coarse["per_class"]["b"]["dice"] < 0.5
