@@ -10,7 +10,13 @@ from modeling_icmoe.pipeline_icmoe_sam import resolve_window
 from modeling_icmoe.configuration_icmoe_sam import SEMANTIC_DECODERS
 from modeling_icmoe.volumes import resolve_slice_axis
 
-from .methods import DEFAULT_LEARNING_RATES, METHODS, SEMANTIC_METHODS
+from .methods import (
+    DEFAULT_LEARNING_RATES,
+    METHODS,
+    PROMPT_FREE_DECODER,
+    PROMPT_FREE_LEARNING_RATES,
+    SEMANTIC_METHODS,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_MODEL = REPO_ROOT / "training" / "standin" / "sam-standin"
@@ -86,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="With --prompt none: the class names in id order, the background first (default: the "
                            "labels.json beside the data).")
     data.add_argument("--semantic_decoder", choices=SEMANTIC_DECODERS, default=None,
-                      help="With --prompt none: how the prompt is removed from SAM's decoder (default: the "
-                           "config's, mask_tokens).")
+                      help="With --prompt none: how the prompt is removed from SAM's decoder (default: "
+                           f"{PROMPT_FREE_DECODER}, chosen by the prompt-free benchmark on validation).")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="Default: cores per process - 1.")
@@ -179,7 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.nsd_tolerance_mm < math.inf:
         parser.error(f"--nsd_tolerance_mm must be >= 0 and finite, got {args.nsd_tolerance_mm}")
     if args.learning_rate is None:
-        args.learning_rate = DEFAULT_LEARNING_RATES[args.method]
+        rates = PROMPT_FREE_LEARNING_RATES if args.prompt == "none" else DEFAULT_LEARNING_RATES
+        args.learning_rate = rates.get(args.method, DEFAULT_LEARNING_RATES[args.method])
     elif not 0 < args.learning_rate < math.inf:
         parser.error(f"--learning_rate must be positive and finite, got {args.learning_rate}")
     if not 0 < args.mask_decoder_lr_scale < math.inf:
@@ -207,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.streaming:
             parser.error("--prompt none reads its training split up front (not --streaming) so far")
         args.no_zeroshot_eval = True
+        args.semantic_decoder = args.semantic_decoder or PROMPT_FREE_DECODER
     elif args.label_names or args.semantic_decoder:
         parser.error("--label_names and --semantic_decoder are for --prompt none")
     if args.overwrite_output_dir and args.resume_from_checkpoint:
