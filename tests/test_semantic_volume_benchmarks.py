@@ -34,7 +34,7 @@ def test_volume_benchmark_smoke(tmp_path):
     assert saved["keep_largest_component"]["chosen"] == (gain > 0)
     icmoe, prompted = saved["test"]["icmoe/seed0"], saved["test"]["icmoe_prompted/seed0"]
     assert icmoe["predict_dice"] == pytest.approx(semantic_volumes.mean_dice(icmoe["per_volume"]))
-    assert icmoe["run_volumes"]["n_cases"] == 6 and prompted["run_volumes"]["n_cases"] > 0
+    assert icmoe["run_volumes"]["n_volumes"] == 6 and prompted["run_volumes"]["n_cases"] > 0
     # A restart reuses what the file records.
     again = semantic_volumes.main(["--smoke", "--work_dir", str(tmp_path)])
     assert again["test"] == saved["test"]
