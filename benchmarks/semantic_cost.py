@@ -141,7 +141,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "command": args.command,
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()}"
                     f" threads") + f"; {platform.platform()}; torch {torch.__version__}",
-        "base_model": f"SAM ViT-B, {args.image_size} px, untrained weights" if args.vit_b else args.base_model,
+        "base_model": f"SAM ViT-B, {args.image_size} px, untrained weights" if args.vit_b else (
+            str(Path(args.base_model).resolve().relative_to(REPO_ROOT))
+            if Path(args.base_model).resolve().is_relative_to(REPO_ROOT) else args.base_model),
         "volume": {"path": str(Path(args.volume).resolve().relative_to(REPO_ROOT))
                    if Path(args.volume).resolve().is_relative_to(REPO_ROOT) else args.volume,
                    "shape": list(volume.shape), "slices": slices, "classes": len(id2label) - 1,

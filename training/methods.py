@@ -37,7 +37,7 @@ METHODS = ("icmoe", "lora", "adapter", "decoder", "full", "zeroshot")
 DEFAULT_LEARNING_RATES = {"icmoe": 3e-4, "lora": 3e-4, "adapter": 3e-4, "decoder": 1e-4, "full": 3e-4, "zeroshot": 0.0}
 # The same for `--prompt none`: each method's rate chosen on the validation split of the prompt-free benchmark
 # (docs/BENCHMARKS.md, "Prompt-free accuracy"), and the decoder it chose for IC-MoE.
-PROMPT_FREE_LEARNING_RATES = {"icmoe": 3e-3, "full": 1e-3}
+PROMPT_FREE_LEARNING_RATES = {"icmoe": 3e-3, "lora": 3e-3, "adapter": 3e-3, "decoder": 3e-3, "full": 1e-3}
 PROMPT_FREE_DECODER = "queries"
 
 
