@@ -103,9 +103,10 @@ def predict(model_dir: Path, volumes: list[tuple[Path, Path]], out: Path, *, cle
     records = []
     for image, label in volumes:
         stem = image.name.removesuffix(".nii.gz")
-        metrics = out / f"{stem}{'_lcc' if clean_up else ''}.json"
+        name = stem + ("_lcc" if clean_up else "")
+        metrics = out / f"{name}.json"
         status = cli(["predict", "--model", str(model_dir), "--input", str(image), "--output",
-                      str(out / f"{stem}{'_lcc' if clean_up else ''}.nii.gz"), "--window", WINDOW, "--reference",
+                      str(out / f"{name}.nii.gz"), "--window", WINDOW, "--reference",
                       str(label), "--metrics_output", str(metrics), "--device", "cpu",
                       *(["--keep_largest_component"] if clean_up else [])])
         if status != 0:

@@ -276,10 +276,10 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
 
 def trains_sam_encoder(model: nn.Module) -> bool:
     """Whether any of SAM's own image-encoder weights (not an IC-MoE layer's) is trained, as in full fine-tuning."""
-    adapters = tuple(f"{name}." for name, _ in sam_of(model).adapter_modules()) if isinstance(sam_of(model),
-                                                                                             IcMoeSamModel) else ()
+    sam = sam_of(model)
+    adapters = tuple(f"{name}." for name, _ in sam.adapter_modules()) if isinstance(sam, IcMoeSamModel) else ()
     return any(p.requires_grad and name.startswith("vision_encoder.") and not name.startswith(adapters)
-               for name, p in sam_of(model).named_parameters())
+               for name, p in sam.named_parameters())
 
 
 def describe_method(model: nn.Module) -> dict:

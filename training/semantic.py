@@ -80,8 +80,7 @@ def volume_classes(source: str, label_names: list[str] | None,
     id2label = {index: named[value] for index, value in enumerate(values)}
     if label_names:
         given = dict(enumerate(label_names))
-        if recorded and [given.get(i) for i in range(len(values))] != [id2label[i] for i in range(len(values))] or \
-                len(given) != len(values):
+        if len(given) != len(values) or (recorded and given != id2label):
             raise ValueError(f"--label_names {label_names} differ from the classes of {source} {id2label} "
                              f"(stored values {values}); give names in this order, or choose with --label_ids.")
         id2label = given
