@@ -14,6 +14,7 @@ Intensities go to 8 bits once per volume (a CT window, or percentiles over the w
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -262,11 +263,13 @@ def mask_box(mask) -> list[float]:
 
 @dataclass
 class SlicePrompt:
-    """One prompt: the class `label` in slice `index` along the slice axis, as a box in that slice's pixels."""
+    """One prompt: the class `label` in slice `index` along the slice axis, as a box in that slice's pixels. `source`
+    names where it came from (a file and entry), for error messages."""
 
     index: int
     label: int
     box: list[float]
+    source: str = ""
 
 
 def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] | None = None) -> list[SlicePrompt]:
@@ -286,24 +289,47 @@ def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] |
     return prompts
 
 
-def prompts_from_boxes(entries: Sequence[dict], volume: Volume, axis: int) -> list[SlicePrompt]:
-    """Prompts from `[{"slice": s, "label": l, "box": [x0, y0, x1, y1]}, ...]` in canonical slice pixels."""
+def _entry_number(entry: dict, key: str, where: str, *, integral: bool) -> float | int:
+    """`entry[key]` as a finite number (an int where `integral`), or a `ValueError` naming `where`."""
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            integral and value != int(value)):
+        raise ValueError(f"{where}: {key!r} must be {'an integer' if integral else 'a finite number'}, got {value!r}.")
+    return int(value) if integral else float(value)
+
+
+def parse_entry(entry, number: int, source: str, kind: str, fields: dict[str, str]) -> tuple[str, int, int]:
+    """Checks a JSON prompt entry's form: a dict with exactly the keys of `fields` (key: description), integer
+    `slice` and `label` > 0. Returns its origin (`SOURCE: Kind entry N`), slice and label."""
+    origin = f"{source + ': ' if source else ''}{kind} entry {number}"
+    form = "{" + ", ".join(f"{k!r}: {v}" for k, v in fields.items()) + "}"
+    if not isinstance(entry, dict) or set(entry) != set(fields):
+        raise ValueError(f"{origin} must be {form}, got {entry!r}.")
+    index = _entry_number(entry, "slice", origin, integral=True)
+    label = _entry_number(entry, "label", origin, integral=True)
+    if label <= 0:
+        raise ValueError(f"{origin}: class {label}, slice {index}: labels are > 0 (0 is the background).")
+    return origin, index, label
+
+
+def prompts_from_boxes(entries: Sequence[dict], volume: Volume, axis: int, source: str = "") -> list[SlicePrompt]:
+    """Prompts from `[{"slice": s, "label": l, "box": [x0, y0, x1, y1]}, ...]` in canonical slice pixels. Errors name
+    `source` (the JSON file), the entry, its class and slice: a malformed entry, a slice outside the volume, a box
+    outside the slice, two boxes for one class on one slice."""
+    from .propagation import check_key_prompts
+
+    if isinstance(entries, dict) or not isinstance(entries, Sequence):
+        raise ValueError(f"{source or 'boxes'}: expected a list of box entries, got {type(entries).__name__}.")
     prompts = []
     for number, entry in enumerate(entries):
-        try:
-            index, label, box = int(entry["slice"]), int(entry["label"]), [float(v) for v in entry["box"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"Box entry {number} must be {{'slice': int, 'label': int, 'box': [x0, y0, x1, y1]}}, got "
-                             f"{entry!r}.") from err
-        height, width = volume.slice(axis, 0).shape
-        if not 0 <= index < volume.num_slices(axis):
-            raise ValueError(f"Box entry {number}: slice {index} is outside 0..{volume.num_slices(axis) - 1}.")
-        if label <= 0 or len(box) != 4 or not (0 <= box[0] <= box[2] < width and 0 <= box[1] <= box[3] < height):
-            raise ValueError(
-                f"Box entry {number}: needs a label > 0 and a box inside the {height}x{width} slice with x0 <= x1 and "
-                f"y0 <= y1, got label {label} and box {box}."
-            )
-        prompts.append(SlicePrompt(index, label, box))
+        origin, index, label = parse_entry(entry, number, source, "Box",
+                                           {"slice": "int", "label": "int", "box": "[x0, y0, x1, y1]"})
+        where, box = f"{origin}: class {label}, slice {index}", entry["box"]
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"{where}: 'box' must be [x0, y0, x1, y1], got {box!r}.")
+        box = [_entry_number({"box": v}, "box", where, integral=False) for v in box]
+        prompts.append(SlicePrompt(index, label, box, origin))
+    check_key_prompts(prompts, [], num_slices=volume.num_slices(axis), slice_shape=volume.slice(axis, 0).shape)
     return prompts
 
 
@@ -336,14 +362,48 @@ def segment_volume(
     slices_per_batch: int = 8,
     mask_threshold: float = 0.0,
     progress: bool = True,
+    propagate: bool = False,
+    points: Sequence | None = None,
+    propagation=None,
+    embeddings=None,
 ) -> np.ndarray:
-    """Segments every prompt and stacks the masks into a canonical-orientation label map of `volume`'s shape.
+    """Segments a volume from box prompts and returns a canonical-orientation label map of `volume`'s shape.
+
+        segment_volume(model, processor, volume, prompts, *, axis, window=None, intensity_percentiles=(0.5, 99.5),
+                       slices_per_batch=8, mask_threshold=0.0, progress=True, propagate=False, points=None,
+                       propagation=None, embeddings=None) -> np.ndarray
+
+    prompts: `SlicePrompt`s (`prompts_from_boxes`, `prompts_from_label_map`). Without `propagate`, every prompt is
+        segmented on its own slice, and slices without a prompt stay empty.
+    propagate: read `prompts` as key-slice boxes (one or more per class) and propagate each class from its key
+        slices through the volume in both directions (`propagation.py`), until the object ends or the class's next
+        key slice.
+    points: `propagation.SlicePoint` clicks (positive or negative) that refine their slice, from which propagation
+        reruns; with `propagate` only, and only for classes with a key box.
+    propagation: a `propagation.PropagationSettings` (default: the settings chosen on validation).
+    embeddings: a `propagation.SliceEmbeddings` of this volume, model and axis to reuse (with `propagate`): an app
+        that adds clicks then encodes each slice once.
 
     Each slice's image embedding is computed once, whatever the number of classes prompted in it. Where masks of
-    two classes overlap, the one with the higher predicted IoU wins.
+    two classes overlap, the one with the higher predicted IoU wins. Bad prompts (a slice outside the volume, a box or
+    point outside the slice, two boxes for one class and slice, a point on a class without a key box) raise a
+    `ValueError` naming the prompt's source, class and slice.
     """
     from tqdm.auto import tqdm
 
+    if points and not propagate:
+        raise ValueError("Points refine a propagated class: pass propagate=True (and a key box for each clicked class).")
+    if propagate:
+        from .propagation import PropagationSettings, SliceEmbeddings, propagate_volume
+
+        if embeddings is None:
+            pixels = to_uint8_volume(volume, window=window, intensity_percentiles=intensity_percentiles)
+            embeddings = SliceEmbeddings(model, processor, pixels, axis=axis, slices_per_batch=slices_per_batch)
+        elif embeddings.pixels.shape != volume.shape or embeddings.axis != axis or embeddings.model is not model:
+            raise ValueError("`embeddings` were made for another volume, slice axis or model.")
+        return propagate_volume(embeddings, volume.shape, prompts, points or (), axis=axis,
+                                settings=propagation or PropagationSettings(), mask_threshold=mask_threshold,
+                                progress=progress)
     pixels = to_uint8_volume(volume, window=window, intensity_percentiles=intensity_percentiles)
     labels = np.zeros(volume.shape, dtype=np.int32)
     best = np.full(volume.shape, -np.inf, dtype=np.float32)
