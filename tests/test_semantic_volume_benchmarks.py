@@ -59,28 +59,27 @@ def test_the_prompt_free_narrative_is_its_results_files():
     """The numbers of docs/BENCHMARKS.md's "Prompt-free: what the benchmark says" are the results files' numbers."""
     import numpy as np
 
-    from launching import REPO
+    from published import between, document, mean_std, results
 
-    results = REPO / "benchmarks" / "results"
-    text = (REPO / "docs" / "BENCHMARKS.md").read_text()
-    narrative = text[text.index("## Prompt-free: what the benchmark says"):text.index("<!-- semantic_accuracy:begin")]
-    accuracy = json.loads((results / "semantic_accuracy.json").read_text())
+    narrative = between(document("docs/BENCHMARKS.md"), "## Prompt-free: what the benchmark says",
+                        "<!-- semantic_accuracy:begin")
+    accuracy = results("semantic_accuracy.json")
     for method in ("icmoe_queries", "lora_matched", "adapter", "full", "decoder", "icmoe", "unet", "unet_own_budget",
                    "icmoe_prompted"):
         dice = [r["dice"] for r in accuracy["records"] if r["method"] == method]
         assert len(dice) == 3, method
-        assert f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}" in narrative, method
-    volumes = json.loads((results / "semantic_volumes.json").read_text())
+        assert mean_std(dice) in narrative, method
+    volumes = results("semantic_volumes.json")
     for method, label in (("icmoe", "Dice **{}"), ("icmoe_prompted", "\n  {}")):
         dice = [r["run_volumes"]["dice"] for r in volumes["test"].values() if r["method"] == method]
-        assert label.format(f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}") in narrative, method
+        assert label.format(mean_std(dice)) in narrative, method
     gains = volumes["keep_largest_component"]["validation_gain_per_seed"]
     assert f"+{gains[0]:.4f} and +{gains[1]:.4f}" in narrative
     icmoe = [r for r in volumes["test"].values() if r["method"] == "icmoe"]
     change = np.mean([r["predict_dice_keep_largest_component"] - r["predict_dice"] for r in icmoe])
     assert f"lowered it by {-change:.4f}" in narrative
     for name, row in (("semantic_cost_cpu.json", "| stand-in SAM"), ("semantic_cost_cpu_vit_b.json", "| SAM ViT-B")):
-        paths = json.loads((results / name).read_text())["paths"]
+        paths = results(name)["paths"]
         cells = " | ".join(f"{paths[d]['ratio_to_prompted']['median']:.2f}x [{paths[d]['ratio_to_prompted']['min']:.2f}, "
                            f"{paths[d]['ratio_to_prompted']['max']:.2f}]" for d in ("mask_tokens", "queries"))
         line = next(line for line in narrative.splitlines() if line.startswith(row))
