@@ -1,12 +1,12 @@
 """Serves local git repositories as a read-only Hugging Face Hub with olah, for `test_hub_server.py`.
 
 Run as `python olah_local_mirror.py --config olah.toml`, where the config sets `[basic] mirrors-path` (folders laid
-out `models/<org>/<name>/.git`) and `[accessibility] offline = true`. olah (0.5.x) serves files, file metadata and
+out `models/<org>/<name>/.git` and `datasets/<org>/<name>/.git`) and `[accessibility] offline = true`. olah (0.5.x) serves files, file metadata and
 `/api/models/<id>/revision/<rev>` from such mirrors, but one answer differs from the Hub's in a way the Hub clients
 cannot live with; this wrapper corrects it in front of olah's app:
 
 A file or folder missing from a mirrored repository gets `401 RepoNotFound` instead of `404 EntryNotFound`, on
-`/<org>/<name>/resolve/...` and on `/api/models/<org>/<name>/tree/...`. `transformers` probes optional files
+`/[datasets/]<org>/<name>/resolve/...` and on `/api/{models,datasets}/<org>/<name>/tree/...`. `transformers` probes optional files
 (`adapter_config.json`, `preprocessor_config.json`, the `additional_chat_templates/` folder, ...) and only tolerates
 the 404, so every `from_pretrained` would fail at its first probe.
 
@@ -23,7 +23,10 @@ import re
 import uvicorn
 from olah import server
 
-_ENTRY = re.compile(r"^(?:/api/models)?/([^/]+)/([^/]+)/(?:resolve|tree)/[^/]+/.+$")
+# A file or folder of a model (`/org/name/...`, `/api/models/org/name/tree/...`) or a dataset (`/datasets/org/name/...`,
+# `/api/datasets/org/name/tree/...`).
+_ENTRY = re.compile(r"^(?:/api/(?P<api>models|datasets)|/(?P<kind>datasets))?/(?P<org>[^/]+)/(?P<name>[^/]+)"
+                    r"/(?:resolve|tree)/[^/]+/.+$")
 
 
 class LocalMirrorFixes:
@@ -33,14 +36,14 @@ class LocalMirrorFixes:
         self.app = app
         self.mirrors_path = mirrors_path
 
-    def _is_mirrored(self, org: str, name: str) -> bool:
-        return any(os.path.isdir(os.path.join(root, "models", org, name, ".git")) for root in self.mirrors_path)
+    def _is_mirrored(self, kind: str, org: str, name: str) -> bool:
+        return any(os.path.isdir(os.path.join(root, kind, org, name, ".git")) for root in self.mirrors_path)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         entry = _ENTRY.match(scope["path"])
-        if entry and self._is_mirrored(*entry.groups()):
+        if entry and self._is_mirrored(entry["api"] or entry["kind"] or "models", entry["org"], entry["name"]):
             send = _entry_not_found(send)
         return await self.app(scope, receive, send)
 

@@ -41,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_SERVER = Path(__file__).with_name("olah_local_mirror.py")
 BOXES = [[12.0, 10.0, 40.0, 30.0], [2.0, 3.0, 20.0, 44.0]]
 SERVER_START_TIMEOUT_S = 90
+NAMED_DATASET, UNNAMED_DATASET = "org/tiny-organs", "org/tiny-unnamed"
+NAMED_CLASSES = {"0": "background", "1": "liver", "2": "spleen"}
 
 
 def _git(folder: Path, *args: str) -> None:
@@ -58,8 +60,8 @@ class GitMirrorHub:
     def __init__(self, mirrors: Path):
         self.mirrors = mirrors
 
-    def folder(self, repo_id: str) -> Path:
-        return self.mirrors / "models" / repo_id
+    def folder(self, repo_id: str, repo_type: str = "model") -> Path:
+        return self.mirrors / f"{repo_type}s" / repo_id
 
     def create_repo(self, repo_id: str, *, exist_ok: bool = False, **_) -> None:
         folder = self.folder(repo_id)
@@ -79,6 +81,16 @@ class GitMirrorHub:
         _git(folder, "add", "-A")
         _git(folder, "commit", "-q", "-m", commit_message)
 
+    def publish_dataset(self, repo_id: str, files: dict[str, str]) -> None:
+        """A dataset repository holding `files` (name -> text)."""
+        folder = self.folder(repo_id, "dataset")
+        folder.mkdir(parents=True)
+        _git(folder, "init", "-q", "-b", "main")
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        _git(folder, "add", "-A")
+        _git(folder, "commit", "-q", "-m", "Upload dataset files")
+
     def publish_folder(self, repo_id: str, source: Path) -> None:
         self.create_repo(repo_id)
         shutil.copytree(source, self.folder(repo_id), dirs_exist_ok=True)
@@ -96,6 +108,9 @@ def published(tmp_path_factory):
     base.save_pretrained(base_folder)
     processor.save_pretrained(base_folder)
     hub.publish_folder(BASE_REPO, base_folder)
+    # Class names of prompt-free datasets: the Hub's usual `id2label.json`, and a repository with none.
+    hub.publish_dataset(NAMED_DATASET, {"id2label.json": json.dumps(NAMED_CLASSES), "README.md": "# tiny organs\n"})
+    hub.publish_dataset(UNNAMED_DATASET, {"README.md": "# no class names\n"})
 
     model = trained_icmoe(base)
     output_dir = write_output_dir(root / "run", model, processor)
@@ -245,17 +260,45 @@ def client_results(published, hub_endpoint):
         "output": str(root / "results.pt"),
         "threads": torch.get_num_threads(),
     }
+    completed = subprocess.run(
+        [sys.executable, "-c", CLIENT, json.dumps(args)], cwd=root, env=client_env(hub_endpoint, root),
+        capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return inputs, torch.load(root / "results.pt")
+
+
+def client_env(endpoint: str, root: Path) -> dict[str, str]:
+    """A fresh client's environment: the local Hub, an empty cache, no token, not offline."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PYTHONPATH")
     }
-    env.update(HF_ENDPOINT=hub_endpoint, HF_HOME=str(root / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
-    completed = subprocess.run(
-        [sys.executable, "-c", CLIENT, json.dumps(args)], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return inputs, torch.load(root / "results.pt")
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(root / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    return env
+
+
+CLASS_NAMES_CLIENT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from training.semantic import class_names
+print(json.dumps(class_names(sys.argv[2], None)))
+"""
+
+
+@pytest.mark.parametrize("repo_id", [NAMED_DATASET, UNNAMED_DATASET])
+def test_class_names_of_a_hub_dataset(published, hub_endpoint, repo_id, tmp_path):
+    """`--prompt none` on a Hub dataset id takes the class names from the repository's own file, fetched over HTTP;
+    a repository without one is refused with the files it looked for."""
+    completed = subprocess.run([sys.executable, "-c", CLASS_NAMES_CLIENT, str(REPO_ROOT), repo_id], cwd=tmp_path,
+                               env=client_env(hub_endpoint, tmp_path), capture_output=True, text=True, timeout=120)
+    if repo_id == NAMED_DATASET:
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert json.loads(completed.stdout.strip().splitlines()[-1]) == NAMED_CLASSES
+    else:
+        assert completed.returncode != 0
+        assert f"labels.json or id2label.json in the Hub dataset {UNNAMED_DATASET} (it has neither)" in completed.stderr
 
 
 def _local_forward(model, inputs):

@@ -2,7 +2,8 @@
 of every class on every image.
 
 Masks hold class ids (0 the background). The class names come from `--label_names` (in id order, the background
-first) or from a `labels.json` beside the data (`{"0": "background", "1": "liver", ...}`); every mask value must be
+first) or from a `labels.json` beside the data (`{"0": "background", "1": "liver", ...}`; a Hub dataset's repository
+may hold it as `labels.json` or `id2label.json`); every mask value must be
 one of them (checked up front, naming the file and the value), and an image with no object is a valid example.
 
 Volumes (Decathlon / nnU-Net folders, CSV of pairs) take their names from `dataset.json` or `--label_names`, and
@@ -32,12 +33,30 @@ from .semantic_metrics import score_class_maps
 from .volume_data import VOLUME_COLUMNS, volume_label_names
 
 LABELS_FILE = "labels.json"
+HUB_LABELS_FILES = (LABELS_FILE, "id2label.json")
+
+
+def hub_labels_file(repo_id: str) -> Path | None:
+    """The class-names file of a Hub dataset repository (`labels.json`, else `id2label.json`, the name the
+    semantic-segmentation datasets of the Hub use), downloaded; None when the repository has neither."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in HUB_LABELS_FILES:
+        try:
+            return Path(hf_hub_download(repo_id, name, repo_type="dataset"))
+        except EntryNotFoundError:
+            continue
+    return None
 
 
 def class_names(source: str, label_names: list[str] | None) -> dict[int, str]:
-    """`id2label` of a dataset: `--label_names`, else the `labels.json` beside the data; both must agree when both
-    are there."""
+    """`id2label` of a dataset: `--label_names`, else the `labels.json` beside the data (for a Hub dataset, its
+    repository's `labels.json` or `id2label.json`, not fetched when `--label_names` is given, so that a run with
+    names works offline); both must agree when both are there."""
     path = Path(source) / LABELS_FILE
+    if not Path(source).exists() and not label_names:  # a Hub dataset id: its own file, if it has one
+        path = hub_labels_file(source) or path
     recorded = None
     if path.is_file():
         try:
@@ -50,10 +69,9 @@ def class_names(source: str, label_names: list[str] | None) -> dict[int, str]:
         raise ValueError(f"--label_names {list(given.values())} differ from {path} {recorded}; give one of them.")
     id2label = given or recorded
     if id2label is None:
-        raise ValueError(
-            f"--prompt none needs the class names: a {LABELS_FILE} beside the data ({path} is missing) or "
-            "--label_names background NAME1 NAME2 ..."
-        )
+        where = (f"a {LABELS_FILE} beside the data ({path} is missing)" if Path(source).exists() else
+                 f"a {' or '.join(HUB_LABELS_FILES)} in the Hub dataset {source} (it has neither)")
+        raise ValueError(f"--prompt none needs the class names: {where}, or --label_names background NAME1 NAME2 ...")
     if sorted(id2label) != list(range(len(id2label))) or len(id2label) < 2:
         raise ValueError(f"Classes must be ids 0 .. N-1 with 0 the background and N >= 2, got {id2label}.")
     return id2label
