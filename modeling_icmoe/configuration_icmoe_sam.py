@@ -81,8 +81,8 @@ class IcMoeAdapterConfig:
             Temperature of the vote softmax.
         pixel_vote_weight (`float`, *optional*, defaults to 0.0):
             Weight of each expert's pixel-probability confidence, `log max(p, 1 - p)`, in its vote, at training and
-            inference alike. `0` routes by the router logits alone (the default since the sixth accuracy round, which
-            measured no gain from the pixel votes; 1.0 is the measured weight for those who turn them on).
+            inference alike. `0` (the default) routes by the router logits alone; 1.0 is the weight the votes were
+            measured with (docs/METHOD.md gives the measurement: no gain on validation).
         label_consistency_weight (`float`, *optional*, defaults to 1.0):
             Weight of the label-consistency term in the label-guided target votes.
         router_aux_loss_coef (`float`, *optional*, defaults to 0.1):
@@ -94,9 +94,8 @@ class IcMoeAdapterConfig:
         pixel_loss_coef (`float`, *optional*, defaults to 0.1):
             Weight of the pixel-probability loss (BCE of every expert's pixel vote against the label).
         contrastive_loss_coef (`float`, *optional*, defaults to 0.0):
-            Weight of the semantic-guided contrastive loss. `0` (the default since the fourth accuracy round, where
-            removing it measured no worse over four validation seeds) removes the projection head; 0.01 is the weight
-            it was measured with.
+            Weight of the semantic-guided contrastive loss. `0` (the default) removes the projection head; 0.01 is the
+            weight it was measured with (docs/METHOD.md: removing it was no worse on validation).
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the contrastive loss.
         contrastive_samples_per_class (`int`, *optional*, defaults to 64):

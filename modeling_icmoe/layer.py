@@ -1,4 +1,5 @@
-"""One IC-MoE layer: the experts, their pixel-probability votes and the voting router, beside a ViT block's MLP.
+"""One IC-MoE layer: the experts, their pixel-probability votes and the voting router, beside one projection of a
+ViT block (the fused qkv projection by default, `placement="attention"`; the MLP with `placement="mlp"`).
 
 The layer computes every expert's activated bottleneck, each expert's pixel logit (its own vote on "is this
 token foreground"), the router's votes (which read those pixel logits) and the mixture, and returns all of it
@@ -43,7 +44,8 @@ class IcMoeRouting(ModelOutput):
 
 
 class IcMoeLayer(nn.Module):
-    """One IC-MoE layer: experts and voting router, run beside a ViT block's MLP on the same input."""
+    """One IC-MoE layer: experts and voting router, run on the input of the projection it joins (the block's qkv or
+    its MLP) and added to that projection's output."""
 
     def __init__(self, *, hidden_size: int, config: IcMoeAdapterConfig, output_size: int | None = None):
         super().__init__()

@@ -59,7 +59,9 @@ class IcMoeSamOutput(SamImageSegmentationOutput):
         Each term, detached: `dice`, `bce`, `iou`, `load_balance`, `router_z`, `vote`, `pixel`, `contrastive`.
     router_probs (`tuple[torch.Tensor]`, *optional*, returned when `output_router_probs=True`):
         One tensor of shape `(batch_size, grid_height, grid_width, num_routed_experts)` per IC-MoE layer: the fused
-        top-k votes of each token over the routed experts (zero outside its top-k, summing to 1).
+        top-k votes of each token over the routed experts (zero outside its top-k, summing to 1): the weights the
+        mixture applies, not the router's softmax over all experts (that is `routing[i].router_logits`). The name
+        follows the `output_router_probs` flag of transformers' mixture-of-experts models.
     routing (`tuple[IcMoeRouting]`, *optional*, returned when `output_router_probs=True`):
         Everything each IC-MoE layer's router computed: router logits, votes, top-k indices, pixel logits.
     """

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--lora_rank", type=int, default=4, help="Rank for --method lora.")
     data.add_argument("--adapter_rank", type=int, default=64, help="Bottleneck width for --method adapter.")
     data.add_argument("--dataset", default=str(DEFAULT_DATASET),
-                      help="Hub dataset id, save_to_disk folder, or folder with metadata.csv (default: embedded).")
+                      help="Hub dataset id, save_to_disk folder, folder with metadata.csv, or a volume folder / CSV of "
+                           "volumes (default: the embedded simulated MR lesions, training/data/mr_brain_lesion).")
     data.add_argument("--image_column", default="image")
     data.add_argument("--mask_column", default="mask")
     data.add_argument("--train_split", default="train")

@@ -4,7 +4,7 @@ Trains on any `datasets` source of (image, mask) pairs with box and/or point pro
 on one CPU, one GPU or many (DDP, FSDP, multi-node) through Accelerate, and writes the model (full and
 adapter-only safetensors), the processor, eval_results.json, train_log.jsonl, figures and a model card.
 
-    accelerate launch training/run.py                      # offline default: stand-in SAM, embedded nuclei data
+    accelerate launch training/run.py                      # offline default: stand-in SAM, simulated MR lesions
     accelerate launch --config_file configuration/accelerate/multi_gpu.yaml training/run.py \
         --base_model facebook/sam-vit-base --dataset <hub id or folder> --method icmoe
     python training/run.py --method lora                   # without a launcher, one process
