@@ -39,6 +39,8 @@ def test_python_blocks_run_as_written(tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
+    # The default objective's terms, then every term the model computes and logs.
+    assert "{'dice': 1.0, 'bce': 1.0, 'iou': 1.0, 'load_balance': 0.1, 'pixel': 0.1}" in result.stdout
     assert "['bce', 'contrastive', 'dice', 'iou', 'load_balance', 'pixel', 'router_z', 'vote']" in result.stdout
     assert "(1, 128, 128)" in result.stdout
     # Wrapping a SAM checkpoint says in one line that the adapters are new, instead of a table of missing tensors.
