@@ -285,7 +285,8 @@ CLAIMS = [
     *[Claim(f"method: ten seeds, {task}", METHOD, lambda name=name, task=task: (
         f"| {name} | {dice(task, 'icmoe', TEN)} | {dice(task, 'lora_matched', TEN)} | {dice(task, 'adapter', TEN)} | "
         f"{gap(task, 'icmoe', 'lora_matched', TEN, '+.3f')} {interval(TEN, task, 'icmoe', 'lora_matched')};"))
-      for name, task in (("US lesion (simulated, 100 objects)", US), ("MR lesion (simulated, 100 objects)", MR))],
+      for name, task in (("US lesion (simulated, 100 objects)", US), ("MR lesion (simulated, 100 objects)", MR),
+                         ("nuclei (real, 19 objects)", NUC))],
     Claim("method: ten seeds, the spread target", METHOD, lambda: (
         f"holds on MR ({spread(MR, 'icmoe', TEN, 4)} against {spread(MR, 'adapter', TEN, 4)}) and not on ultrasound "
         f"({spread(US, 'icmoe', TEN, 4)} against {spread(US, 'adapter', TEN, 4)}) or the nuclei "
@@ -307,13 +308,48 @@ def test_published_number_is_its_results_file(claim):
         pytest.fail(f"{claim.document} should say: {expected}")
 
 
+EARLIER_ABLATIONS = [  # (section of METHOD.md, row label, file, method, tasks)
+    *[("## Second round", label, "accuracy_round2.json", method, (MR, US)) for label, method in (
+        ("nothing (default)", "icmoe"), ("semantic experts", "icmoe_no_semantic"), ("shared expert", "icmoe_no_shared"),
+        ("top-2 routing (dense instead)", "icmoe_dense"),
+        ("pixel-probability voting and the vote loss", "icmoe_no_voting"), ("pixel loss", "icmoe_no_pixel_loss"),
+        ("contrastive loss", "icmoe_no_contrastive"))],
+    ("## Third round", "nothing (default, beside `qkv`)", ACC, "icmoe_round3", (MR, US)),
+    *[("## Third round", label, "accuracy_round3_ablations.json", method, (MR, US)) for label, method in (
+        ("basic experts (routed and shared)", "icmoe_no_basic"), ("shared expert", "icmoe_no_shared"),
+        ("semantic experts", "icmoe_no_semantic"), ("adaptive experts", "icmoe_no_adaptive"),
+        ("load balancing", "icmoe_no_balance"), ("top-2 routing (top-1 instead)", "icmoe_top1"),
+        ("top-2 routing (dense instead)", "icmoe_dense"),
+        ("pixel-probability voting and the vote loss", "icmoe_no_voting"), ("pixel loss", "icmoe_no_pixel_loss"),
+        ("contrastive loss", "icmoe_no_contrastive"))],
+    *[("## Fourth round", name, ACC, method, TASKS) for name, method in (
+        ("round-3 default", "icmoe_round3"), ("**current default**", REFERENCE))],
+]
+
+
+def table_cells(section: str, label: str) -> list[str]:
+    """The cells after the label of the row `label` in `section` of METHOD.md, emphasis markers removed."""
+    text = between(document(METHOD), section, "\n## ")
+    row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+    return [re.sub(r"\*\*|\*\(s\)\*|\*", "", cell).strip() for cell in row.split("|")[2:-1]]
+
+
+@pytest.mark.parametrize("section, label, file, method, tasks", EARLIER_ABLATIONS)
+def test_earlier_rounds_rows_are_their_results_files(section, label, file, method, tasks):
+    """METHOD.md's tables of the earlier rounds: test Dice per task, by column (the fourth round's by row)."""
+    if section == "## Fourth round":  # one column per method, one row per task
+        rows = (("MR lesion (simulated)", MR), ("US lesion (simulated)", US), ("nuclei (real)", NUC))
+        column = 0 if method == "icmoe_round3" else 1
+        assert [table_cells(section, name)[column] for name, _ in rows] == [dice(t, method, file) for _, t in rows]
+    else:
+        assert table_cells(section, label)[:len(tasks)] == [dice(task, method, file) for task in tasks]
+
+
 @pytest.mark.parametrize("label, method", PAIRED_ROWS)
 def test_paired_ablation_row_is_its_results_file(label, method):
     """docs/METHOD.md's ninth-round table: reference minus removal, three decimals, per task (markers aside)."""
-    ninth_round = between(document(METHOD), "## Ninth round", "\n## ")
-    row = next(line for line in ninth_round.splitlines() if line.startswith(f"| {label} |"))
-    cells = [re.sub(r"\*\*|\*\(s\)\*", "", cell).strip() for cell in row.split("|")[2:5]]
-    assert cells == [gap(task, REFERENCE, method, PAIRED, "+.3f") for task in TASKS], row
+    cells = table_cells("## Ninth round", label)[:3]
+    assert cells == [gap(task, REFERENCE, method, PAIRED, "+.3f") for task in TASKS]
 
 
 def test_the_chosen_rates_at_a_grid_edge_are_the_ones_the_prose_names():
