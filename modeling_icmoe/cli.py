@@ -2,6 +2,7 @@
 
     icmoe-sam predict --model DIR --input CT.nii.gz --output PRED.nii.gz --prompt_labels COARSE.nii.gz
     icmoe-sam predict --model DIR --input MR.nii.gz --output PRED.nii.gz --boxes boxes.json --reference GT.nii.gz
+    icmoe-sam predict --model DIR --input CT.nii.gz --output PRED.nii.gz --boxes KEY.json --propagate --points POINTS.json
     icmoe-sam predict --model DIR --input SERIES_FOLDER/ --output PRED_SEG.dcm --prompt_labels COARSE_SEG.dcm
     icmoe-sam predict --model ORGANS_DIR --input CT.nii.gz --output PRED.nii.gz --window soft_tissue --reference GT.nii.gz
     icmoe-sam export --model DIR --output DIR_ONNX --format onnx
@@ -11,7 +12,8 @@
 `predict` segments a volume (NIfTI, or a folder holding one DICOM series) slice by slice and writes the label map with
 the input's shape, affine and header (NIfTI), or as a DICOM SEG referencing the input series (`--output` ending in
 `.dcm`). A prompted model (`icmoe_sam`, `sam`) needs one box prompt per class and slice: from a label map such as an
-earlier reader's coarse segmentation (NIfTI or DICOM SEG), or given as JSON. A prompt-free model
+earlier reader's coarse segmentation (NIfTI or DICOM SEG), or given as JSON; with `--propagate` the JSON boxes are
+key-slice boxes, propagated through the volume (`propagation.py`), and `--points` clicks refine slices. A prompt-free model
 (`icmoe_sam_semantic`, `IcMoeSamForSemanticSegmentation`) takes no prompt: every slice is segmented into all of its
 classes (the argmax over them), named from its `id2label`. With `--reference`, the prediction is also scored per
 class in millimetres; a class absent from both the prediction and the reference is not counted, one predicted but
@@ -33,6 +35,7 @@ import numpy as np
 
 from .configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
 from .pipeline_icmoe_sam import resolve_window
+from .propagation import check_key_prompts, points_from_entries
 from .volumes import (
     is_nifti,
     keep_largest_component,
@@ -68,6 +71,14 @@ def _predict_parser(subparsers) -> None:
                               "in each slice.")
     prompts.add_argument("--boxes", help='Prompted models: a JSON list of {"slice": s, "label": l, "box": [x0, y0, x1, '
                                          'y1]} in the pixels of canonical (RAS) slices along --slice_axis.')
+    parser.add_argument("--propagate", action="store_true",
+                        help="Prompted models: read the --boxes entries as key-slice boxes (one or more per class) and "
+                             "propagate each class from them through the volume, both ways, until the object ends or "
+                             "the class's next key slice.")
+    parser.add_argument("--points", default=None,
+                        help='With --propagate: a JSON list of {"slice": s, "label": l, "point": [x, y], "positive": '
+                             'true|false} clicks (the frame of --boxes) that refine their slice; propagation reruns '
+                             "from it. Each clicked class needs a key box.")
     parser.add_argument("--label_ids", type=int, nargs="+", default=None,
                         help="With --prompt_labels: the classes to segment (default: every non-zero label). With a "
                              "prompt-free model: the classes to write (default: all of the model's); the others are "
@@ -158,9 +169,10 @@ def _check_paths(args: argparse.Namespace) -> None:
 def _check_prompts(args: argparse.Namespace, config: dict) -> dict[int, str]:
     """Prompts required for prompted models and refused for prompt-free ones; `--label_ids` checked against the
     model's classes. Returns a prompt-free model's foreground classes (`{id: name}`), else `{}`."""
-    given = [f"--{name} {getattr(args, name)}" for name in ("prompt_labels", "boxes") if getattr(args, name)]
+    given = [f"--{name} {getattr(args, name)}" for name in ("prompt_labels", "boxes", "points")
+             if getattr(args, name)] + (["--propagate"] if args.propagate else [])
     if config["model_type"] != SEMANTIC_MODEL_TYPE:
-        if not given:
+        if not (args.prompt_labels or args.boxes):
             raise ValueError(
                 f"--model {args.model} is a prompted `{config['model_type']}` model: give its prompts with "
                 "--prompt_labels or --boxes (only a prompt-free `icmoe_sam_semantic` model segments without them)."
@@ -168,6 +180,11 @@ def _check_prompts(args: argparse.Namespace, config: dict) -> dict[int, str]:
         if args.boxes and args.label_ids:
             raise ValueError("--label_ids chooses classes of --prompt_labels; with --boxes, give only the boxes you "
                              "want.")
+        if args.propagate and not args.boxes:
+            raise ValueError("--propagate reads the --boxes entries as key slices; --prompt_labels gives a box on "
+                             "every slice already: give --boxes KEY.json instead.")
+        if args.points and not args.propagate:
+            raise ValueError(f"--points {args.points} refines a propagation: add --propagate (with --boxes KEY.json).")
         return {}
     classes = {int(index): str(name) for index, name in config["id2label"].items() if int(index) != 0}
     if given:
@@ -193,6 +210,10 @@ def predict(args: argparse.Namespace) -> dict:
     if args.slice_axis is None:
         args.slice_axis = record.get("slice_axis", "axial")
     axis = resolve_slice_axis(args.slice_axis)
+    if record.get("slice_axis") is not None and resolve_slice_axis(record["slice_axis"]) != axis:
+        print(f"Warning: --slice_axis {args.slice_axis} (canonical axis {axis}) is not the axis --model {args.model} "
+              f"was trained on ({record['slice_axis']}); its slices may look unlike its training data.",
+              file=sys.stderr)
     if args.window:
         window = resolve_window(args.window[0] if len(args.window) == 1 else args.window)
     else:
@@ -232,21 +253,34 @@ def _predict_with_prompts(args, volume, axis: int, window, record: dict):
         label_names.update(prompt_labels.label_names or {})
         prompts = prompts_from_label_map(prompt_labels, axis, args.label_ids)
     else:
-        try:
-            entries = json.loads(Path(args.boxes).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--boxes {args.boxes}: cannot be read as JSON ({err}).") from err
-        if not isinstance(entries, list):
-            raise ValueError(f"--boxes {args.boxes}: expected a JSON list of box entries.")
-        prompts = prompts_from_boxes(entries, volume, axis)
+        prompts = prompts_from_boxes(_json_list(args.boxes, "--boxes"), volume, axis, source=args.boxes)
+    points = []
+    if args.points:
+        points = points_from_entries(_json_list(args.points, "--points"), volume, axis, source=args.points)
+        check_key_prompts(prompts, points, num_slices=volume.num_slices(axis), slice_shape=volume.slice(axis, 0).shape)
     if not prompts:
-        raise ValueError("No prompt: the prompt label map has none of the chosen labels in any slice.")
+        raise ValueError(f"No prompt: {args.boxes or args.prompt_labels} has none of the chosen labels in any slice.")
     model, processor = load_model(args.model, args.device)
     labels = segment_volume(
-        model, processor, volume, prompts, axis=axis, window=window, slices_per_batch=args.batch_size
+        model, processor, volume, prompts, axis=axis, window=window, slices_per_batch=args.batch_size,
+        propagate=args.propagate, points=points,
     )
-    return _Prediction(labels, label_names, sorted({p.label for p in prompts}),
-                       f"{len(prompts)} prompts in {len({p.index for p in prompts})} slices")
+    summary = f"{len(prompts)} prompts in {len({p.index for p in prompts})} slices"
+    if args.propagate:
+        summary = (f"{len(prompts)} key boxes and {len(points)} points propagated to "
+                   f"{int(np.any(labels != 0, axis=tuple(i for i in range(3) if i != axis)).sum())} slices")
+    return _Prediction(labels, label_names, sorted({p.label for p in prompts}), summary)
+
+
+def _json_list(path: str, option: str) -> list:
+    """The JSON list in the file `path` of `option`."""
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{option} {path}: cannot be read as JSON ({err}).") from err
+    if not isinstance(entries, list):
+        raise ValueError(f"{option} {path}: expected a JSON list of entries, got {type(entries).__name__}.")
+    return entries
 
 
 def _predict_without_prompts(args, volume, axis: int, window, classes: dict[int, str]):

@@ -61,8 +61,8 @@ class PropagationSettings:
     min_area_ratio (`float`, *optional*, defaults to 0.0):
         A slice whose mask is smaller than this fraction of the key slice's mask ends the propagation.
     box_margin (`float`, *optional*, defaults to 0.1):
-        The propagated box is the previous mask's box widened on each side by this fraction of its width and height
-        (at least one pixel), clipped to the slice.
+        The propagated box is the previous mask's box widened on each side by this fraction of its width and height,
+        clipped to the slice.
     """
 
     prompt_use: Literal["box", "box+mask", "box+point"] = "box"
@@ -360,10 +360,10 @@ class Propagator:
 
 
 def _margin_box(mask: np.ndarray, margin: float) -> list[float]:
-    """The box of `mask` widened on each side by `margin` of its size (at least one pixel), clipped to the slice."""
+    """The box of `mask` widened on each side by `margin` of its size, clipped to the slice."""
     x0, y0, x1, y1 = mask_box(mask)
     height, width = mask.shape
-    dx, dy = max(1.0, margin * (x1 - x0 + 1)), max(1.0, margin * (y1 - y0 + 1))
+    dx, dy = margin * (x1 - x0 + 1), margin * (y1 - y0 + 1)
     return [max(0.0, x0 - dx), max(0.0, y0 - dy), min(width - 1.0, x1 + dx), min(height - 1.0, y1 + dy)]
 
 
