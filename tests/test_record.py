@@ -66,6 +66,48 @@ def validation_mean(method: str, learning_rate: float) -> str:
     return f"{np.mean(dice):.3f}"
 
 
+VOTES_FILES = ("icmoe_search_round7.json", "icmoe_search_round8.json", ACC)  # the sixth round's decision
+CONTRASTIVE_FILES = ("icmoe_search_round3.json", "icmoe_search_round4.json", "icmoe_search_round5.json")  # the fourth's
+VOTES_ON = {"pixel_vote_weight": 1.0, "vote_loss_coef": 0.1}
+CONTRASTIVE_ON = {**VOTES_ON, "contrastive_loss_coef": 0.01}  # the third round's default
+VOTES_RATES = {NUC: 1e-4, MR: 3e-4, US: 3e-3}  # the default's chosen rate per task
+CONTRASTIVE_RATES = {MR: 1e-3, US: 1e-3}  # the rate that decided the fourth round
+
+
+def validation_by_seed(files: tuple[str, ...], task: str, learning_rate: float, **overrides) -> dict[int, float]:
+    """Validation Dice per selection seed of the IC-MoE configuration `overrides` makes of the current default (matched
+    on its recorded `icmoe_config`, whatever the method was called in that round), from the search files."""
+    from modeling_icmoe import IcMoeAdapterConfig
+
+    wanted = {**IcMoeAdapterConfig().to_dict(), **overrides}
+    by_seed = {}
+    for name in files:
+        for record in results(name)["selection"]:
+            config = record["settings"].get("icmoe_config")
+            if (config and record["dataset"] == task and record["learning_rate"] == learning_rate
+                    and all(value == wanted[key] for key, value in config.items() if key in wanted)):
+                by_seed.setdefault(record["seed"], record["val_dice"])
+    assert sorted(by_seed) == [0, 1, 2, 3], (task, learning_rate, overrides, sorted(by_seed))
+    return by_seed
+
+
+def validation_row(files: tuple[str, ...], rates: dict[str, float], bold: bool = False, **overrides) -> str:
+    """Mean validation Dice over four seeds per task, then over the tasks: the cells of a decision table."""
+    means = [np.mean(list(validation_by_seed(files, task, rate, **overrides).values())) for task, rate in rates.items()]
+    cells = [f"{value:.3f}" for value in [*means, np.mean(means)]]
+    return " | ".join(f"**{cell}**" if bold else cell for cell in cells)
+
+
+def over_tasks(files: tuple[str, ...], rates: dict[str, float], **overrides) -> str:
+    """The last cell of `validation_row`: the mean over the tasks."""
+    return validation_row(files, rates, **overrides).split(" | ")[-1]
+
+
+def votes_per_seed(task: str) -> str:
+    off, on = (validation_by_seed(VOTES_FILES, task, VOTES_RATES[task], **config) for config in ({}, VOTES_ON))
+    return ", ".join(f"{off[seed] - on[seed]:+.3f}" for seed in sorted(off))
+
+
 def default_run() -> dict:
     return results("default_run.json")
 
@@ -241,6 +283,11 @@ CLAIMS = [
         f"({mean(MR, 'icmoe')} against {mean(MR, 'lora_matched')} over three seeds, {mean(MR, 'icmoe', FIVE, 4)} "
         f"against {mean(MR, 'lora_matched', FIVE, 4)} over five; less than either spread) and behind full fine-tuning "
         f"({mean(MR, 'full')})")),
+    Claim("readme: the named ideas off by default", README, lambda: (
+        f"(without the pixel votes {over_tasks(VOTES_FILES, VOTES_RATES)} against "
+        f"{over_tasks(VOTES_FILES, VOTES_RATES, **VOTES_ON)} mean Dice over three tasks; without the contrastive loss "
+        f"{over_tasks(CONTRASTIVE_FILES, CONTRASTIVE_RATES, **VOTES_ON)} against "
+        f"{over_tasks(CONTRASTIVE_FILES, CONTRASTIVE_RATES, **CONTRASTIVE_ON)} over two)")),
     # README.md: the default run (benchmarks/results/default_run.json)
     Claim("readme: default run, IC-MoE row", README, lambda: metrics_row(
         "icmoe", default_run_seed(42), default_run_seed(42)["n_images"])),
@@ -266,6 +313,23 @@ CLAIMS = [
         f"({chosen_rate(ACC, task, 'icmoe'):.0e}) | {dice(task, 'lora_matched')} | {dice(task, 'adapter')} | "
         f"{dice(task, 'full')} |").replace("e-0", "e-"))
       for name, task in (("MR lesion (simulated)", MR), ("US lesion (simulated)", US), ("nuclei (real)", NUC))],
+    Claim("method: the pixel votes turned off, four seeds", METHOD, lambda: (
+        f"| fourth-round default (pixel votes on) | {validation_row(VOTES_FILES, VOTES_RATES, **VOTES_ON)} |\n"
+        f"| **without the pixel votes and the vote loss** | "
+        + " | ".join([validation_row(VOTES_FILES, VOTES_RATES).split(" | ")[0],
+                      *(f"**{cell}**" for cell in validation_row(VOTES_FILES, VOTES_RATES).split(" | ")[1:])]) + " |")),
+    Claim("method: the pixel votes per seed", METHOD, lambda: (
+        f"Per seed (without minus with): MR {votes_per_seed(MR)}; US {votes_per_seed(US)};")),
+    *[Claim(f"method: the contrastive loss on, {rate}", METHOD, lambda rate=rate: (
+        f"| round-3 default (contrastive 0.01) | {rate} | "
+        f"{validation_row(CONTRASTIVE_FILES, {MR: float(rate), US: float(rate)}, **CONTRASTIVE_ON)} |"))
+      for rate in ("3e-4", "1e-3")],
+    Claim("method: the contrastive loss off, 3e-4", METHOD, lambda: (
+        f"| without the contrastive loss | 3e-4 | "
+        f"{validation_row(CONTRASTIVE_FILES, {MR: 3e-4, US: 3e-4}, **VOTES_ON)} |")),
+    Claim("method: the contrastive loss off, 1e-3", METHOD, lambda: (
+        f"| **without the contrastive loss** | **1e-3** | "
+        f"{validation_row(CONTRASTIVE_FILES, CONTRASTIVE_RATES, bold=True, **VOTES_ON)} |")),
     Claim("method: the default on ultrasound", METHOD, lambda: (
         f"IC-MoE stays the best parameter-efficient method on ultrasound ({mean(US, 'icmoe')} against LoRA's "
         f"{mean(US, 'lora_matched')}, {gap(US, 'full', 'icmoe')} from full fine-tuning)")),
