@@ -6,6 +6,9 @@
     icmoe-sam predict --model DIR --input SERIES_FOLDER/ --output PRED_SEG.dcm --prompt_labels COARSE_SEG.dcm
     icmoe-sam predict --model ORGANS_DIR --input CT.nii.gz --output PRED.nii.gz --window soft_tissue --reference GT.nii.gz
     icmoe-sam export --model DIR --output DIR_ONNX --format onnx
+    icmoe-sam app --model DIR
+
+`app` serves the interactive app in a browser (see `app.py`; needs `pip install "icmoe-sam[app]"`).
 
 `export` writes ONNX files of a trained model, prompted or prompt-free (see `export.py`).
 
@@ -366,11 +369,36 @@ def export(args: argparse.Namespace) -> dict:
     return report
 
 
+def _app_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "app", help="Serve the interactive app: prompt images and volumes in a browser, propagate, export.",
+        description="Serve a Gradio app for a model: open a 2-D image or a volume, draw boxes and click points (or "
+                    "segment everything with a prompt-free model), propagate through the volume, and download the "
+                    "result as PNG, NIfTI or DICOM SEG. Needs pip install \"icmoe-sam[app]\".",
+    )
+    parser.add_argument("--model", required=True, help="A trained model folder (training/run.py's output) or Hub id.")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
+    parser.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
+    parser.add_argument("--slice_axis", default=None, help="As for predict: default, the axis the model was trained on.")
+    parser.add_argument("--window", nargs="+", default=None,
+                        help="As for predict: CT window preset or LEVEL WIDTH; default, the model's training window.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... Default: cuda when available.")
+    parser.set_defaults(handler=app)
+
+
+def app(args: argparse.Namespace) -> None:
+    from .app import launch_app
+
+    launch_app(args.model, host=args.host, port=args.port, device=args.device, window=args.window,
+               slice_axis=args.slice_axis)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="icmoe-sam", description="IC-MoE SAM for medical image segmentation.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _predict_parser(subparsers)
     _export_parser(subparsers)
+    _app_parser(subparsers)
     args = parser.parse_args(argv)
     try:
         args.handler(args)
