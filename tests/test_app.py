@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import runpy
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -300,3 +302,20 @@ def test_icmoe_sam_app_serves_the_model_it_is_given(monkeypatch):
     assert main(["app", "--model", "outputs/spleen", "--port", "7999", "--window", "40", "400"]) == 0
     assert calls == [("outputs/spleen", {"host": "127.0.0.1", "port": 7999, "device": None, "window": ["40", "400"],
                                          "slice_axis": None})]
+
+
+def test_the_package_and_the_models_remote_code_leave_the_app_out(app_models):
+    imported = subprocess.run([sys.executable, "-c", "import sys, modeling_icmoe; print('gradio' in sys.modules)"],
+                              cwd=REPO, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
+    for folder in app_models.values():
+        assert not {"app.py", "annotation.py", "cli.py"} & {path.name for path in folder.iterdir()}
+
+
+def test_icmoe_sam_app_without_gradio_says_which_extra_to_install(monkeypatch, capsys):
+    from modeling_icmoe.cli import main
+
+    monkeypatch.delitem(sys.modules, "modeling_icmoe.app", raising=False)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
+    assert main(["app", "--model", "outputs/spleen"]) == 2
+    assert 'needs Gradio: pip install "icmoe-sam[app]"' in capsys.readouterr().err
