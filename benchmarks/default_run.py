@@ -27,9 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import machine, portable, save  # noqa: E402
+from training.arguments import parse_args as parse_run_args  # noqa: E402
 
 COMMAND = ["accelerate", "launch", "training/run.py"]
-DEFAULT_SEED = 42  # training/arguments.py's --seed default: that seed runs the README's command unchanged
+DEFAULT_SEED = parse_run_args([]).seed  # the seed the README's command runs with: no --seed for it
 LIBRARIES = ("torch", "transformers", "accelerate", "peft", "datasets", "numpy", "scipy")
 
 

@@ -453,6 +453,15 @@ def test_the_default_run_file_is_the_readme_command():
     assert data["icmoe"]["dice_std"] == pytest.approx(np.std(dice, ddof=1))
 
 
+def test_the_default_run_script_runs_the_readme_command_per_seed(tmp_path):
+    from benchmarks.default_run import DEFAULT_SEED, seed_command, summary
+
+    assert seed_command(DEFAULT_SEED, tmp_path) == ["accelerate", "launch", "training/run.py", "--output_dir", str(tmp_path)]
+    assert seed_command(0, tmp_path)[3:5] == ["--seed", "0"]
+    assert summary([{"dice": 0.7}, {"dice": 0.8}]) == pytest.approx(
+        {"dice_mean": 0.75, "dice_std": np.std([0.7, 0.8], ddof=1), "dice_min": 0.7, "dice_max": 0.8})
+
+
 @pytest.mark.parametrize("name", ["accuracy", "accuracy_ten_seeds", "accuracy_ablations_paired"])
 def test_generated_accuracy_sections_are_their_results_files(name):
     """The generated sections of docs/BENCHMARKS.md are what `benchmarks/accuracy.py --report` renders now."""
