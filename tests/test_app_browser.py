@@ -1,6 +1,8 @@
-"""The interactive app in a real browser: `icmoe-sam app` serves a tiny IC-MoE model, headless Chromium (Debian's
-`chromium` and `chromium-driver`, driven by Selenium, nothing downloaded) opens a bundled image, draws a box with two
-clicks, sees the mask overlaid, exports the label map and downloads it."""
+"""The interactive app in a real browser: `icmoe-sam app` serves tiny models, and headless Chromium (Debian's
+`chromium` and `chromium-driver`, driven by Selenium, nothing downloaded) uses the page. With a prompted IC-MoE it
+opens a bundled image, draws a box with two clicks, sees the mask overlaid, exports the label map and downloads it;
+with a prompt-free one it opens a NIfTI volume, moves the slice slider, segments every class in the volume and
+downloads the NIfTI."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,11 +28,13 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from app_fixtures import save_app_models  # noqa: E402
 from modeling_icmoe.annotation import PROMPT_COLOURS  # noqa: E402
 from modeling_icmoe.app import display_zoom  # noqa: E402
+from volume_fixtures import SHAPE, save_nifti, volume_arrays  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "training" / "data" / "mr_brain_lesion" / "images" / "mr_brain_lesion_000.png"
@@ -57,31 +62,39 @@ def app_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, app_models):
-    """`icmoe-sam app` on a free local port, as a user starts it; stopped after the module."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app-server") / "server.log"
+def serve(tmp_path_factory, app_models):
+    """`serve(kind)`: the URL of `icmoe-sam app` serving the `kind` model (`prompted`, `prompt_free`) on a free local
+    port, started as a user starts it on first use; every server is stopped after the module."""
+    servers: dict[str, tuple[str, subprocess.Popen]] = {}
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modeling_icmoe.cli", "app", "--model", str(app_models["prompted"]), "--port",
-             str(port)], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+
+    def start(kind: str) -> str:
+        if kind in servers:
+            return servers[kind][0]
+        port = _free_port()
+        log = tmp_path_factory.mktemp("app-server") / "server.log"
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "modeling_icmoe.cli", "app", "--model", str(app_models[kind]), "--port",
+                 str(port)], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}/"
+        servers[kind] = (url, process)
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    yield start
+    for _, process in servers.values():
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -110,17 +123,17 @@ def _wait_for_status(driver, pattern: str) -> re.Match:
     return re.search(pattern, _status(driver))
 
 
-def _shown_image(driver) -> np.ndarray:
-    """The slice as the page shows it now (the PNG the server sent), at the slice's own size (the page enlarges it by
-    `display_zoom`, each pixel a block)."""
+def _shown_image(driver, size: tuple[int, int] = ORIGINAL.shape[:2]) -> np.ndarray:
+    """The slice as the page shows it now (the PNG the server sent), at the slice's own `size` (the page enlarges it
+    by `display_zoom`, each pixel a block)."""
     source = driver.find_element(By.CSS_SELECTOR, "#slice-view img").get_attribute("src")
     if source.startswith("data:"):
         data = base64.b64decode(source.split(",", 1)[1])
     else:
         data = httpx.get(source, timeout=10).content
-    zoom = display_zoom(ORIGINAL.shape)
+    zoom = display_zoom(size)
     shown = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
-    assert shown.shape == (ORIGINAL.shape[0] * zoom, ORIGINAL.shape[1] * zoom, 3)
+    assert shown.shape == (size[0] * zoom, size[1] * zoom, 3)
     return shown[::zoom, ::zoom]
 
 
@@ -142,12 +155,30 @@ def _click_pixel(driver, x: int, y: int) -> None:
     ActionChains(driver).move_to_element_with_offset(image, round(offset_x), round(offset_y)).click().perform()
 
 
-def test_a_box_drawn_in_the_browser_gives_a_mask_overlay_and_a_downloaded_label_map(server, browser):
-    started = time.monotonic()
-    browser.get(server)
-    upload = WebDriverWait(browser, PAGE_WAIT_S).until(
+def _open(driver, url: str, path: Path) -> None:
+    driver.get(url)
+    upload = WebDriverWait(driver, PAGE_WAIT_S).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#scan-input input[type=file]"))
-    upload.send_keys(str(IMAGE))
+    upload.send_keys(str(path))
+
+
+def _export_and_download(driver, export_format: str, name: str) -> Path:
+    """Chooses `export_format`, exports, and downloads the file offered as `name`."""
+    driver.find_element(By.XPATH, f"//*[@id='export-format']//label[contains(., '{export_format}')]").click()
+    driver.find_element(By.CSS_SELECTOR, "button#export").click()
+    _wait_for_status(driver, f"Wrote {re.escape(name)}")
+    link = WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: d.find_element(By.CSS_SELECTOR, "#result-file a"))
+    link.click()
+    downloaded = driver.downloads / name
+    WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: downloaded.is_file())
+    time.sleep(0.5)  # the file is renamed from .crdownload when complete; give the write a moment
+    return downloaded
+
+
+def test_a_box_drawn_in_the_browser_gives_a_mask_overlay_and_a_downloaded_label_map(serve, browser):
+    url = serve("prompted")
+    started = time.monotonic()
+    _open(browser, url, IMAGE)
     _wait_for_status(browser, r"Opened mr_brain_lesion_000: an image of 128 x 128 pixels")
     original = ORIGINAL
     assert (_shown_image(browser) == original).all()  # nothing overlaid yet
@@ -164,14 +195,28 @@ def test_a_box_drawn_in_the_browser_gives_a_mask_overlay_and_a_downloaded_label_
     assert changed.sum() >= pixels  # the mask's pixels, tinted, and the box's outline
     assert (shown[BOX[1], BOX[0] : BOX[2] + 1] == PROMPT_COLOURS["box"]).all()  # the box's top edge
 
-    browser.find_element(By.CSS_SELECTOR, "button#export").click()
-    _wait_for_status(browser, r"Wrote mr_brain_lesion_000_labels\.png")
-    link = WebDriverWait(browser, PAGE_WAIT_S).until(lambda d: d.find_element(By.CSS_SELECTOR, "#result-file a"))
-    link.click()
-    downloaded = browser.downloads / "mr_brain_lesion_000_labels.png"
-    WebDriverWait(browser, PAGE_WAIT_S).until(lambda d: downloaded.is_file())
-    time.sleep(0.5)  # the file is renamed from .crdownload when complete; give the write a moment
-    labels = np.array(Image.open(downloaded))
+    labels = np.array(Image.open(_export_and_download(browser, "PNG", "mr_brain_lesion_000_labels.png")))
     assert labels.shape == original.shape[:2]
     assert set(np.unique(labels)) <= {0, 1} and int((labels == 1).sum()) == pixels
     print(f"browser test: {time.monotonic() - started:.1f} s in the browser")
+
+
+def test_a_prompt_free_model_segments_a_volume_and_its_nifti_downloads(serve, browser, tmp_path):
+    url = serve("prompt_free")
+    started = time.monotonic()
+    nifti = save_nifti(volume_arrays()[0], tmp_path / "case.nii.gz")
+    _open(browser, url, nifti)
+    _wait_for_status(browser, r"Opened case: a volume of 6 slices of 24 x 28 pixels")
+    middle = _shown_image(browser, (28, 24))
+    slider = browser.find_element(By.CSS_SELECTOR, "#slice-slider input[type=number]")
+    slider.clear()
+    slider.send_keys("1", Keys.ENTER)  # slice 1: another slice shown
+    WebDriverWait(browser, PAGE_WAIT_S).until(lambda d: not (_shown_image(d, (28, 24)) == middle).all())
+    before = _shown_image(browser, (28, 24))
+    browser.find_element(By.CSS_SELECTOR, "button#everything-volume").click()
+    _wait_for_status(browser, r"Segmented all 6 slices; classes found: .*liver")
+    WebDriverWait(browser, PAGE_WAIT_S).until(lambda d: not (_shown_image(d, (28, 24)) == before).all())
+    written = nib.load(_export_and_download(browser, "NIfTI", "case_labels.nii.gz"))
+    assert written.shape == SHAPE and np.allclose(written.affine, nib.load(nifti).affine)
+    assert set(np.unique(np.asarray(written.dataobj))) > {0}
+    print(f"prompt-free browser test: {time.monotonic() - started:.1f} s in the browser")
