@@ -49,8 +49,10 @@ EXPORT_FORMATS = ("PNG (this slice)", "NIfTI", "DICOM SEG")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Share of a class's colour in an overlaid pixel: the anatomy stays readable under the mask.
 OVERLAY_ALPHA = 0.45
+# Class colours, label value 1 first, repeating after ten; their names for the page's legend.
 PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
                     (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)], dtype=np.float32)
+PALETTE_NAMES = ("red", "green", "blue", "orange", "purple", "cyan", "magenta", "lime", "pink", "teal")
 PROMPT_COLOURS = {"box": (255, 225, 25), True: (0, 255, 0), False: (255, 0, 0)}
 
 
@@ -347,8 +349,7 @@ class AnnotationSession:
         for value in label_values(plane):
             if value != 0:
                 inside = plane == value
-                colour = PALETTE[(value - 1) % len(PALETTE)]
-                image[inside] = (1 - OVERLAY_ALPHA) * image[inside] + OVERLAY_ALPHA * colour
+                image[inside] = (1 - OVERLAY_ALPHA) * image[inside] + OVERLAY_ALPHA * PALETTE[colour_index(value)]
         image = image.round().astype(np.uint8)
         radius = max(1, min(image.shape[:2]) // 64)
         prompt = self.prompts.get((index, int(label))) if label is not None else None
@@ -412,6 +413,11 @@ class AnnotationSession:
     def _check_prompted(self) -> None:
         if self.app_model.prompt_free:
             raise ValueError("This model segments without prompts: use 'Segment everything'.")
+
+
+def colour_index(value: int) -> int:
+    """The `PALETTE` entry of label value `value` (> 0)."""
+    return (int(value) - 1) % len(PALETTE)
 
 
 def _draw_box(image: np.ndarray, box: list[float], colour: tuple[int, int, int]) -> None:

@@ -22,8 +22,10 @@ import numpy as np
 from .annotation import (
     CLICK_MODES,
     EXPORT_FORMATS,
+    PALETTE_NAMES,
     AnnotationSession,
     AppModel,
+    colour_index,
     load_app_model,
     open_scan,
 )
@@ -40,7 +42,8 @@ FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".gz", "
 
 
 def _introduction(app_model: AppModel) -> str:
-    classes = ", ".join(f"{value} = {name}" for value, name in sorted(app_model.class_names.items()))
+    classes = ", ".join(f"{value} = {name} ({PALETTE_NAMES[colour_index(value)]})"
+                        for value, name in sorted(app_model.class_names.items()))
     if app_model.prompt_free:
         how = ("This model segments its classes without prompts: open an image or a volume and press "
                f"**Segment everything** (classes: {classes}).")
@@ -127,29 +130,30 @@ def on_open(app_model: AppModel, workdir: str, paths: list[str] | None):
             f"Opened {scan.name}: {what}.")
 
 
-def on_show(current: AnnotationSession | None, index, value):
+def on_show(current: AnnotationSession | None, index: int, value: float | None):
     return None if current is None else shown(current, index, value)
 
 
-def on_click(current: AnnotationSession | None, index, mode: str, value, event: gr.SelectData):
+def on_click(current: AnnotationSession | None, index: int, mode: str, value: float | None,
+             event: gr.SelectData):
     zoom = display_zoom(current.scan.rgb(0).shape) if current is not None else 1
     x, y = (int(v) // zoom for v in event.index)  # the slice's pixel under the click
     return _act(current, index, value, lambda: current.click(index, x, y, mode, value))
 
 
-def on_clear(current: AnnotationSession | None, index, value):
+def on_clear(current: AnnotationSession | None, index: int, value: float | None):
     return _act(current, index, value, lambda: current.clear(index, value))
 
 
-def on_propagate(current: AnnotationSession | None, index, value):
+def on_propagate(current: AnnotationSession | None, index: int, value: float | None):
     return _act(current, index, value, lambda: current.propagate())
 
 
-def on_everything(whole_volume: bool, current: AnnotationSession | None, index, value):
+def on_everything(whole_volume: bool, current: AnnotationSession | None, index: int, value: float | None):
     return _act(current, index, value, lambda: current.segment_everything(index, whole_volume))
 
 
-def on_export(current: AnnotationSession | None, index, export_format: str):
+def on_export(current: AnnotationSession | None, index: int, export_format: str):
     """(the written file for the page to offer, status)."""
     if current is None:
         return None, "Open an image first."
@@ -160,7 +164,7 @@ def on_export(current: AnnotationSession | None, index, export_format: str):
     return str(path), f"Wrote {path.name}."
 
 
-def _act(current: AnnotationSession | None, index, value, action) -> tuple[np.ndarray | None, str]:
+def _act(current: AnnotationSession | None, index: int, value: float | None, action) -> tuple[np.ndarray | None, str]:
     """Runs one of the session's actions: (the slice shown afterwards, status)."""
     if current is None:
         return None, "Open an image first."
@@ -176,7 +180,7 @@ def display_zoom(shape: tuple[int, ...]) -> int:
     return max(1, VIEW_SIZE // max(shape[:2]))
 
 
-def shown(current: AnnotationSession, index, value) -> np.ndarray:
+def shown(current: AnnotationSession, index: int, value: float | None) -> np.ndarray:
     """The slice with its overlay as the page shows it, enlarged by `display_zoom`."""
     image = current.render(index, value)
     zoom = display_zoom(image.shape)
