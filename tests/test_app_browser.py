@@ -1,8 +1,8 @@
-"""The interactive app in a real browser: `icmoe-sam app` serves tiny models, and headless Chromium (Debian's
+"""The interactive app in a real browser: it serves tiny models, and headless Chromium (Debian's
 `chromium` and `chromium-driver`, driven by Selenium, nothing downloaded) uses the page. With a prompted IC-MoE it
 opens a bundled image, draws a box with two clicks, sees the mask overlaid, exports the label map and downloads it;
-with a prompt-free one it opens a NIfTI volume, moves the slice slider, segments every class in the volume and
-downloads the NIfTI."""
+with a prompt-free one, served by the Space's `app.py`, it opens a NIfTI volume, moves the slice slider, segments every
+class in the volume and downloads the NIfTI."""
 
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ def app_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory, app_models):
-    """`serve(kind)`: the URL of `icmoe-sam app` serving the `kind` model (`prompted`, `prompt_free`) on a free local
-    port, started as a user starts it on first use; every server is stopped after the module."""
+    """`serve(kind)`: the URL of the app serving the `kind` model on a free local port, started on first use as a user
+    starts it: `icmoe-sam app --model DIR` for the prompted model, and for the prompt-free one the Space's `app.py`
+    as a Space runs it (`python app.py`, the model and port in its variables). Every server stops after the module."""
     servers: dict[str, tuple[str, subprocess.Popen]] = {}
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -73,11 +74,16 @@ def serve(tmp_path_factory, app_models):
             return servers[kind][0]
         port = _free_port()
         log = tmp_path_factory.mktemp("app-server") / "server.log"
+        if kind == "prompted":
+            command, variables = [sys.executable, "-m", "modeling_icmoe.cli", "app", "--model", str(app_models[kind]),
+                                  "--port", str(port)], {}
+        else:
+            command = [sys.executable, "app.py"]
+            variables = {"ICMOE_SAM_MODEL": str(app_models[kind]), "GRADIO_SERVER_NAME": "127.0.0.1",
+                         "GRADIO_SERVER_PORT": str(port)}
         with open(log, "w") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "modeling_icmoe.cli", "app", "--model", str(app_models[kind]), "--port",
-                 str(port)], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
-            )
+            process = subprocess.Popen(command, cwd=REPO, env={**env, **variables}, stdout=output,
+                                       stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         servers[kind] = (url, process)
         deadline = time.monotonic() + SERVER_START_S
