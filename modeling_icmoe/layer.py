@@ -42,6 +42,16 @@ class IcMoeRouting(ModelOutput):
     top_k_indices: torch.LongTensor | None = None
     pixel_logits: torch.Tensor | None = None
 
+    @property
+    def num_shared_experts(self) -> int:
+        """How many shared experts lead `pixel_logits` (the experts the router does not score)."""
+        return self.pixel_logits.shape[-1] - self.router_logits.shape[-1]
+
+    @property
+    def routed_pixel_logits(self) -> torch.Tensor:
+        """`(B, H, W, R)`: the routed experts' foreground logits, in the order of `router_logits` and `votes`."""
+        return self.pixel_logits[..., self.num_shared_experts :]
+
 
 class IcMoeLayer(nn.Module):
     """One IC-MoE layer: experts and voting router, run on the input of the projection it joins (the block's qkv or

@@ -1,5 +1,6 @@
 """IC-MoE losses: segmentation (Dice, BCE, IoU), router (load balance, z-loss, vote, pixel) and the
-semantic-guided contrastive loss. All are pure functions of tensors; none keeps state.
+semantic-guided contrastive loss, and `icmoe_objective`, their weighted sum as both models train it. All are pure
+functions of tensors; none keeps state.
 """
 
 from __future__ import annotations
@@ -204,7 +205,6 @@ def routing_losses(routings, foreground: torch.Tensor, adapter_config) -> dict[s
         adapter_config: the `IcMoeAdapterConfig` (routed experts, temperatures, weights).
     """
     token_labels = resize_masks(foreground, tuple(routings[0].router_logits.shape[1:3]))  # (B, Hg, Wg)
-    shared = adapter_config.num_shared_experts
     layer_terms = [
         (
             load_balancing_loss(
@@ -213,7 +213,7 @@ def routing_losses(routings, foreground: torch.Tensor, adapter_config) -> dict[s
             ),
             router_z_loss(r.router_logits),
             vote_loss(
-                r.router_logits, r.pixel_logits[..., shared:], token_labels,
+                r.router_logits, r.routed_pixel_logits, token_labels,
                 temperature=adapter_config.vote_temperature,
                 consistency_weight=adapter_config.label_consistency_weight,
             ),
@@ -225,6 +225,55 @@ def routing_losses(routings, foreground: torch.Tensor, adapter_config) -> dict[s
         name: torch.stack(values).mean()
         for name, values in zip(("load_balance", "router_z", "vote", "pixel"), zip(*layer_terms))
     }
+
+
+AUXILIARY_TERMS = ("load_balance", "router_z", "vote", "pixel", "contrastive")
+
+
+def icmoe_objective(
+    task_terms: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    *,
+    routings,
+    foreground: torch.Tensor,
+    adapter_config,
+    projected_embeddings: torch.Tensor | None = None,
+    predicted_foreground: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective of an IC-MoE model: its task terms, the router terms and the contrastive term, summed
+    with `weights`.
+
+    Args:
+        task_terms: the task's own loss terms (the prompted model's `dice`, `bce`, `iou`; the prompt-free model's
+            `ce`, `dice`).
+        weights: the weight of every term, in the order of the returned terms (`model.objective_weights()`).
+        routings: each IC-MoE layer's `IcMoeRouting`; empty when the layers did not run (the router terms are 0).
+        foreground (`torch.Tensor` of shape `(B, H, W)`): 1 where any object is (fractions allowed), what the
+            experts' pixel votes and the contrastive classes are scored against.
+        adapter_config: the `IcMoeAdapterConfig`.
+        projected_embeddings (`torch.Tensor` of shape `(B, D, h, w)`, *optional*): the projection head's image
+            embeddings; `None` without a head (the contrastive term is 0).
+        predicted_foreground (`torch.Tensor` of shape `(B, h, w)`): the decoder's foreground probability at the
+            embeddings' grid (detached), needed with `projected_embeddings`.
+
+    Returns:
+        The weighted sum and every weighted term, detached. Zero-weight terms stay in the sum: their parameters then
+        get a (zero) gradient, which DDP needs.
+    """
+    zero = next(iter(task_terms.values())).new_zeros((), dtype=torch.float32)
+    terms = {**task_terms, **dict.fromkeys(AUXILIARY_TERMS, zero)}
+    if routings:
+        terms.update(routing_losses(routings, foreground, adapter_config))
+    if projected_embeddings is not None:
+        terms["contrastive"] = semantic_contrastive_loss(
+            projected_embeddings,
+            resize_masks(foreground, tuple(projected_embeddings.shape[-2:])),
+            predicted_foreground,
+            samples_per_class=adapter_config.contrastive_samples_per_class,
+            temperature=adapter_config.contrastive_temperature,
+        )
+    loss = sum(weight * terms[name] for name, weight in weights.items())
+    return loss, {name: terms[name].detach() for name in weights}
 
 
 def check_class_labels(labels: torch.Tensor, num_labels: int) -> torch.LongTensor:

@@ -30,16 +30,16 @@ from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, _as_ada
 from .layer import IcMoeLayer, IcMoeRouting
 from .placement import IcMoeAttentionQkv, IcMoeMLPBlock
 from .losses import (
+    AUXILIARY_TERMS,
     binarize_labels,
+    icmoe_objective,
     resize_masks,
-    routing_losses,
     segmentation_losses,
     segmentation_targets,
-    semantic_contrastive_loss,
 )
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-LOSS_TERMS = ("dice", "bce", "iou", "load_balance", "router_z", "vote", "pixel", "contrastive")
+LOSS_TERMS = ("dice", "bce", "iou", *AUXILIARY_TERMS)
 
 logger = logging.get_logger(__name__)
 
@@ -450,32 +450,24 @@ class IcMoeSamModel(SamModel):
         routings: list[IcMoeRouting],
         labels: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        adapter_config = self.config.icmoe_config
         targets = segmentation_targets(labels, tuple(outputs.pred_masks.shape[-2:]))  # (B, P, h, w)
-        terms = segmentation_losses(outputs.pred_masks, outputs.iou_scores, targets)
-
-        zero = outputs.pred_masks.new_zeros((), dtype=torch.float32)
-        terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
-        foreground = labels.amax(dim=1)  # (B, H, W): any prompt's target
-        if routings:
-            terms.update(routing_losses(routings, foreground, adapter_config))
+        projected, predicted = None, None
         if self.icmoe_projection is not None:
             with torch.no_grad():
                 best = outputs.iou_scores.argmax(dim=-1)[..., None, None, None]  # (B, P, 1, 1, 1)
                 best = best.expand(-1, -1, 1, *outputs.pred_masks.shape[-2:])
                 predicted = outputs.pred_masks.gather(2, best).squeeze(2).sigmoid().amax(dim=1)  # (B, h, w)
                 predicted = resize_masks(predicted, tuple(image_embeddings.shape[-2:]))
-            terms["contrastive"] = semantic_contrastive_loss(
-                self.icmoe_projection(image_embeddings),
-                resize_masks(foreground, tuple(image_embeddings.shape[-2:])),
-                predicted,
-                samples_per_class=adapter_config.contrastive_samples_per_class,
-                temperature=adapter_config.contrastive_temperature,
-            )
-
-        # Zero-weight terms stay in the sum: their parameters then get a (zero) gradient, which DDP needs.
-        loss = sum(weight * terms[name] for name, weight in adapter_config.loss_weights.items())
-        return loss, {name: terms[name].detach() for name in LOSS_TERMS}
+            projected = self.icmoe_projection(image_embeddings)
+        return icmoe_objective(
+            segmentation_losses(outputs.pred_masks, outputs.iou_scores, targets),
+            self.objective_weights(),
+            routings=routings,
+            foreground=labels.amax(dim=1),  # (B, H, W): any prompt's target
+            adapter_config=self.config.icmoe_config,
+            projected_embeddings=projected,
+            predicted_foreground=predicted,
+        )
 
 
 def get_icmoe_model(sam_model: SamModel, adapter_config: IcMoeAdapterConfig | dict | None = None) -> IcMoeSamModel:

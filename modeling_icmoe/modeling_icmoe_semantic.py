@@ -35,10 +35,10 @@ from .configuration_icmoe_sam import (
     _as_adapter_config,
 )
 from .layer import IcMoeRouting
-from .losses import check_class_labels, resize_masks, routing_losses, semantic_contrastive_loss, semantic_losses
+from .losses import AUXILIARY_TERMS, check_class_labels, icmoe_objective, resize_masks, semantic_losses
 from .modeling_icmoe_sam import IcMoeSamModel, check_label_frame
 
-SEMANTIC_LOSS_TERMS = ("ce", "dice", "load_balance", "router_z", "vote", "pixel", "contrastive")
+SEMANTIC_LOSS_TERMS = ("ce", "dice", *AUXILIARY_TERMS)
 # `from_pretrained` keyword arguments that belong to a semantic config built around another checkpoint's.
 SEMANTIC_CONFIG_KWARGS = ("id2label", "label2id", *SEMANTIC_FIELDS)
 
@@ -277,7 +277,7 @@ class IcMoeSamForSemanticSegmentation(IcMoeSamModel):
     def objective_weights(self) -> dict[str, float]:
         aux = self.config.icmoe_config.loss_weights
         return {"ce": self.config.ce_loss_coef, "dice": self.config.dice_loss_coef,
-                **{name: aux[name] for name in SEMANTIC_LOSS_TERMS[2:]}}
+                **{name: aux[name] for name in AUXILIARY_TERMS}}
 
     def _check_class_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> torch.LongTensor:
         if not isinstance(labels, torch.Tensor):
@@ -293,30 +293,23 @@ class IcMoeSamForSemanticSegmentation(IcMoeSamModel):
         return check_class_labels(labels, self.config.num_labels)
 
     def _semantic_loss(self, logits, image_embeddings, routings, labels) -> tuple[torch.Tensor, dict]:
-        adapter_config = self.config.icmoe_config
-        terms = semantic_losses(logits, labels)
-        zero = logits.new_zeros((), dtype=torch.float32)
-        terms.update(load_balance=zero, router_z=zero, vote=zero, pixel=zero, contrastive=zero)
         # The router's labels are foreground against background: the experts' pixel heads vote on "is this token an
         # object", whichever class it is.
         foreground = (labels > 0).float()  # (B, H, W)
-        if routings:
-            terms.update(routing_losses(routings, foreground, adapter_config))
+        projected, predicted = None, None
         if self.icmoe_projection is not None:
-            grid = tuple(image_embeddings.shape[-2:])
-            with torch.no_grad():
-                predicted = resize_masks(1.0 - logits.float().softmax(dim=1)[:, 0], grid)  # P(any class), (B, h, w)
-            terms["contrastive"] = semantic_contrastive_loss(
-                self.icmoe_projection(image_embeddings),
-                resize_masks(foreground, grid),
-                predicted,
-                samples_per_class=adapter_config.contrastive_samples_per_class,
-                temperature=adapter_config.contrastive_temperature,
-            )
-        weights = self.objective_weights()
-        # Zero-weight terms stay in the sum: their parameters then get a (zero) gradient, which DDP needs.
-        loss = sum(weights[name] * terms[name] for name in SEMANTIC_LOSS_TERMS)
-        return loss, {name: terms[name].detach() for name in SEMANTIC_LOSS_TERMS}
+            with torch.no_grad():  # P(any class), (B, h, w)
+                predicted = resize_masks(1.0 - logits.float().softmax(dim=1)[:, 0], tuple(image_embeddings.shape[-2:]))
+            projected = self.icmoe_projection(image_embeddings)
+        return icmoe_objective(
+            semantic_losses(logits, labels),
+            self.objective_weights(),
+            routings=routings,
+            foreground=foreground,
+            adapter_config=self.config.icmoe_config,
+            projected_embeddings=projected,
+            predicted_foreground=predicted,
+        )
 
 
 IcMoeSamForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")

@@ -41,10 +41,10 @@ class VotingStats:
         if not routing:
             return
         token_labels = resize_masks(labels.float().amax(dim=1), tuple(routing[0].router_logits.shape[1:3]))
-        shared, top_k = config.num_shared_experts, config.num_experts_per_tok
+        top_k = config.num_experts_per_tok
         for r in routing:
             votes = r.votes.float()  # (B, H, W, R)
-            consistency = label_consistency(r.pixel_logits[..., shared:], token_labels)  # (B, H, W, R)
+            consistency = label_consistency(r.routed_pixel_logits, token_labels)  # (B, H, W, R)
             router_votes, router_top = top_k_votes(r.router_logits.float() / config.vote_temperature, top_k)
             entropy = -(votes * votes.clamp(min=1e-12).log()).sum(dim=-1)
             agreement = (votes * consistency).sum(dim=-1) - consistency.mean(dim=-1)
