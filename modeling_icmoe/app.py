@@ -63,8 +63,6 @@ def build_app(model: str | AppModel, *, device: str | None = None, window: str |
     app_model = model if isinstance(model, AppModel) else load_app_model(
         model, device=device, window=window, slice_axis=slice_axis)
     workdir = tempfile.mkdtemp(prefix="icmoe-sam-app-")
-    first_class = min(app_model.class_names, default=1)
-
     with gr.Blocks(title="IC-MoE SAM", analytics_enabled=False) as demo:
         gr.Markdown(_introduction(app_model))
         session = gr.State(None)
@@ -75,8 +73,9 @@ def build_app(model: str | AppModel, *, device: str | None = None, window: str |
                 slice_index = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice-slider")
                 mode = gr.Radio(list(CLICK_MODES), value="box", label="A click adds", elem_id="click-mode",
                                 visible=not app_model.prompt_free)
-                label = gr.Number(value=first_class, precision=0, minimum=1, label="Class (label value)",
-                                  elem_id="class-value", visible=not app_model.prompt_free)
+                label = gr.Number(value=min(app_model.class_names, default=1), precision=0, minimum=1,
+                                  label="Class (label value)", elem_id="class-value",
+                                  visible=not app_model.prompt_free)
                 clear = gr.Button("Clear this class on this slice", visible=not app_model.prompt_free)
                 propagate = gr.Button("Propagate through the volume", visible=False, elem_id="propagate")
                 everything_slice = gr.Button("Segment everything on this slice", visible=app_model.prompt_free,
@@ -93,7 +92,7 @@ def build_app(model: str | AppModel, *, device: str | None = None, window: str |
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
 
         opened = [session, view, slice_index, propagate, everything_volume, status]
-        files.upload(partial(on_open, app_model, workdir), [files], opened)
+        files.upload(partial(on_open, app_model, workdir), [files, label], opened)
         slice_index.change(on_show, [session, slice_index, label], [view])
         label.change(on_show, [session, slice_index, label], [view])
         view.select(on_click, [session, slice_index, mode, label], [view, status])
@@ -109,7 +108,7 @@ def build_app(model: str | AppModel, *, device: str | None = None, window: str |
 # ---------------------------------------------------------------------------------------------- callbacks
 # The page's events, as plain functions of the components' values: a refusal (bad input, nothing to act on) becomes
 # the status line, never an exception in the page.
-def on_open(app_model: AppModel, workdir: str, paths: list[str] | None):
+def on_open(app_model: AppModel, workdir: str, paths: list[str] | None, value: float | None):
     """Opens uploaded files in a new session: (session, shown slice, slider, propagate button, volume button,
     status). A volume opens on its middle slice."""
     if not paths:
@@ -123,7 +122,7 @@ def on_open(app_model: AppModel, workdir: str, paths: list[str] | None):
     height, width = scan.rgb(0).shape[:2]
     what = f"a volume of {scan.num_slices} slices of {width} x {height} pixels" if volume else (
         f"an image of {width} x {height} pixels")
-    return (current, shown(current, middle, min(app_model.class_names, default=1)),
+    return (current, shown(current, middle, value),
             gr.update(visible=volume, minimum=0, maximum=max(scan.num_slices - 1, 1), value=middle),
             gr.update(visible=volume and not app_model.prompt_free),
             gr.update(visible=volume and app_model.prompt_free),
@@ -171,7 +170,7 @@ def _act(current: AnnotationSession | None, index: int, value: float | None, act
     try:
         message = action()
     except ValueError as err:
-        message = f"{err}"
+        message = str(err)
     return shown(current, index, value), message
 
 

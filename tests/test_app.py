@@ -252,7 +252,7 @@ def test_callbacks_open_click_and_export_as_the_page_calls_them(prompted, prompt
     gr = pytest.importorskip("gradio")
     from modeling_icmoe.app import build_app, on_click, on_everything, on_export, on_open, on_show
 
-    session, shown, slider, propagate, volume_button, status = on_open(prompted, str(tmp_path), [str(IMAGE)])
+    session, shown, slider, propagate, volume_button, status = on_open(prompted, str(tmp_path), [str(IMAGE)], 1)
     assert status == "Opened mr_brain_lesion_000: an image of 128 x 128 pixels." and shown.shape == (512, 512, 3)
     assert (shown[::4, ::4] == session.render(0, 1)).all()  # enlarged 4 times, each pixel a 4 x 4 block
     assert slider["visible"] is False and propagate["visible"] is False
@@ -264,12 +264,12 @@ def test_callbacks_open_click_and_export_as_the_page_calls_them(prompted, prompt
     assert Path(path).is_file() and status == "Wrote mr_brain_lesion_000_labels.png."
     assert on_export(session, 0, "NIfTI")[1].startswith("Cannot export: A 2-D image")
 
-    session, shown, slider, propagate, volume_button, status = on_open(prompt_free, str(tmp_path), [str(nifti_path)])
+    session, shown, slider, propagate, volume_button, status = on_open(prompt_free, str(tmp_path), [str(nifti_path)], None)
     assert status == "Opened case: a volume of 6 slices of 24 x 28 pixels." and slider["value"] == 3
     assert slider["maximum"] == 5 and volume_button["visible"] is True and propagate["visible"] is False
     shown, status = on_everything(True, session, 3, 1)
     assert status.startswith("Segmented all 6 slices") and shown.shape == (28 * 18, 24 * 18, 3)
-    assert on_open(prompted, str(tmp_path), [str(tmp_path / "notes.txt")])[-1].startswith("Cannot open")
+    assert on_open(prompted, str(tmp_path), [str(tmp_path / "notes.txt")], 1)[-1].startswith("Cannot open")
     assert on_click(None, 0, "box", 1, gr.SelectData(None, {"index": [1, 1], "value": None})) == (
         None, "Open an image first.")
     assert isinstance(build_app(prompted), gr.Blocks) and isinstance(build_app(prompt_free), gr.Blocks)
