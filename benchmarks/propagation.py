@@ -61,16 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_steps", type=int, default=600)
     parser.add_argument("--per_device_train_batch_size", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train_prompt", default="box", choices=["box", "box+point"],
+                        help="The prompts the models train with (`training/run.py --prompt`): box, as the reused runs, "
+                             "or box+point, which also shows the model a positive point inside the object.")
     parser.add_argument("--reuse_runs", type=Path,
                         default=REPO_ROOT / "benchmarks" / ".cache" / "semantic_volumes" / "runs" / "icmoe_prompted",
                         help="Folder of `seed{N}` test runs to reuse when their training settings match.")
     parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "benchmarks" / ".cache" / "propagation")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "propagation.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="Default: benchmarks/results/propagation.json (box), propagation_box_point.json (box+point).")
     parser.add_argument("--smoke", action="store_true", help="2 steps, one seed, one volume of each split, a tiny grid.")
+    parser.add_argument("--report", action="store_true",
+                        help="Only re-render the generated blocks of docs/BENCHMARKS.md and docs/METHOD.md from --output.")
     args = parser.parse_args(argv)
-    args.command = "python benchmarks/propagation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command = ("python benchmarks/propagation.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     if args.smoke:
         args.max_train_steps, args.seeds, args.reuse_runs = 2, [0], None
+    args.work_dir = args.work_dir.resolve()
+    if args.output is None:
+        suffix = "" if args.train_prompt == "box" else "_" + args.train_prompt.replace("+", "_")
+        args.output = REPO_ROOT / "benchmarks" / "results" / f"propagation{suffix}.json"
+    args.runs = args.work_dir / "runs" / ("" if args.train_prompt == "box" else args.train_prompt.replace("+", "_"))
     return args
 
 
@@ -78,7 +89,7 @@ def train(args, argv: list[str], output_dir: Path) -> None:
     from training.arguments import parse_args as run_args
     from training.loop import run
 
-    run(run_args(["--base_model", args.base_model, "--window", WINDOW, "--prompt", "box", "--max_train_steps",
+    run(run_args(["--base_model", args.base_model, "--window", WINDOW, "--prompt", args.train_prompt, "--max_train_steps",
                   str(args.max_train_steps), "--per_device_train_batch_size", str(args.per_device_train_batch_size),
                   "--learning_rate", repr(args.learning_rate), "--num_example_figures", "0",
                   "--dataloader_num_workers", "0", "--no_zeroshot_eval", "--output_dir", str(output_dir), *argv]))
@@ -90,7 +101,7 @@ def matches(run_dir: Path, args, seed: int) -> bool:
     if not (record.is_file() and (run_dir / "model.safetensors").is_file()):
         return False
     settings = json.loads(record.read_text())["fingerprint"]
-    wanted = {"prompt": "box", "train_steps": args.max_train_steps, "learning_rate": args.learning_rate, "seed": seed,
+    wanted = {"prompt": args.train_prompt, "train_steps": args.max_train_steps, "learning_rate": args.learning_rate, "seed": seed,
               "per_device_train_batch_size": args.per_device_train_batch_size, "window": [40.0, 400.0],
               "dataset": str(TASK)}
     return all(settings.get(k) == v for k, v in wanted.items())
@@ -100,7 +111,7 @@ def test_model(args, seed: int) -> Path:
     reused = args.reuse_runs / f"seed{seed}" if args.reuse_runs else None
     if reused is not None and matches(reused, args, seed):
         return reused
-    run_dir = args.work_dir / "runs" / f"test_seed{seed}"
+    run_dir = args.runs / f"test_seed{seed}"
     if not matches(run_dir, args, seed):
         train(args, ["--dataset", str(TASK), "--seed", str(seed)], run_dir)
     return run_dir
@@ -204,7 +215,7 @@ def select(args, data: dict, grid: dict) -> dict:
     from modeling_icmoe.propagation import PropagationSettings, SliceEmbeddings
 
     split_csv, held_out = validation_csv(args.work_dir)
-    run_dir = args.work_dir / "runs" / "select_seed0"
+    run_dir = args.runs / "select_seed0"
     if not (run_dir / "model.safetensors").is_file():
         train(args, ["--dataset", str(split_csv), "--eval_split", "validation", "--seed", "0"], run_dir)
     model, processor = load_model(str(run_dir), "cpu")
@@ -301,12 +312,124 @@ def summarise(data: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------------- reports
+ROWS = [("per_slice", "per-slice boxes from the labels (upper bound)"), ("largest", "one key box, slice of largest area"),
+        ("largest+click", "  + one click round"), ("median", "one key box, slice of median area"),
+        ("median+click", "  + one click round"), ("three", "three key boxes"), ("three+click", "  + one click round")]
+MARKERS = {"benchmarks": "propagation", "method": "propagation_choice"}
+
+
+def markers(data: dict) -> dict[str, str]:
+    """The names of a results file's generated blocks: `propagation`, `propagation_choice`, with `_box_point` for the
+    models trained with box+point prompts."""
+    prompt = data["settings"]["train_prompt"]
+    suffix = "" if prompt == "box" else "_" + prompt.replace("+", "_")
+    return {k: v + suffix for k, v in MARKERS.items()}
+
+
+def _met(value: bool) -> str:
+    return "met" if value else "**not met**"
+
+
+def render_choice(data: dict) -> str:
+    """The validation choice, for docs/METHOD.md's "Propagation through a volume"."""
+    selection = data["selection"]
+    chosen = selection["chosen"]
+    lines = [f"Models trained with `--prompt {data['settings']['train_prompt']}`. "
+             f"Validation volumes {', '.join(selection['validation_volumes'])} (held out of the training volumes; the "
+             f"model trained on the other {len(cases(TASK / 'imagesTr')) - len(selection['validation_volumes'])}), one key box per class on the "
+             "slice of largest and of median area, mean Dice over classes and volumes; the best stop thresholds and "
+             "margin of each prompt use:", "",
+             "| prompt use | min_score | min_area_ratio | box_margin | validation Dice |", "|---|---|---|---|---|"]
+    for use, row in selection["best_per_prompt_use"].items():
+        mark = "**" if use == chosen["prompt_use"] else ""
+        lines.append(f"| {mark}{use}{mark} | {row['min_score']} | {row['min_area_ratio']} | {row['box_margin']} | "
+                     f"{mark}{row['dice']:.4f}{mark} |")
+    no_stop = [r for r in selection["scores"] if r["prompt_use"] == chosen["prompt_use"] and r["min_score"] == 0
+               and r["min_area_ratio"] == 0 and r["box_margin"] == chosen["box_margin"]]
+    kept = "Kept (the defaults of `PropagationSettings`)" if data["settings"]["train_prompt"] == "box" else "Best"
+    lines += ["", f"{kept}: `prompt_use={chosen['prompt_use']!r}`, "
+                  f"`min_score={chosen['min_score']}`, `min_area_ratio={chosen['min_area_ratio']}`, "
+                  f"`box_margin={chosen['box_margin']}` (validation Dice {selection['chosen_dice']:.4f}"
+              + (f"; without either stop {no_stop[0]['dice']:.4f}" if no_stop else "") + f"). Grid: "
+              + "; ".join(f"{k} {v}" for k, v in selection["grid"].items()) + "."]
+    return "\n".join(lines)
+
+
+def render_report(data: dict) -> str:
+    """The results section of docs/BENCHMARKS.md."""
+    summary, names = data["summary"], json.loads((TASK / "dataset.json").read_text())["labels"]
+    seeds = list(data["test"])
+    labels = list(summary["dice_per_class"]["per_slice"])
+    prompts, dice = summary["prompts_over_test_volumes"], summary["dice"]
+    lines = [f"`{data['task']}`, {len(data['test'][seeds[0]]['per_volume'])} test volumes, prompted IC-MoE "
+             f"(stand-in SAM, trained with `--prompt {data['settings']['train_prompt']}`, "
+             f"{data['settings']['max_train_steps']} steps, learning rate "
+             f"{data['settings']['learning_rate']}), seeds {', '.join(seeds)}; propagation settings chosen on validation "
+             "(docs/METHOD.md, \"Propagation through a volume\"). Dice per class and volume over the whole volume, "
+             "mean over classes of the mean over volumes, mean ± std over seeds; per-class columns: mean over seeds "
+             "and volumes. Prompts: boxes and clicks over the test volumes.", "",
+             "| prompts | count | fewer than per-slice | Dice | gap to per-slice | "
+             + " | ".join(names[label] for label in labels) + " |",
+             "|---|---|---|---|---|" + "---|" * len(labels)]
+    upper = dice["per_slice"]["mean"]
+    for key, title in ROWS:
+        reduction = "" if key == "per_slice" else f"{prompts['per_slice'] / prompts[key]:.1f}x"
+        gap = "" if key == "per_slice" else f"{upper - dice[key]['mean']:+.3f}"
+        lines.append(f"| {title.strip()} | {prompts[key]} | {reduction} | {dice[key]['mean']:.3f} ± "
+                     f"{dice[key]['std']:.3f} | {gap} | "
+                     + " | ".join(f"{summary['dice_per_class'][key][label]:.3f}" for label in labels) + " |")
+    targets = summary["targets"]
+    timing = {seed: data["test"][seed]["timing"] for seed in seeds}
+    lines += ["", "| target | measured | |", "|---|---|---|",
+              f"| one key box within 0.05 of per-slice boxes | gap {targets['gap_to_per_slice']['largest']:.3f} "
+              f"(largest-area slice), {targets['gap_to_per_slice']['median']:.3f} (median) | "
+              f"{_met(all(targets['one_key_box_within_0.05_of_per_slice'].values()))} |",
+              f"| at least 10x fewer prompts | {targets['prompt_reduction']['largest']:.1f}x (one key box), "
+              f"{targets['prompt_reduction']['largest+click']:.1f}x (with the click round), "
+              f"{targets['prompt_reduction']['three']:.1f}x (three key boxes) | "
+              f"{_met(targets['prompts_at_least_10x_fewer']['largest'])} for one key box |",
+              "| one click round raises mean Dice | "
+              + ", ".join(f"{dice[k + '+click']['mean'] - dice[k]['mean']:+.3f} ({k})" for k in KEY_SETTINGS)
+              + f" | {_met(all(targets['click_round_raises_dice'].values()))} |",
+              f"| propagation costs at most 1.2x per-slice prompting | {summary['time_ratio']:.2f}x (per seed: "
+              + ", ".join(f"{r:.2f}" for r in summary["time_ratio_per_seed"]) + f") | "
+              f"{_met(targets['cost_at_most_1.2x'])} |", "",
+              "Time: one key box per class propagated against one box per class and slice, each from the raw volume "
+              f"to the label map, alternating, {TIMING_REPEATS} times per test volume, torch on one thread, "
+              f"{data['machine']}; seconds per test volume, propagation / per-slice: "
+              + "; ".join(f"seed {seed} {t['propagation_seconds'] / len(data['test'][seed]['per_volume']):.3f} / "
+                          f"{t['per_slice_seconds'] / len(data['test'][seed]['per_volume']):.3f}"
+                          for seed, t in timing.items()) + ".", "", "```bash", *(c.strip() for c in data["commands"]), "```"]
+    return "\n".join(lines)
+
+
+def _replace_between(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+
+
+def write_reports(data: dict) -> None:
+    """Re-renders the generated blocks of docs/BENCHMARKS.md and docs/METHOD.md (only those blocks)."""
+    names = markers(data)
+    for path, name, body in ((REPO_ROOT / "docs" / "BENCHMARKS.md", names["benchmarks"], render_report(data)),
+                             (REPO_ROOT / "docs" / "METHOD.md", names["method"], render_choice(data))):
+        path.write_text(_replace_between(path.read_text(encoding="utf-8"), name, body), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.work_dir = args.work_dir.resolve()
+    if args.report:
+        data = json.loads(args.output.read_text())
+        write_reports(data)
+        return data
     torch.set_num_threads(1)  # timings on one core: the machine's other cores are shared
     data = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    settings = {"base_model": portable(args.base_model), "learning_rate": args.learning_rate,
+    settings = {"base_model": portable(args.base_model), "train_prompt": args.train_prompt,
+                "learning_rate": args.learning_rate,
                 "max_train_steps": args.max_train_steps, "per_device_train_batch_size": args.per_device_train_batch_size}
     if data.get("settings", settings) != settings:
         raise SystemExit(f"{args.output} was made with other settings {data['settings']}; use another --output.")

@@ -51,24 +51,25 @@ class SlicePoint:
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    """How a prediction prompts the next slice, and where propagation stops.
+    """How a prediction prompts the next slice, and where propagation stops. The defaults are the combination that
+    scored best on validation volumes of the volumetric benchmark (`benchmarks/propagation.py`, docs/METHOD.md).
 
     prompt_use (`str`, *optional*, defaults to `"box"`):
         `"box"`: the previous mask's box with a margin; `"box+mask"`: plus the previous low-resolution logits as SAM's
         `input_masks`; `"box+point"`: plus a positive point at the previous mask's most interior pixel.
-    min_score (`float`, *optional*, defaults to 0.5):
+    min_score (`float`, *optional*, defaults to 0.6):
         A slice whose predicted IoU is below this ends the propagation (the slice is left empty).
-    min_area_ratio (`float`, *optional*, defaults to 0.0):
+    min_area_ratio (`float`, *optional*, defaults to 0.1):
         A slice whose mask is smaller than this fraction of the key slice's mask ends the propagation.
-    box_margin (`float`, *optional*, defaults to 0.1):
+    box_margin (`float`, *optional*, defaults to 0.0):
         The propagated box is the previous mask's box widened on each side by this fraction of its width and height,
         clipped to the slice.
     """
 
     prompt_use: Literal["box", "box+mask", "box+point"] = "box"
-    min_score: float = 0.5
-    min_area_ratio: float = 0.0
-    box_margin: float = 0.1
+    min_score: float = 0.6
+    min_area_ratio: float = 0.1
+    box_margin: float = 0.0
 
     def __post_init__(self):
         if self.prompt_use not in PROMPT_USES:

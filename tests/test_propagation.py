@@ -128,6 +128,8 @@ def key_box(labels: np.ndarray, label: int, index: int, source: str = "") -> Sli
 
 
 def propagate(model, processor, volume, prompts, points=(), **settings):
+    """Propagation without the area stop unless asked: the idealised model's masks end with the objects."""
+    settings = {"min_area_ratio": 0.0, **settings}
     return segment_volume(model, processor, volume, prompts, axis=2, window=WINDOW, progress=False, propagate=True,
                           points=points, propagation=PropagationSettings(**settings))
 
@@ -332,11 +334,19 @@ def test_predict_propagate_end_to_end(tmp_path, two_organs, icmoe_dir):
     (tmp_path / "key.json").write_text(json.dumps(key))
     (tmp_path / "points.json").write_text(json.dumps(clicks))
     output = tmp_path / "pred.nii.gz"
-    common = ["--model", str(icmoe_dir), "--input", str(image), "--window", "150", "300", "--device", "cpu"]
+    # A model whose training record says it was trained on sagittal slices, asked for axial ones: a warning.
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for file in icmoe_dir.iterdir():
+        (model_dir / file.name).symlink_to(file)
+    (model_dir / "eval_results.json").write_text(json.dumps({"volume_data": {"slice_axis": "sagittal"}}))
+    common = ["--model", str(model_dir), "--input", str(image), "--window", "150", "300", "--device", "cpu",
+              "--slice_axis", "axial"]
     result = _predict([*common, "--output", str(output), "--boxes", str(tmp_path / "key.json"), "--propagate",
                        "--points", str(tmp_path / "points.json"), "--reference", str(label), "--batch_size", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "key boxes and 1 points propagated" in result.stdout
+    assert "Warning: --slice_axis axial (canonical axis 2) is not the axis --model" in result.stderr
     saved, source = nib.load(str(output)), nib.load(str(image))
     assert saved.shape == source.shape and np.allclose(saved.affine, source.affine)
     # The command's label map is the Python API's for the same prompts and settings.
@@ -377,3 +387,42 @@ def test_a_prompt_free_model_refuses_propagate():
     args.points = "POINTS.json"
     with pytest.raises(ValueError, match=r"remove --points POINTS\.json and --propagate"):
         _check_prompts(args, config)
+
+
+def test_benchmark_key_slices_and_simulated_clicks():
+    from benchmarks.propagation import corrective_clicks, key_prompts
+
+    labels = np.zeros((20, 20, 9), np.uint8)
+    areas = [0, 4, 9, 16, 36, 25, 16, 1, 0]  # class 1 on slices 1..7, squares of these areas
+    for index, area in enumerate(areas):
+        side = int(area**0.5)
+        labels[2 : 2 + side, 3 : 3 + side, index] = 1
+    assert [p.index for p in key_prompts(labels, "largest")] == [4]
+    assert [p.index for p in key_prompts(labels, "median")] == [3]  # areas 4 9 16 36 25 16 1 sorted: the 4th, 16
+    assert [p.index for p in key_prompts(labels, "three")] == [2, 4, 6]
+    assert key_prompts(labels, "largest")[0].box == [3.0, 2.0, 8.0, 7.0]
+    # The slice with the most wrong pixels gets the click: a missed square (positive) or a false one (negative).
+    prediction = labels.copy()
+    prediction[:, :, 4] = 0
+    prediction[10:13, 10:13, 5] = 1
+    (click,) = corrective_clicks(prediction, labels)
+    assert (click.index, click.positive) == (4, True) and labels[int(click.point[1]), int(click.point[0]), 4] == 1
+    prediction = labels.copy()
+    prediction[10:18, 10:18, 2] = 1
+    (click,) = corrective_clicks(prediction, labels)
+    assert (click.index, click.positive, click.point) == (2, False, [13.0, 13.0])
+
+
+@pytest.mark.parametrize("results", ["propagation.json"])
+def test_the_published_numbers_are_the_results_file(results):
+    from benchmarks.propagation import markers, render_choice, render_report
+
+    data = json.loads((REPO / "benchmarks" / "results" / results).read_text())
+    names = markers(data)
+    for document, name, body in (("docs/BENCHMARKS.md", names["benchmarks"], render_report(data)),
+                                 ("docs/METHOD.md", names["method"], render_choice(data))):
+        text = (REPO / document).read_text(encoding="utf-8")
+        assert f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->" in text, f"{document}: rerun --report"
+    if data["settings"]["train_prompt"] == "box":  # the defaults are the choice made on validation
+        chosen = data["selection"]["chosen"]
+        assert PropagationSettings() == PropagationSettings(**chosen)
