@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import machine, portable, save  # noqa: E402
+from modeling_icmoe.run_folder import EVAL_RESULTS_NAME  # noqa: E402
 from training.arguments import parse_args as parse_run_args  # noqa: E402
 
 COMMAND = ["accelerate", "launch", "training/run.py"]
@@ -52,7 +53,7 @@ def run_seed(seed: int, work_dir: Path) -> dict:
     shutil.rmtree(output_dir, ignore_errors=True)  # an interrupted run left a partial folder
     command = seed_command(seed, output_dir)
     subprocess.run(command, cwd=REPO_ROOT, check=True)
-    results = json.loads((output_dir / "eval_results.json").read_text())
+    results = json.loads((output_dir / EVAL_RESULTS_NAME).read_text())
     zero_shot = results["comparisons"]["zeroshot"]
     return {
         "seed": seed,

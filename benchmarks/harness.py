@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy_methods import count_encoder_params, matched_ranks
+from modeling_icmoe.run_folder import EVAL_RESULTS_NAME, TRAIN_LOG_NAME
 from training.arguments import DEFAULT_BASE_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
-KEEP_OUTPUTS = ("eval_results.json", "train_log.jsonl")
+KEEP_OUTPUTS = (EVAL_RESULTS_NAME, TRAIN_LOG_NAME)
 METRICS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
 # Protocol entries that processes sharing one results file each add to (`save`).
 MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params", "semantic_methods")

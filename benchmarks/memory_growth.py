@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from modeling_icmoe.run_folder import TRAIN_LOG_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         while process.poll() is None:
             rss = rss_mib(process.pid)
             if rss is not None:
-                step = last_logged_step(output_dir / "train_log.jsonl")
+                step = last_logged_step(output_dir / TRAIN_LOG_NAME)
                 samples.append((round(time.perf_counter() - start, 1), step, rss))
             time.sleep(args.interval)
         log.seek(0)

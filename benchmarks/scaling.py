@@ -36,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.sections import write_section  # noqa: E402
+from modeling_icmoe.run_folder import EVAL_RESULTS_NAME, TRAIN_LOG_NAME  # noqa: E402
 
 CONFIGS = REPO_ROOT / "configuration" / "accelerate"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -143,11 +144,11 @@ def run_setup(setup: Setup, args, base: str, dataset: str | None, out: Path, ext
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{setup.name} failed:\n{result.stderr[-4000:]}")
-    recorded = json.loads((out / "eval_results.json").read_text())
+    recorded = json.loads((out / EVAL_RESULTS_NAME).read_text())
     if recorded["num_processes"] != setup.num_processes:
         raise RuntimeError(f"{setup.name} asked for {setup.num_processes} processes; the run recorded "
                            f"{recorded['num_processes']}.")
-    log = {record["step"]: record for record in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    log = {record["step"]: record for record in map(json.loads, (out / TRAIN_LOG_NAME).read_text().splitlines())}
     first, last = log[args.from_step], log[max(log)]
     seconds = last["elapsed_seconds"] - first["elapsed_seconds"]
     samples = (last["step"] - first["step"]) * setup.global_batch

@@ -17,15 +17,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_icmoe import run_folder
+
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
-ADAPTER_SUBFOLDER = "adapter"
-ADAPTER_CONFIG_FILE = "icmoe_adapter_config.json"
-EVAL_RESULTS_FILE = "eval_results.json"
-FIGURES = {
-    "expert_load": "figures/expert_load.png",
-    "loss": "figures/loss.png",
-    "examples": "figures/examples.png",
-}
+FIGURES = {name: run_folder.figure_path(name) for name in run_folder.FIGURE_NAMES}
+__getattr__ = run_folder.moved_names(__name__, {
+    "ADAPTER_SUBFOLDER": "ADAPTER_SUBFOLDER",
+    "ADAPTER_CONFIG_FILE": "ADAPTER_CONFIG_NAME",
+    "EVAL_RESULTS_FILE": "EVAL_RESULTS_NAME",
+})
 TAGS = ["medical", "segmentation", "sam"]
 # Tags that describe how a model was trained: a LoRA baseline is not a mixture of experts.
 METHOD_TAGS = {
@@ -94,7 +94,7 @@ def public_name(value: str) -> str:
 
 
 def read_eval_results(output_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(output_dir) / EVAL_RESULTS_FILE
+    path = Path(output_dir) / run_folder.EVAL_RESULTS_NAME
     if not path.is_file():
         raise ValueError(f"{path} is missing: a model card needs the evaluation written by training/run.py.")
     try:
@@ -112,7 +112,7 @@ def read_eval_results(output_dir: str | os.PathLike) -> dict[str, Any]:
 def read_adapter_config(output_dir: str | os.PathLike, *, adapter_only: bool) -> dict[str, Any] | None:
     """The IC-MoE adapter config: from the adapter folder first for adapter-only cards, else from `config.json`."""
     output_dir = Path(output_dir)
-    adapter_path = output_dir / ADAPTER_SUBFOLDER / ADAPTER_CONFIG_FILE
+    adapter_path = output_dir / run_folder.ADAPTER_SUBFOLDER / run_folder.ADAPTER_CONFIG_NAME
     config_path = output_dir / "config.json"
     sources = [adapter_path, config_path] if adapter_only else [config_path, adapter_path]
     for path in sources:
@@ -405,6 +405,6 @@ def write_model_card(
     card = render_model_card(
         output_dir, repo_id=repo_id, adapter_only=adapter_only, license=license, model_name=model_name
     )
-    path = Path(output_dir) / "README.md"
+    path = Path(output_dir) / run_folder.CARD_NAME
     card.save(path)
     return path

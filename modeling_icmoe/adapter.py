@@ -19,10 +19,9 @@ from transformers import SamModel
 from .configuration_icmoe_sam import IcMoeAdapterConfig
 from .modeling_icmoe_sam import IcMoeSamModel, wrap_sam_model
 from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
+from .run_folder import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
-ADAPTER_CONFIG_NAME = "icmoe_adapter_config.json"
 SEMANTIC_KEY = "semantic"  # in the adapter config: the classes and head of a semantic model
-ADAPTER_WEIGHTS_NAME = "icmoe_adapter_model.safetensors"
 FORMAT_VERSION = 1
 
 

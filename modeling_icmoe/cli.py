@@ -39,6 +39,7 @@ import numpy as np
 from .configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
 from .pipeline_icmoe_sam import resolve_window
 from .propagation import check_key_prompts, points_from_entries
+from .run_folder import EVAL_RESULTS_NAME
 from .volumes import (
     is_nifti,
     keep_largest_component,
@@ -109,12 +110,12 @@ def _predict_parser(subparsers) -> None:
 def _training_record(model: str) -> dict:
     """What training recorded about volume data (`volume_data` of eval_results.json: window, slice axis, label
     names), from the model folder or its Hub repo; empty when there is none."""
-    path = Path(model) / "eval_results.json"
+    path = Path(model) / EVAL_RESULTS_NAME
     if not path.is_file() and not Path(model).exists():
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(model, "eval_results.json"))
+            path = Path(hf_hub_download(model, EVAL_RESULTS_NAME))
         except Exception as err:  # no such file in the repo, or offline: prediction goes on with the defaults
             print(f"No training record for {model} ({type(err).__name__}); using the command-line settings.")
             return {}

@@ -21,12 +21,13 @@ import signal
 import threading
 from pathlib import Path
 
+from modeling_icmoe import run_folder
+
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")  # exactly `step_<int>`; anything else (`step_20_backup`) is not ours
 MARKER_NAME = "icmoe_checkpoint.json"
 PARTIAL_SUFFIX = ".partial"
 FINAL_PARTIAL = "final" + PARTIAL_SUFFIX
-RUN_MANIFEST = "icmoe_run.json"
-TRACKER_PROJECT = "icmoe-sam"  # `init_trackers` name: tensorboard logs go to output_dir/icmoe-sam/
+__getattr__ = run_folder.moved_names(__name__, {"RUN_MANIFEST": "RUN_MANIFEST", "TRACKER_PROJECT": "TRACKER_PROJECT"})
 
 # Arguments that change the trained weights or the results stored with them. Not here: where outputs go, logging,
 # evaluation cadence and batch size, figures, Hub settings, checkpoint frequency and resuming itself.
@@ -38,12 +39,16 @@ FINGERPRINT_ARGS = (
 )
 # What a run writes at the top of its output folder besides the model's own files (listed in the run manifest).
 RUN_OUTPUTS = (
-    "checkpoints", "adapter", "figures", "train_log.jsonl", "eval_results.json", "README.md", RUN_MANIFEST,
-    TRACKER_PROJECT, FINAL_PARTIAL, "config.json", "model.safetensors", "model.safetensors.index.json",
+    run_folder.CHECKPOINTS_SUBFOLDER, run_folder.ADAPTER_SUBFOLDER, run_folder.FIGURES_SUBFOLDER,
+    run_folder.TRAIN_LOG_NAME, run_folder.EVAL_RESULTS_NAME, run_folder.CARD_NAME, run_folder.RUN_MANIFEST,
+    run_folder.TRACKER_PROJECT, FINAL_PARTIAL, "config.json", "model.safetensors", "model.safetensors.index.json",
     "processor_config.json", "preprocessor_config.json",
 )
 # Any of these in an output folder means another run wrote there.
-RUN_SIGNS = ("checkpoints", "eval_results.json", "train_log.jsonl", "model.safetensors", "adapter", RUN_MANIFEST)
+RUN_SIGNS = (
+    run_folder.CHECKPOINTS_SUBFOLDER, run_folder.EVAL_RESULTS_NAME, run_folder.TRAIN_LOG_NAME, "model.safetensors",
+    run_folder.ADAPTER_SUBFOLDER, run_folder.RUN_MANIFEST,
+)
 
 
 def _local_or_id(value: str) -> str:
@@ -166,7 +171,7 @@ def save_checkpoint(
     """`accelerator.save_state` into `step_N.partial/`, marker last, then a rename to `step_N/` (on every process).
 
     `stream_positions`: each process's (pass, batches read) in a streamed training split, kept in the marker."""
-    folder = output_dir / "checkpoints" / f"step_{step}"
+    folder = output_dir / run_folder.CHECKPOINTS_SUBFOLDER / f"step_{step}"
     partial = folder.with_name(folder.name + PARTIAL_SUFFIX)
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
@@ -216,7 +221,7 @@ def check_output_dir(output_dir: Path, *, overwrite: bool, resuming: bool) -> li
             "choose another --output_dir."
         )
     names = set(RUN_OUTPUTS) | {p.name for p in output_dir.glob(f"*{PARTIAL_SUFFIX}")}
-    manifest = output_dir / RUN_MANIFEST
+    manifest = output_dir / run_folder.RUN_MANIFEST
     if manifest.is_file():
         # Plain names only: a manifest naming `../x` must not reach outside the folder.
         names |= {name for name in json.loads(manifest.read_text()).get("outputs", []) if name == Path(name).name}

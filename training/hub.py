@@ -16,9 +16,8 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from hub_cards import is_hub_repo_id, public_name, read_eval_results, render_model_card
+from modeling_icmoe import run_folder
 
-ADAPTER_SUBFOLDER = "adapter"
-ADAPTER_FILES = ("icmoe_adapter_config.json", "icmoe_adapter_model.safetensors")
 # The root files of a full checkpoint that belong on the Hub. Anything else at the root (stray logs, scratch files)
 # stays local unless named here.
 CHECKPOINT_FILES = (
@@ -27,13 +26,14 @@ CHECKPOINT_FILES = (
     "model.safetensors.index.json",
     "preprocessor_config.json",
     "processor_config.json",
-    "eval_results.json",
-    "train_log.jsonl",
+    run_folder.EVAL_RESULTS_NAME,
+    run_folder.TRAIN_LOG_NAME,
 )
 SHARD_PATTERN = "model-*-of-*.safetensors"
-FIGURES_SUBFOLDER = "figures"
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
-CARD_NAME = "README.md"
+__getattr__ = run_folder.moved_names(__name__, {
+    name: name for name in ("ADAPTER_SUBFOLDER", "ADAPTER_FILES", "FIGURES_SUBFOLDER", "CARD_NAME")
+})
 
 
 @dataclass(frozen=True)
@@ -134,21 +134,22 @@ def _file(output_dir: Path, relative: str, path_in_repo: str | None = None) -> H
 
 
 def _figures(output_dir: Path) -> list[HubUpload]:
-    folder = output_dir / FIGURES_SUBFOLDER
+    folder = output_dir / run_folder.FIGURES_SUBFOLDER
     if not folder.is_dir():
         return []
     return [
-        _file(output_dir, f"{FIGURES_SUBFOLDER}/{path.name}")
+        _file(output_dir, f"{run_folder.FIGURES_SUBFOLDER}/{path.name}")
         for path in sorted(folder.iterdir())
         if path.is_file() and path.suffix.lower() in FIGURE_SUFFIXES
     ]
 
 
 def _adapter_files(output_dir: Path, *, at_root: bool) -> list[HubUpload]:
-    missing = [name for name in ADAPTER_FILES if not (output_dir / ADAPTER_SUBFOLDER / name).is_file()]
+    subfolder, names = run_folder.ADAPTER_SUBFOLDER, run_folder.ADAPTER_FILES
+    missing = [name for name in names if not (output_dir / subfolder / name).is_file()]
     if missing:
-        raise ValueError(f"{output_dir / ADAPTER_SUBFOLDER} lacks {missing}: there is no adapter-only checkpoint.")
-    return [_file(output_dir, f"{ADAPTER_SUBFOLDER}/{name}", name if at_root else None) for name in ADAPTER_FILES]
+        raise ValueError(f"{output_dir / subfolder} lacks {missing}: there is no adapter-only checkpoint.")
+    return [_file(output_dir, f"{subfolder}/{name}", name if at_root else None) for name in names]
 
 
 def plan_upload(
@@ -168,8 +169,8 @@ def plan_upload(
         raise ValueError("`include_adapter` adds adapter/ to a full push; an adapter-only push already holds it.")
     if adapter_only:
         files = _adapter_files(output_dir, at_root=True)
-        if (output_dir / "eval_results.json").is_file():
-            files.append(_file(output_dir, "eval_results.json"))
+        if (output_dir / run_folder.EVAL_RESULTS_NAME).is_file():
+            files.append(_file(output_dir, run_folder.EVAL_RESULTS_NAME))
         return files + _figures(output_dir)
 
     has_weights = (output_dir / "model.safetensors").is_file() or any(output_dir.glob(SHARD_PATTERN))
@@ -239,7 +240,7 @@ def push_output_dir(
             f"{read_eval_results(output_dir)['base_model']!r}, not a Hub id; push the full checkpoint instead."
         )
     card_bytes = str(card).encode("utf-8")
-    files.append(HubUpload(path_in_repo=CARD_NAME, size=len(card_bytes), source=None))
+    files.append(HubUpload(path_in_repo=run_folder.CARD_NAME, size=len(card_bytes), source=None))
     commit_message = commit_message or default_commit_message(output_dir, adapter_only=adapter_only)
 
     if dry_run:

@@ -26,6 +26,7 @@ from modeling_icmoe import (
     IcMoeSamModel,
     save_icmoe_adapter,
     save_pretrained_with_pipeline,
+    run_folder,
     save_semantic_pretrained_with_pipeline,
 )
 from modeling_icmoe.losses import segmentation_losses, segmentation_targets
@@ -256,12 +257,13 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
 
     peft_adapter = isinstance(model, PeftModel)
     if peft_adapter:
-        model.save_pretrained(output_dir / "adapter")
+        adapter_dir = output_dir / run_folder.ADAPTER_SUBFOLDER
+        model.save_pretrained(adapter_dir)
         # PEFT writes a template card with nothing filled in; the run's card is the output folder's README.md.
-        (output_dir / "adapter" / "README.md").unlink(missing_ok=True)
+        (adapter_dir / "README.md").unlink(missing_ok=True)
         if isinstance(model.get_base_model(), IcMoeSamForSemanticSegmentation):  # what the adapter goes on
             base = model.get_base_model()
-            (output_dir / "adapter" / PROMPT_FREE_BASE_FILE).write_text(json.dumps(
+            (adapter_dir / PROMPT_FREE_BASE_FILE).write_text(json.dumps(
                 {"icmoe_config": base.config.icmoe_config.to_dict(), **base.semantic_config_dict()}, indent=2) + "\n")
         model, state_dict = model.merge_and_unload(), None
     if isinstance(model, IcMoeSamForSemanticSegmentation):  # the image-segmentation pipeline, without prompts
@@ -271,7 +273,7 @@ def save_trained(model: nn.Module, processor, output_dir: Path, state_dict: dict
     # An IC-MoE adapter-only checkpoint holds what SAM lacks; where the encoder's own weights were trained (LoRA,
     # whose adapter PEFT wrote, or full fine-tuning) it would not, so none is written.
     if isinstance(model, IcMoeSamModel) and not peft_adapter and not trains_sam_encoder(model):
-        save_icmoe_adapter(model, output_dir / "adapter", state_dict=state_dict)
+        save_icmoe_adapter(model, output_dir / run_folder.ADAPTER_SUBFOLDER, state_dict=state_dict)
 
 
 def trains_sam_encoder(model: nn.Module) -> bool:

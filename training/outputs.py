@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_icmoe import IcMoeSamModel
+from modeling_icmoe import IcMoeSamModel, run_folder
 
 from . import figures
 from .arguments import DEFAULT_BASE_MODEL
-from .checkpointing import FINAL_PARTIAL, RUN_MANIFEST, publish_outputs, write_json_atomic
+from .checkpointing import FINAL_PARTIAL, publish_outputs, write_json_atomic
 from .diagnostics import load_by_kind, training_diagnostics
 from .methods import describe_method, sam_of, save_trained
 
@@ -48,7 +48,7 @@ def write_outputs(
         save_trained(model, processor, partial, state_dict=state_dict)
     else:
         processor.save_pretrained(partial)
-    (output_dir / "eval_results.json").unlink(missing_ok=True)  # it is only ever beside the model it describes
+    (output_dir / run_folder.EVAL_RESULTS_NAME).unlink(missing_ok=True)  # only ever beside the model it describes
     outputs = publish_outputs(partial, output_dir)
     results = {
         "method": args.method,
@@ -72,7 +72,7 @@ def write_outputs(
     }
     sam = sam_of(model)
     icmoe_config = sam.config.icmoe_config if isinstance(sam, IcMoeSamModel) and load is not None else None
-    records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines() if line]
+    records = [json.loads(line) for line in (output_dir / run_folder.TRAIN_LOG_NAME).read_text().splitlines() if line]
     if icmoe_config is not None:
         results["expert_load"] = np.round(load, 4).tolist()
         results["min_expert_share"] = float(load.min())
@@ -81,20 +81,18 @@ def write_outputs(
             **{key: round(value, 5) for key, value in metrics.get("voting", {}).items()},
             **training_diagnostics(records, sam.objective_weights()),
         }
-    write_json_atomic(output_dir / "eval_results.json", results)
-    write_json_atomic(
-        output_dir / RUN_MANIFEST,
-        {"fingerprint": fingerprint, "outputs": sorted({*outputs, "eval_results.json", "figures", "README.md"})},
-    )
-    _write_figures(output_dir / "figures", records, load, examples, icmoe_config)
+    write_json_atomic(output_dir / run_folder.EVAL_RESULTS_NAME, results)
+    written = {*outputs, run_folder.EVAL_RESULTS_NAME, run_folder.FIGURES_SUBFOLDER, run_folder.CARD_NAME}
+    write_json_atomic(output_dir / run_folder.RUN_MANIFEST, {"fingerprint": fingerprint, "outputs": sorted(written)})
+    _write_figures(output_dir / run_folder.FIGURES_SUBFOLDER, records, load, examples, icmoe_config)
     try:
         from hub_cards import write_model_card
 
         write_model_card(output_dir, repo_id=args.hub_model_id)
     except Exception as error:  # the card is rendered from saved files; it can be rendered again later
         warnings.warn(
-            f"Writing the model card {output_dir / 'README.md'} failed ({error!r}); the model and eval_results.json "
-            "are saved.", RuntimeWarning, stacklevel=2,
+            f"Writing the model card {output_dir / run_folder.CARD_NAME} failed ({error!r}); the model and "
+            f"{run_folder.EVAL_RESULTS_NAME} are saved.", RuntimeWarning, stacklevel=2,
         )
     return results
 
@@ -110,17 +108,18 @@ def _write_figures(figure_dir: Path, records: list[dict], load, examples, icmoe_
 
     plots = []
     if icmoe_config is not None:
-        plots.append(("expert_load.png", lambda path: figures.plot_expert_load(load, routed_names(), path)))
+        plots.append(("expert_load", lambda path: figures.plot_expert_load(load, routed_names(), path)))
     if records:
-        plots.append(("loss.png", lambda path: figures.plot_losses(records, path)))
+        plots.append(("loss", lambda path: figures.plot_losses(records, path)))
     if examples:
-        plots.append(("examples.png", lambda path: figures.plot_examples(examples, routed_names(), path)))
-    for file_name, plot in plots:
+        plots.append(("examples", lambda path: figures.plot_examples(examples, routed_names(), path)))
+    for name, plot in plots:
+        path = figure_dir / run_folder.FIGURE_NAMES[name]
         try:
-            plot(figure_dir / file_name)
+            plot(path)
         except Exception as error:  # figures illustrate results already saved; they never cost the run
             warnings.warn(
-                f"Drawing {figure_dir / file_name} failed ({error!r}); the model and eval_results.json are saved.",
+                f"Drawing {path} failed ({error!r}); the model and {run_folder.EVAL_RESULTS_NAME} are saved.",
                 RuntimeWarning, stacklevel=3,
             )
 
