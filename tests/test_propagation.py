@@ -324,6 +324,7 @@ def _predict(arguments: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
+@pytest.mark.slow  # subprocesses
 def test_predict_propagate_end_to_end(tmp_path, two_organs, icmoe_dir):
     from modeling_icmoe.cli import load_model
 
@@ -413,7 +414,7 @@ def test_benchmark_key_slices_and_simulated_clicks():
     assert (click.index, click.positive, click.point) == (2, False, [13.0, 13.0])
 
 
-@pytest.mark.parametrize("results", ["propagation.json"])
+@pytest.mark.parametrize("results", ["propagation.json", "propagation_box_point.json"])
 def test_the_published_numbers_are_the_results_file(results):
     from benchmarks.propagation import markers, render_choice, render_report
 
