@@ -427,3 +427,17 @@ def test_the_published_numbers_are_the_results_file(results):
     if data["settings"]["train_prompt"] == "box":  # the defaults are the choice made on validation
         chosen = data["selection"]["chosen"]
         assert PropagationSettings() == PropagationSettings(**chosen)
+
+
+def test_prompt_files_that_are_not_json_lists_are_named(tmp_path):
+    from modeling_icmoe.cli import _json_list
+
+    broken = tmp_path / "KEY.json"
+    broken.write_text('[{"slice": 3, "label": 1, "box": [1, 2, 3, 4]')
+    with pytest.raises(ValueError, match=rf"--boxes {broken}: cannot be read as JSON"):
+        _json_list(str(broken), "--boxes")
+    broken.write_text('{"slice": 3}')
+    with pytest.raises(ValueError, match=rf"--points {broken}: expected a JSON list of entries, got dict"):
+        _json_list(str(broken), "--points")
+    with pytest.raises(ValueError, match=r"--boxes .*missing\.json: cannot be read as JSON"):
+        _json_list(str(tmp_path / "missing.json"), "--boxes")
