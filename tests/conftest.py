@@ -6,7 +6,10 @@ import pytest
 import torch
 from transformers import SamModel
 
-from training.sam_init import init_sam_from_scratch, tiny_sam_config
+from helpers import save_tiny_base, tiny_base_sam, tiny_batch
+from training.sam_init import tiny_sam_config
+
+__all__ = ["save_tiny_base", "write_blob_dataset"]  # imported by tests and benchmarks
 
 
 @pytest.fixture
@@ -17,46 +20,22 @@ def sam_config():
 @pytest.fixture
 def base_sam(sam_config) -> SamModel:
     """A tiny SamModel with PyTorch-default weights (not the near-zero encoder `SamModel(config)` gives)."""
-    return init_sam_from_scratch(SamModel(sam_config), seed=0).eval()
+    return tiny_base_sam(sam_config)
 
 
 @pytest.fixture
 def images() -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    return tiny_batch()[0]
 
 
 @pytest.fixture
 def boxes() -> torch.Tensor:
-    return torch.tensor([[[4.0, 6.0, 40.0, 44.0]], [[10.0, 12.0, 56.0, 60.0]]])
+    return tiny_batch()[1]
 
 
 @pytest.fixture
 def masks() -> torch.Tensor:
-    labels = torch.zeros(2, 64, 64)
-    labels[0, 6:44, 4:40] = 1
-    labels[1, 12:60, 10:56] = 1
-    return labels
-
-
-def save_tiny_base(folder, seed: int = 0):
-    """A tiny SamModel with real weights and a matching processor, saved like a Hub checkpoint."""
-    from transformers import SamImageProcessor, SamProcessor
-
-    config = tiny_sam_config()
-    model = init_sam_from_scratch(SamModel(config), seed=seed)
-    model.save_pretrained(folder)
-    size = config.vision_config.image_size
-    low_res = 4 * size // config.vision_config.patch_size
-    processor = SamProcessor(
-        SamImageProcessor(
-            size={"longest_edge": size},
-            pad_size={"height": size, "width": size},
-            mask_size={"longest_edge": low_res},
-            mask_pad_size={"height": low_res, "width": low_res},
-        )
-    )
-    processor.save_pretrained(folder)
-    return folder
+    return tiny_batch()[2]
 
 
 def write_blob_dataset(folder, *, count: int = 12, size: tuple[int, int] = (48, 40), seed: int = 0):

@@ -1,5 +1,5 @@
-"""Builders shared by the Hub tests: a tiny SAM processor, a briefly trained tiny IC-MoE model, and a training output
-folder laid out as `training/run.py` writes it."""
+"""Builders shared by the Hub tests: the results of a run, a training output folder laid out as `training/run.py`
+writes it, and a sample image."""
 
 from __future__ import annotations
 
@@ -8,19 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import torch
-from transformers import SamImageProcessor, SamModel, SamProcessor
+from transformers import SamProcessor
 
-from modeling_icmoe import (
-    IcMoeAdapterConfig,
-    IcMoeSamModel,
-    get_icmoe_model,
-    save_icmoe_adapter,
-    save_pretrained_with_pipeline,
-)
-from training.sam_init import init_sam_from_scratch, tiny_sam_config
+from modeling_icmoe import IcMoeSamModel, save_icmoe_adapter, save_pretrained_with_pipeline
 
-IMAGE_SIZE = 64
 BASE_REPO = "org/sam-base"
 EVAL_RESULTS = {
     "method": "icmoe",
@@ -39,36 +30,6 @@ EVAL_RESULTS = {
     "train_seconds": 1.5,
     "comparisons": {"zeroshot": {"dice": 0.25, "iou": 0.125, "hd95": 20.0, "n_images": 4}},
 }
-
-
-def tiny_sam_processor() -> SamProcessor:
-    """SAM's processor with the tiny model's 64-pixel input size."""
-    image_processor = SamImageProcessor(
-        size={"longest_edge": IMAGE_SIZE}, pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    return SamProcessor(image_processor=image_processor)
-
-
-def tiny_base_sam() -> SamModel:
-    return init_sam_from_scratch(SamModel(tiny_sam_config()), seed=0).eval()
-
-
-def trained_icmoe(base: SamModel, steps: int = 2) -> IcMoeSamModel:
-    """A tiny IC-MoE model after a few steps, so its adapters are no longer the zero-output initialisation."""
-    adapter_config = IcMoeAdapterConfig(expert_rank=4, projection_dim=8, base_model_name_or_path=BASE_REPO)
-    model = get_icmoe_model(base, adapter_config).train()
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    boxes = torch.tensor([[[4.0, 6.0, 40.0, 44.0]], [[10.0, 12.0, 56.0, 60.0]]])
-    labels = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE)
-    labels[0, 6:44, 4:40] = 1
-    labels[1, 12:60, 10:56] = 1
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(pixel_values=images, input_boxes=boxes, labels=labels).loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 def write_output_dir(

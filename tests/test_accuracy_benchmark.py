@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import smoke_args, smoke_twice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "accuracy.py"
@@ -29,22 +28,13 @@ accuracy = _load_harness()
 
 
 def _smoke_args(folder: Path) -> list[str]:
-    return ["--smoke", "--work_dir", str(folder / "work"), "--output", str(folder / "accuracy.json"),
-            "--report_path", str(folder / "BENCHMARKS.md")]
+    return smoke_args(folder, "accuracy.json")
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The smoke benchmark through its CLI, then the same arguments again in-process (which must resume)."""
-    folder = tmp_path_factory.mktemp("accuracy")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), *_smoke_args(folder)], capture_output=True, text=True,
-                            timeout=600, cwd=REPO_ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    first = json.loads((folder / "accuracy.json").read_text())
-    accuracy.main(_smoke_args(folder))
-    second = json.loads((folder / "accuracy.json").read_text())
-    return folder, first, second
+    return smoke_twice(SCRIPT, accuracy.main, tmp_path_factory.mktemp("accuracy"), "accuracy.json")
 
 
 def test_smoke_records_every_method_and_seed(smoke):

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, SamModel
 
+from helpers import train_steps
 from modeling_icmoe import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -25,13 +26,8 @@ from remote_code import run_without_package
 @pytest.fixture
 def trained(base_sam, images, boxes, masks) -> IcMoeSamModel:
     """An IC-MoE model after a few steps, so adapters and decoder differ from their initial values."""
-    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, projection_dim=8)).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(pixel_values=images, input_boxes=boxes, labels=masks).loss.backward()
-        optimizer.step()
-    return model.eval()
+    model = get_icmoe_model(base_sam, IcMoeAdapterConfig(expert_rank=4, projection_dim=8))
+    return train_steps(model, images, boxes, masks, steps=3)
 
 
 def _masks(model, images, boxes) -> torch.Tensor:

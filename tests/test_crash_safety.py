@@ -4,7 +4,6 @@ finished runs, failing figures and non-finite training. Real subprocesses where 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import RUN_SCRIPT, TIMEOUT, child_env, train_args
 from training.arguments import parse_args
 from training.checkpointing import (
     MARKER_NAME,
@@ -26,27 +26,16 @@ from training.checkpointing import (
     run_fingerprint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 600
-
 
 def _command(base, data, out, *extra) -> list[str]:
-    return [
-        sys.executable, str(REPO / "training" / "run.py"),
-        "--base_model", str(base), "--dataset", str(data), "--output_dir", str(out),
-        "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4", "--dataloader_num_workers", "0",
-        "--logging_steps", "1", "--num_example_figures", "1", "--no_zeroshot_eval", *extra,
-    ]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return [sys.executable, str(RUN_SCRIPT),
+            *train_args(base, data, out, "--num_example_figures", "1", "--no_zeroshot_eval", *extra, eval_batch_size=4)]
 
 
 def _train(base, data, out, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
-        _command(base, data, out, *extra), env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=out.parent,
-        check=False,
+        _command(base, data, out, *extra), env=child_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=out.parent, check=False,
     )
 
 
@@ -256,7 +245,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, tiny_base_dir, b
     # Output to files, not pipes: a pipe nobody reads while waiting could fill and stall the run.
     with open(tmp_path / "stdout", "w") as stdout_file, open(tmp_path / "stderr", "w") as stderr_file:
         process = subprocess.Popen(
-            _command(tiny_base_dir, blob_dataset_dir, out, *settings), env=_env(), cwd=tmp_path,
+            _command(tiny_base_dir, blob_dataset_dir, out, *settings), env=child_env(), cwd=tmp_path,
             stdout=stdout_file, stderr=stderr_file, text=True,
         )
         try:

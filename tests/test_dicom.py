@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_fixtures import NUM_SLICES, write_ct_series
+from helpers import child_env
 from pydicom.data import get_testdata_file
 
 from modeling_icmoe.dicom import load_dicom_series
@@ -121,7 +121,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
         "--input", str(folder), "--output", str(tmp_path / "pred.dcm"), "--prompt_labels", str(prompts),
         "--reference", str(prompts), "--window", "soft_tissue", "--device", "cpu",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     predicted = load_label_map(tmp_path / "pred.dcm", volume)

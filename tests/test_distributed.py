@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launching import CONFIGS, REPO, TIMEOUT, env as _env, launch as _launch, log as _log, results as _results
-from launching import train_args as _train_args
+from helpers import CONFIGS, REPO, TIMEOUT, child_env, launch as _launch, log as _log, results as _results
+from helpers import train_args as _train_args
 from remote_code import run_without_package
 from training.distributed import (
     accelerator_device_kwargs,
@@ -198,7 +198,8 @@ def test_two_machines_on_loopback(tmp_path, tiny_base_dir, blob_dataset_dir):
         folder.mkdir()
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     second = subprocess.Popen([*command, *launch, "--machine_rank", "1", str(REPO / "training" / "run.py"), *train],
-                              env=_env(), cwd=machines[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=child_env(), cwd=machines[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     try:
         _launch([*launch, "--machine_rank", "0"], train, machines[0])
         _, stderr = second.communicate(timeout=TIMEOUT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import SamProcessor
+
+from helpers import child_env
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel
 from modeling_icmoe.export import export_onnx
@@ -97,7 +98,7 @@ def test_export_refuses_an_unfaithful_graph(tmp_path, trained_dir, monkeypatch):
 def test_export_command(tmp_path, trained_dir):
     console = shutil.which("icmoe-sam", path=str(Path(sys.executable).parent))
     assert console is not None
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     command = [console, "export", "--model", str(trained_dir), "--output", str(tmp_path / "onnx"), "--format", "onnx"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

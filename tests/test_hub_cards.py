@@ -14,14 +14,14 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hub_cards import TEMPLATE_PATH, is_hub_repo_id, public_name, render_model_card, write_model_card
 from hub_cards.__main__ import main as hub_cards_main
-from hub_fixtures import BASE_REPO, EVAL_RESULTS, tiny_base_sam, tiny_sam_processor, trained_icmoe, write_output_dir
+from helpers import tiny_base_sam, tiny_sam_processor, trained_icmoe
+from hub_fixtures import BASE_REPO, EVAL_RESULTS, write_output_dir
 
 
 @pytest.fixture(scope="module")
 def output_dir(tmp_path_factory):
-    return write_output_dir(
-        tmp_path_factory.mktemp("run"), trained_icmoe(tiny_base_sam(), steps=1), tiny_sam_processor()
-    )
+    model = trained_icmoe(tiny_base_sam(), steps=1, base_model_name_or_path=BASE_REPO)
+    return write_output_dir(tmp_path_factory.mktemp("run"), model, tiny_sam_processor())
 
 
 def _with_results(output_dir, tmp_path, **changes):

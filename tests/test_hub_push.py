@@ -7,7 +7,8 @@ import json
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants
 
-from hub_fixtures import BASE_REPO, EVAL_RESULTS, tiny_base_sam, tiny_sam_processor, trained_icmoe, write_output_dir
+from helpers import tiny_base_sam, tiny_sam_processor, trained_icmoe
+from hub_fixtures import BASE_REPO, EVAL_RESULTS, write_output_dir
 from training.hub import check_hub_push, default_commit_message, plan_upload, push_output_dir, resolve_hub_token
 
 TOKEN = "hf_test_token_never_shown_0123456789"
@@ -39,9 +40,8 @@ ADAPTER_FILES = {
 
 @pytest.fixture(scope="module")
 def output_dir(tmp_path_factory):
-    return write_output_dir(
-        tmp_path_factory.mktemp("run"), trained_icmoe(tiny_base_sam(), steps=1), tiny_sam_processor()
-    )
+    model = trained_icmoe(tiny_base_sam(), steps=1, base_model_name_or_path=BASE_REPO)
+    return write_output_dir(tmp_path_factory.mktemp("run"), model, tiny_sam_processor())
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
-from hub_fixtures import BASE_REPO, sample_image, tiny_base_sam, tiny_sam_processor, trained_icmoe, write_output_dir
+from helpers import tiny_base_sam, tiny_sam_processor, trained_icmoe
+from hub_fixtures import BASE_REPO, sample_image, write_output_dir
 from modeling_icmoe import ICMOE_PIPELINE_TASK, IcMoeSamSegmentationPipeline
 from training.hub import push_output_dir
 
@@ -112,7 +113,7 @@ def published(tmp_path_factory):
     hub.publish_dataset(NAMED_DATASET, {"id2label.json": json.dumps(NAMED_CLASSES), "README.md": "# tiny organs\n"})
     hub.publish_dataset(UNNAMED_DATASET, {"README.md": "# no class names\n"})
 
-    model = trained_icmoe(base)
+    model = trained_icmoe(base, base_model_name_or_path=BASE_REPO)
     output_dir = write_output_dir(root / "run", model, processor)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: hub.create_repo(repo_id, **kw))

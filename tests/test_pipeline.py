@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import pipeline
 
-from hub_fixtures import sample_image, tiny_base_sam, tiny_sam_processor, trained_icmoe
+from helpers import tiny_base_sam, tiny_sam_processor, trained_icmoe
+from hub_fixtures import BASE_REPO, sample_image
 from modeling_icmoe import (
     ICMOE_PIPELINE_TASK,
     IcMoeSamSegmentationPipeline,
@@ -26,7 +27,7 @@ from modeling_icmoe import (
 
 @pytest.fixture(scope="module")
 def model():
-    return trained_icmoe(tiny_base_sam())
+    return trained_icmoe(tiny_base_sam(), base_model_name_or_path=BASE_REPO)
 
 
 @pytest.fixture(scope="module")

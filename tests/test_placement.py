@@ -9,10 +9,11 @@ import torch
 from torch.nn import functional as F
 from transformers import SamModel
 
+from helpers import tiny_base_sam
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel, get_icmoe_model
 from modeling_icmoe.layer import IcMoeLayer
 from modeling_icmoe.placement import IcMoeAttentionQkv, _window_partition, _window_unpartition
-from training.sam_init import init_sam_from_scratch, tiny_sam_config
+from training.sam_init import tiny_sam_config
 
 ATTENTION = IcMoeAdapterConfig(
     expert_rank=4, contrastive_loss_coef=0.01, contrastive_samples_per_class=8, projection_dim=8,
@@ -30,7 +31,7 @@ def padded_base() -> SamModel:
     """A tiny SAM whose windowed block pads its 8 x 8 grid to 9 x 9 (window 3): padding tokens are attended to."""
     config = tiny_sam_config()
     config.vision_config.window_size = 3
-    return init_sam_from_scratch(SamModel(config), seed=0).eval()
+    return tiny_base_sam(config)
 
 
 def _randomise_outputs(model: IcMoeSamModel) -> None:

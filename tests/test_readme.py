@@ -3,7 +3,6 @@ block is valid bash, and every `training/run.py` command's arguments parse."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import child_env
 from training.arguments import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_python_blocks_run_as_written(tmp_path):
     (tmp_path / "training").symlink_to(REPO / "training", target_is_directory=True)
     script = tmp_path / "readme_snippets.py"
     script.write_text("\n".join(PYTHON_BLOCKS), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = child_env(PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]

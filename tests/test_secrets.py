@@ -3,14 +3,12 @@ no console output (a real `training/run.py` subprocess with a TensorBoard tracke
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
+from helpers import RUN_SCRIPT, child_env, train_args
 from training.arguments import SECRET_ARGUMENTS, parse_args, tracker_config
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_FakeSecretTokenThatMustNeverBeWritten0123"
 
 
@@ -24,15 +22,13 @@ def test_tracker_config_leaves_out_the_token():
 def test_no_file_or_output_of_a_run_holds_the_token(tmp_path, tiny_base_dir, blob_dataset_dir):
     out = tmp_path / "run"
     command = [
-        sys.executable, str(REPO / "training" / "run.py"),
-        "--base_model", str(tiny_base_dir), "--dataset", str(blob_dataset_dir), "--output_dir", str(out),
-        "--max_train_steps", "2", "--checkpointing_steps", "1", "--logging_steps", "1",
-        "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0", "--num_example_figures", "1",
-        "--report_to", "tensorboard", "--push_to_hub", "--dry_run", "--hub_model_id", "org/icmoe-sam",
-        "--hub_token", FAKE_TOKEN,
+        sys.executable, str(RUN_SCRIPT),
+        *train_args(tiny_base_dir, blob_dataset_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1",
+                    "--num_example_figures", "1", "--report_to", "tensorboard", "--push_to_hub", "--dry_run",
+                    "--hub_model_id", "org/icmoe-sam", "--hub_token", FAKE_TOKEN, eval_batch_size=8),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     written = [path for path in out.rglob("*") if path.is_file()]
     # The run wrote what is searched: the tracker's event and hparams files, checkpoints, the model, the card.

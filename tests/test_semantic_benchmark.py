@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import semantic_accuracy  # noqa: E402
+from helpers import smoke_twice  # noqa: E402
 from benchmarks.semantic_pairs import class_means_of_rows, reference_classes, reference_pair_dice  # noqa: E402
 from benchmarks.semantic_report import decoder_decision, reference_method, render_section  # noqa: E402
 from training.data import class_map, load_raw_dataset  # noqa: E402
@@ -28,23 +27,10 @@ TASK = REPO_ROOT / "training" / "data" / "ct_abdomen_organs"
 SMOKE = semantic_accuracy.SMOKE
 
 
-def _smoke_args(folder: Path) -> list[str]:
-    return ["--smoke", "--work_dir", str(folder / "work"), "--output", str(folder / "semantic_accuracy.json"),
-            "--report_path", str(folder / "BENCHMARKS.md")]
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The smoke benchmark through its CLI, then the same arguments again in-process (which must resume)."""
-    folder = tmp_path_factory.mktemp("semantic")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), *_smoke_args(folder)], capture_output=True, text=True,
-                            timeout=600, cwd=REPO_ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    first = json.loads((folder / "semantic_accuracy.json").read_text())
-    semantic_accuracy.main(_smoke_args(folder))
-    second = json.loads((folder / "semantic_accuracy.json").read_text())
-    return folder, first, second
+    return smoke_twice(SCRIPT, semantic_accuracy.main, tmp_path_factory.mktemp("semantic"), "semantic_accuracy.json")
 
 
 def _test_references(split: str = "test") -> tuple[dict[int, str], list[np.ndarray]]:

@@ -5,7 +5,6 @@ the prompt-free model's ONNX export."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import pydicom
 import pytest
 import torch
 from dicom_fixtures import write_ct_series
+from helpers import child_env
 from hub_fixtures import sample_image
 from semantic_fixtures import (
     CLASSES,
@@ -82,7 +82,7 @@ def test_predict_without_prompts_writes_every_class_at_the_inputs_geometry(tmp_p
     assert console is not None, "icmoe-sam is not installed beside this Python"
     command = [console, "predict", "--model", str(saved), "--input", str(image_path), "--output", str(output),
                "--window", "soft_tissue", "--batch_size", "4", "--device", "cpu", "--reference", str(label_path)]
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    result = subprocess.run(command, env=child_env(), capture_output=True, text=True,
                             timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Segmenting slices" in result.stderr  # the progress bar

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation
 
-from launching import CONFIGS, launch, results, train_args
+from helpers import CONFIGS, REPO, launch, results, train_args
 from modeling_icmoe import IcMoeSamForSemanticSegmentation, load_icmoe_adapter
 from training.arguments import parse_args
 from training.loop import run
@@ -48,9 +48,7 @@ def class_dataset_dir(tmp_path_factory):
 
 
 def _args(base, data, out, *extra):
-    return parse_args(["--base_model", str(base), "--dataset", str(data), "--output_dir", str(out), "--prompt", "none",
-                       "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
-                       "--dataloader_num_workers", "0", "--logging_steps", "1", *extra])
+    return parse_args(train_args(base, data, out, "--prompt", "none", *extra))
 
 
 @pytest.mark.parametrize("method, decoder", [("icmoe", "mask_tokens"), ("icmoe", "queries"), ("adapter", "mask_tokens")])
@@ -199,8 +197,6 @@ def test_two_processes_train_the_prompt_free_model(tmp_path, tiny_base_dir, clas
 
 def test_the_decoder_probe_in_method_md_is_its_results_file():
     """Every number of METHOD.md's prompt-free probe table is the one in benchmarks/results/semantic_decoder_probe.json."""
-    from launching import REPO
-
     probe = json.loads((REPO / "benchmarks" / "results" / "semantic_decoder_probe.json").read_text())
     runs = {(r["semantic_decoder"], r["learning_rate"]): r for r in probe["runs"]}
     text = (REPO / "docs" / "METHOD.md").read_text()
@@ -218,8 +214,6 @@ def test_the_readme_prompt_free_commands_train_on_the_embedded_data(tmp_path):
     """Each `--prompt none` training command of the README runs as written on the bundled data, at two steps."""
     import re
     import shlex
-
-    from launching import REPO
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)

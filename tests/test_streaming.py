@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-from launching import CONFIGS, launch, log, results, train_args
+from helpers import CONFIGS, launch, log, results, train_args
 from training.arguments import parse_args
 from training.data import SamPairTransform
 from training.streaming import StreamCollator, TrainStream, load_stream, stream_splits

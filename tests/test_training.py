@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import train_args
 from training.arguments import parse_args
 from training.loop import run
 
@@ -19,13 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(base, data, out, *extra):
-    return parse_args(
-        [
-            "--base_model", str(base), "--dataset", str(data), "--output_dir", str(out),
-            "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
-            "--dataloader_num_workers", "0", "--logging_steps", "1", "--num_example_figures", "2", *extra,
-        ]
-    )
+    return parse_args(train_args(base, data, out, "--num_example_figures", "2", *extra, eval_batch_size=4))
 
 
 @pytest.mark.parametrize("method", ["icmoe", "lora", "adapter", "decoder", "full", "zeroshot"])

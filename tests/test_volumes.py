@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import child_env
 from volume_fixtures import AFFINE, SHAPE, save_nifti, volume_arrays, write_decathlon
 
 from modeling_icmoe.pipeline_icmoe_sam import scale_intensities, to_uint8_rgb
@@ -233,7 +233,7 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
 
     SamProcessor.from_pretrained(tiny_base_dir).save_pretrained(tmp_path / "model")
     output = tmp_path / "pred.nii.gz"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     console = shutil.which("icmoe-sam", path=str(Path(sys.executable).parent))  # the command pip installs
     assert console is not None, "icmoe-sam is not installed beside this Python"
     command = [
