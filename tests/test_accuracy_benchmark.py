@@ -37,6 +37,7 @@ def smoke(tmp_path_factory):
     return smoke_twice(SCRIPT, accuracy.main, tmp_path_factory.mktemp("accuracy"), "accuracy.json")
 
 
+@pytest.mark.slow
 def test_smoke_records_every_method_and_seed(smoke):
     _, data, _ = smoke
     expected = {(m, s) for m in accuracy.SMOKE["methods"] for s in accuracy.SMOKE["seeds"]}
@@ -52,6 +53,7 @@ def test_smoke_records_every_method_and_seed(smoke):
     assert data["invocation"]["runs_executed"] == 7  # zeroshot + (2 lrs + 1 seed) for adapter and icmoe
 
 
+@pytest.mark.slow
 def test_learning_rate_is_chosen_by_validation_dice(smoke):
     _, data, _ = smoke
     for record in data["records"]:
@@ -66,6 +68,7 @@ def test_learning_rate_is_chosen_by_validation_dice(smoke):
         assert record["learning_rate"] == chosen[0]["learning_rate"]
 
 
+@pytest.mark.slow
 def test_matched_ranks_are_within_tolerance(smoke):
     _, data, _ = smoke
     matched = data["protocol"]["matched_ranks"]
@@ -76,6 +79,7 @@ def test_matched_ranks_are_within_tolerance(smoke):
         assert abs(matched[f"{kind}_encoder_params"] - target) <= 0.2 * target
 
 
+@pytest.mark.slow
 def test_resume_runs_nothing_and_keeps_the_records(smoke):
     _, first, second = smoke
     assert second["invocation"]["runs_executed"] == 0
@@ -83,6 +87,7 @@ def test_resume_runs_nothing_and_keeps_the_records(smoke):
     assert second["records"] == first["records"] and second["selection"] == first["selection"]
 
 
+@pytest.mark.slow
 def test_report_has_the_tables_and_the_figure(smoke):
     folder, data, _ = smoke
     report = (folder / "BENCHMARKS.md").read_text()
@@ -253,6 +258,7 @@ def test_run_defaults_are_the_recorded_best_learning_rates():
         assert best[method][0] == DEFAULT_LEARNING_RATES[method], method
 
 
+@pytest.mark.slow
 def test_selection_only_averages_over_seeds_and_never_touches_the_test_split(tmp_path):
     args = _smoke_args(tmp_path) + ["--methods", "zeroshot", "adapter", "--selection_only", "--selection_seeds", "0", "1"]
     accuracy.main(args)
@@ -268,6 +274,7 @@ def test_selection_only_averages_over_seeds_and_never_touches_the_test_split(tmp
     assert len([r for r in grid if r["chosen"]]) == 2  # both seeds of the chosen rate
 
 
+@pytest.mark.slow
 def test_a_one_value_grid_runs_no_selection(tmp_path):
     accuracy.main(_smoke_args(tmp_path) + ["--methods", "adapter", "--lr_grid", "1e-3"])
     data = json.loads((tmp_path / "accuracy.json").read_text())

@@ -304,6 +304,7 @@ def test_icmoe_sam_app_serves_the_model_it_is_given(monkeypatch):
                                          "slice_axis": None})]
 
 
+@pytest.mark.slow
 def test_the_package_and_the_models_remote_code_leave_the_app_out(app_models):
     imported = subprocess.run([sys.executable, "-c", "import sys, modeling_icmoe; print('gradio' in sys.modules)"],
                               cwd=REPO, capture_output=True, text=True, check=True)

@@ -48,6 +48,7 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs headless Chromium and its driver: apt-get install chromium chromium-driver (.ci/run installs them)",
 )
+pytestmark = [pytestmark, pytest.mark.slow]  # a browser and a Gradio server
 
 
 def _free_port() -> int:

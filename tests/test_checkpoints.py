@@ -57,6 +57,7 @@ def test_save_and_auto_load_identical(tmp_path, trained, images, boxes, auto_cla
     }
 
 
+@pytest.mark.slow
 def test_remote_code_in_fresh_process_without_package(tmp_path, trained, images, boxes):
     trained.save_pretrained(tmp_path / "model")
     torch.save({"images": images, "boxes": boxes, "expected": _masks(trained, images, boxes)}, tmp_path / "io.pt")

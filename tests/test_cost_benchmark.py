@@ -32,6 +32,7 @@ def smoke(tmp_path_factory):
     return report, folder
 
 
+@pytest.mark.slow
 def test_smoke_report_is_saved_and_rendered(smoke):
     report, folder = smoke
     assert json.loads((folder / "cost_smoke.json").read_text()) == json.loads(json.dumps(report))
@@ -42,6 +43,7 @@ def test_smoke_report_is_saved_and_rendered(smoke):
     assert "Profiler, forward at 64 px" in text
 
 
+@pytest.mark.slow
 def test_forward_section(smoke):
     report, _ = smoke
     methods = report["forward"]["methods"]
@@ -58,6 +60,7 @@ def test_forward_section(smoke):
     assert methods["icmoe_fused"]["held_bytes"] > methods["icmoe"]["held_bytes"]
 
 
+@pytest.mark.slow
 def test_matched_ranks_are_within_the_tolerance(smoke):
     matched = smoke[0]["matched_ranks"]
     target = matched["icmoe_encoder_params"]
@@ -68,6 +71,7 @@ def test_matched_ranks_are_within_the_tolerance(smoke):
     assert files["icmoe"]["trainable_encoder_params"] == target
 
 
+@pytest.mark.slow
 def test_train_section_counts_and_memory(smoke):
     section = smoke[0]["train"]
     methods = section["methods"]
@@ -85,6 +89,7 @@ def test_train_section_counts_and_memory(smoke):
             assert entry["peak_bytes"] == entry["static_bytes"] + entry["step_peak_bytes"]
 
 
+@pytest.mark.slow
 def test_scaling_rows(smoke):
     rows = smoke[0]["scaling"]["rows"]
     for size in (32, 64):
@@ -100,6 +105,7 @@ def test_scaling_rows(smoke):
     assert counts[("6 routed", 32)] == counts[("6 routed", 64)]
 
 
+@pytest.mark.slow
 def test_profile_finds_every_layer_call(smoke):
     report, _ = smoke
     layers_per_pass = 2  # the tiny SAM's two blocks each hold one IC-MoE layer
@@ -111,6 +117,7 @@ def test_profile_finds_every_layer_call(smoke):
         assert all(op["calls"] >= 1 for op in entry["top_ops"])
 
 
+@pytest.mark.slow
 def test_adapter_files_match_their_tensors(smoke):
     files = smoke[0]["files"]["methods"]
     for method in ("icmoe", "adapter", "adapter_matched", "lora_r4", "lora_matched"):

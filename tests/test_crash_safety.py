@@ -70,6 +70,7 @@ def run_copy(tmp_path, finished_run) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_checkpoints_are_complete_and_nothing_partial_is_left(finished_run):
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["step_2", "step_4", "step_6"]
     for step in (2, 4, 6):
@@ -100,6 +101,7 @@ def _break(folder: Path, how: str) -> None:
         (folder / "scheduler.bin").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, match",
     [
@@ -120,6 +122,7 @@ def test_incomplete_checkpoint_names_what_is_missing(run_copy, how, match):
     assert newest.name == "step_6" and not skipped
 
 
+@pytest.mark.slow
 def test_latest_skips_incomplete_and_foreign_folders_and_resumes_exactly(run_copy, tiny_base_dir, blob_dataset_dir):
     checkpoints = run_copy / "checkpoints"
     expected = run_copy.parent / "expected.safetensors"
@@ -143,6 +146,7 @@ def test_latest_skips_incomplete_and_foreign_folders_and_resumes_exactly(run_cop
     assert checkpoint_problem(checkpoints / "step_6") is None  # saved again, complete
 
 
+@pytest.mark.slow
 def test_explicit_incomplete_checkpoint_is_an_error(run_copy, tiny_base_dir, blob_dataset_dir):
     folder = run_copy / "checkpoints" / "step_4"
     (folder / "optimizer.bin").unlink()
@@ -185,6 +189,7 @@ def test_fingerprint_holds_what_changes_the_weights(extra, field):
     assert _fingerprint(*extra)[field] != _fingerprint()[field]
 
 
+@pytest.mark.slow
 def test_resuming_another_runs_checkpoint_is_refused(run_copy, tiny_base_dir, blob_dataset_dir):
     before = (run_copy / "model.safetensors").read_bytes()
     result = _train(
@@ -199,6 +204,7 @@ def test_resuming_another_runs_checkpoint_is_refused(run_copy, tiny_base_dir, bl
 
 
 # ----------------------------------------------------------------------------------------------- output folder
+@pytest.mark.slow
 def test_output_dir_of_another_run_is_refused(run_copy, tiny_base_dir, blob_dataset_dir):
     before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
     result = _train(tiny_base_dir, blob_dataset_dir, run_copy, "--max_train_steps", "2")
@@ -208,6 +214,7 @@ def test_output_dir_of_another_run_is_refused(run_copy, tiny_base_dir, blob_data
     assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_overwrite_output_dir_clears_the_earlier_run(run_copy, tiny_base_dir, blob_dataset_dir):
     (run_copy / "notes.txt").write_text("the user's own file")
     result = _train(
@@ -237,6 +244,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = TIMEOUT) -
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, tiny_base_dir, blob_dataset_dir, signum):
     settings = ("--max_train_steps", "24", "--checkpointing_steps", "4")
@@ -278,6 +286,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, tiny_base_dir, b
 
 
 # ------------------------------------------------------------------------------------------------ finished runs
+@pytest.mark.slow
 def test_resuming_a_finished_run_trains_no_extra_step(run_copy, tiny_base_dir, blob_dataset_dir):
     final = load_file(run_copy / "checkpoints" / "step_6" / "model.safetensors")
     result = _train(tiny_base_dir, blob_dataset_dir, run_copy, *SIX_STEPS, "--resume_from_checkpoint", "latest")
@@ -291,6 +300,7 @@ def test_resuming_a_finished_run_trains_no_extra_step(run_copy, tiny_base_dir, b
         assert torch.equal(saved[key], value), key
 
 
+@pytest.mark.slow
 def test_failing_figures_and_card_only_warn(tmp_path, tiny_base_dir, blob_dataset_dir, monkeypatch):
     import hub_cards
     from training import figures
@@ -325,6 +335,7 @@ def test_non_finite_or_non_positive_learning_rate_is_refused(value, capsys):
     assert f"--learning_rate must be positive and finite, got {float(value)}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, message", [
     ("decoder", r"NonFiniteTrainingError: Step (\d+): the gradient norm is nan"),
     # IC-MoE's contrastive anchors are drawn by the decoder's error, which a diverged decoder makes NaN: the draw

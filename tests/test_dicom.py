@@ -104,6 +104,7 @@ def _nifti_of(volume, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
     from transformers import SamProcessor
 
@@ -135,6 +136,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
     assert nifti_input.returncode == 2 and "references a DICOM series" in nifti_input.stderr
 
 
+@pytest.mark.slow
 def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
     from training.arguments import parse_args
     from training.loop import run

@@ -124,6 +124,7 @@ def _preset(tmp_path, **changes) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_whole_objective(tmp_path, tiny_base_dir, blob_dataset_dir):
     """The CI configuration forms a world of 2 (read back from the run), trains every IC-MoE term (defaults: pixel
     votes off, so the pixel heads reach the loss only through the pixel loss) and ends with identical replicas."""
@@ -155,6 +156,7 @@ def test_two_processes_train_the_whole_objective(tmp_path, tiny_base_dir, blob_d
 FLOAT_NOISE = 1e-6
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, tiny_base_dir, blob_dataset_dir):
     """Same global batch (2 x 2 against 1 x 4), seed and data order, no random prompt or router jitter: the loss
     curves agree within float noise. The load-balancing term is computed on each process's own tokens by design
@@ -175,6 +177,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_base_dir, blob_dataset_d
                 assert value == pytest.approx(second["loss_terms"][name], abs=FLOAT_NOISE), (first["step"], name)
 
 
+@pytest.mark.slow
 def test_cpu_flag_with_several_processes_is_refused(tmp_path, tiny_base_dir, blob_dataset_dir):
     """`accelerate launch --cpu --num_processes 2` starts one process: the run says so instead of training alone."""
     out = tmp_path / "refused"
@@ -185,6 +188,7 @@ def test_cpu_flag_with_several_processes_is_refused(tmp_path, tiny_base_dir, blo
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_machines_on_loopback(tmp_path, tiny_base_dir, blob_dataset_dir):
     """The multi-node configuration, run as machine ranks 0 and 1 on 127.0.0.1, each from its own folder (as two
     machines with their own disks run the same command): one world of 2 over 2 machines, identical weights on both,
@@ -220,6 +224,7 @@ def test_two_machines_on_loopback(tmp_path, tiny_base_dir, blob_dataset_dir):
 FSDP_LAUNCH = ["--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no"]
 
 
+@pytest.mark.slow
 def test_fsdp2_shards_checkpoints_resumes_and_saves_a_loadable_model(tmp_path, tiny_base_dir, blob_dataset_dir):
     """The FSDP configuration on two CPU processes: parameters sharded (each process holds part of them), sharded
     checkpoints that resume to the same weights, a final model saved with the model's own remote code (not torch's

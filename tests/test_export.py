@@ -36,6 +36,7 @@ def trained_dir(tmp_path_factory, tiny_base_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_exported_parts_match_pytorch_at_other_batch_sizes(tmp_path, trained_dir):
     model = IcMoeSamModel.from_pretrained(trained_dir).eval()
     report = export_onnx(model, SamProcessor.from_pretrained(trained_dir), tmp_path / "onnx")
@@ -85,6 +86,7 @@ def test_export_refuses_what_it_cannot_export(tmp_path, trained_dir, tiny_base_d
     assert (tmp_path / "used" / "keep.txt").read_text() == "user file"
 
 
+@pytest.mark.slow
 def test_export_refuses_an_unfaithful_graph(tmp_path, trained_dir, monkeypatch):
     import modeling_icmoe.export as export
 
@@ -95,6 +97,7 @@ def test_export_refuses_an_unfaithful_graph(tmp_path, trained_dir, monkeypatch):
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
 
 
+@pytest.mark.slow
 def test_export_command(tmp_path, trained_dir):
     console = shutil.which("icmoe-sam", path=str(Path(sys.executable).parent))
     assert console is not None

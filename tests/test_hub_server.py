@@ -33,6 +33,7 @@ from modeling_icmoe import ICMOE_PIPELINE_TASK, IcMoeSamSegmentationPipeline
 from training.hub import push_output_dir
 
 pytest.importorskip("olah", reason="serving local git repositories as a Hub needs olah (`pip install olah`)")
+pytestmark = pytest.mark.slow  # a local Hub server and a fresh client process per test
 if shutil.which("git") is None:
     pytest.skip("publishing into local git repositories needs the git executable", allow_module_level=True)
 

@@ -68,12 +68,14 @@ def _volume_cases(folder: Path) -> list[tuple[Path, Path]]:
     return [(folder / entry["image"], folder / entry["label"]) for entry in dataset["training"] + dataset["test"]]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(builder, rebuilt, tmp_path):
     again = _files(_build(builder, tmp_path))
     assert again == _files(rebuilt)
     assert len(again) == 2 * len(SLICE_SAMPLE) + 2 + 2 * len(VOLUME_SAMPLE) + 1  # + metadata, labels; + dataset.json
 
 
+@pytest.mark.slow
 def test_the_embedded_folders_are_what_the_builder_makes(builder, rebuilt):
     """Pixel for pixel, up to a last-bit difference of floating point between CPUs or numpy builds, which may flip the
     rounding of a rare voxel: at most one grey level (HU) and one pixel in a thousand."""

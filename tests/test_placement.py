@@ -165,6 +165,7 @@ def test_fused_inference_equals_the_unfused_path(padded_base, images, boxes):
     assert _layers(model)[0].experts.down_proj.grad is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", sorted(PLACEMENTS))
 def test_eval_forward_compiles_as_one_graph(padded_base, images, boxes, placement):
     """The experts, routing and votes trace without a graph break (`fullgraph=True` raises on any), so

@@ -29,6 +29,7 @@ def test_the_readme_has_the_blocks_this_file_checks():
     assert len(PYTHON_BLOCKS) >= 2 and len(BASH_BLOCKS) >= 4
 
 
+@pytest.mark.slow
 def test_python_blocks_run_as_written(tmp_path):
     """Run in a scratch folder that sees the repository's `training/` (bundled base and data) as the README assumes
     the repository root, so the snippets' outputs (`my-icmoe`, ...) land there."""

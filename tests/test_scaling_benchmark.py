@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import scaling
 
 
+@pytest.mark.slow
 def test_smoke_launches_every_setup_and_renders_the_report(tmp_path):
     output, report_path = tmp_path / "results" / "scaling_smoke.json", tmp_path / "BENCHMARKS.md"
     report = scaling.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--output", str(output),

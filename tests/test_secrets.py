@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from helpers import RUN_SCRIPT, child_env, train_args
 from training.arguments import SECRET_ARGUMENTS, parse_args, tracker_config
 
@@ -19,6 +21,7 @@ def test_tracker_config_leaves_out_the_token():
     assert FAKE_TOKEN not in repr(config) and config["max_train_steps"] == 3
 
 
+@pytest.mark.slow
 def test_no_file_or_output_of_a_run_holds_the_token(tmp_path, tiny_base_dir, blob_dataset_dir):
     out = tmp_path / "run"
     command = [

@@ -94,6 +94,7 @@ def test_every_trained_parameter_gets_a_gradient_and_sam_stays_frozen(semantic):
     assert not frozen_encoder, frozen_encoder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_training_lowers_the_loss_and_leaves_sam_bitwise_unchanged(tiny_base_dir, decoder):
     torch.manual_seed(0)  # the class queries start random: the same start whatever ran before
@@ -184,6 +185,7 @@ def _as_if_trained(model) -> None:
             tensor.add_(0.01 * torch.randn_like(tensor))
 
 
+@pytest.mark.slow
 def test_full_checkpoint_loads_through_the_auto_classes_and_as_remote_code(tmp_path, semantic):
     labels = _class_map()
     images = _images(labels)

@@ -40,6 +40,7 @@ def _test_references(split: str = "test") -> tuple[dict[int, str], list[np.ndarr
     return id2label, [class_map(mask, sorted(id2label)) for mask in masks]
 
 
+@pytest.mark.slow
 def test_smoke_records_hold_what_the_report_needs(smoke):
     _, data, _ = smoke
     expected = {(m, s) for m in SMOKE["methods"] for s in SMOKE["seeds"]}
@@ -63,6 +64,7 @@ def test_smoke_records_hold_what_the_report_needs(smoke):
     assert "never prompted" in prompted["counting"]
 
 
+@pytest.mark.slow
 def test_selection_uses_the_tasks_own_validation_split(smoke):
     _, data, _ = smoke
     for record in data["records"]:
@@ -74,6 +76,7 @@ def test_selection_uses_the_tasks_own_validation_split(smoke):
         assert record["learning_rate"] == chosen[0]["learning_rate"]
 
 
+@pytest.mark.slow
 def test_resume_runs_nothing_and_keeps_the_records(smoke):
     _, first, second = smoke
     assert first["invocation"]["runs_executed"] == len(SMOKE["methods"]) * (len(SMOKE["lr_grid"]) + 1)
@@ -82,6 +85,7 @@ def test_resume_runs_nothing_and_keeps_the_records(smoke):
     assert second["records"] == first["records"] and second["selection"] == first["selection"]
 
 
+@pytest.mark.slow
 def test_unet_scores_are_the_metric_of_its_saved_predictions(smoke):
     folder, data, _ = smoke
     run = folder / "work" / "runs" / "ct_abdomen_organs" / "unet" / "seed0"
@@ -100,6 +104,7 @@ def test_unet_scores_are_the_metric_of_its_saved_predictions(smoke):
     assert record["per_pair_dice"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_prompted_upper_bound_is_counted_per_class_over_its_rows(smoke):
     folder, data, _ = smoke
     results = json.loads((folder / "work" / "runs" / "ct_abdomen_organs" / "icmoe_prompted" / "seed0" /
@@ -114,6 +119,7 @@ def test_prompted_upper_bound_is_counted_per_class_over_its_rows(smoke):
     assert record["prompted_row_mean_dice"] == pytest.approx(np.mean(results["per_image"]["dice"]))
 
 
+@pytest.mark.slow
 def test_pairs_too_small_for_sams_labels_have_no_prompted_row(smoke):
     """The stand-in SAM's labels are 48 px: a class of a few pixels on a 128 px slice vanishes there, so the prompted
     dataset has no row for it (training could not use it, nor run.py score it)."""
@@ -134,6 +140,7 @@ def test_pairs_too_small_for_sams_labels_have_no_prompted_row(smoke):
     assert sum(not has_row for split in pairs.values() for _, _, has_row in split) > 0  # some are that small
 
 
+@pytest.mark.slow
 def test_report_has_the_tables(smoke):
     folder, data, _ = smoke
     report = (folder / "BENCHMARKS.md").read_text()

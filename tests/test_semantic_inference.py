@@ -75,6 +75,7 @@ def _canonical_class_maps(segmenter, volume: Volume, window) -> np.ndarray:
                     axis=-1)
 
 
+@pytest.mark.slow
 def test_predict_without_prompts_writes_every_class_at_the_inputs_geometry(tmp_path, saved, segmenter, volume_files):
     image_path, label_path = volume_files
     output = tmp_path / "pred.nii.gz"
@@ -224,6 +225,7 @@ def test_predict_errors_name_the_model_and_the_value(tmp_path, saved, volume_fil
 
 
 # --------------------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["mask_tokens", "queries"])
 def test_onnx_export_of_the_prompt_free_model(tmp_path, tiny_base_dir, decoder):
     ort = pytest.importorskip("onnxruntime")
@@ -255,6 +257,7 @@ def test_onnx_export_of_the_prompt_free_model(tmp_path, tiny_base_dir, decoder):
         assert np.array_equal(image_logits[:, 0].argmax(dim=0).numpy(), expected_class_map(model, processor, image)[0])
 
 
+@pytest.mark.slow
 def test_export_command_on_a_prompt_free_model(tmp_path, saved, capsys):
     assert main(["export", "--model", str(saved), "--output", str(tmp_path / "onnx"), "--format", "onnx"]) == 0
     assert "semantic_segmentation.onnx" in capsys.readouterr().out

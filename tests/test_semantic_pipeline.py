@@ -134,6 +134,7 @@ def test_pipeline_without_remote_code_and_the_wrong_model_kind(saved, segmenter,
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_as_remote_code_without_this_package(saved, segmenter, tmp_path):
     image = sample_image(seed=6)
     PIL.Image.fromarray(image).save(tmp_path / "scan.png")  # 16-bit: the medical normalisation travels too

@@ -51,6 +51,7 @@ def _args(base, data, out, *extra):
     return parse_args(train_args(base, data, out, "--prompt", "none", *extra))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, decoder", [("icmoe", "mask_tokens"), ("icmoe", "queries"), ("adapter", "mask_tokens")])
 def test_prompt_free_training_scores_every_class_and_saves_a_loadable_model(
     tmp_path, tiny_base_dir, class_dataset_dir, method, decoder
@@ -186,6 +187,7 @@ def test_class_names_without_prompt_none_are_refused(tiny_base_dir, capsys):
     assert "--label_names and --semantic_decoder are for --prompt none" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_prompt_free_model(tmp_path, tiny_base_dir, class_dataset_dir):
     out = tmp_path / "ddp"
     launch(["--config_file", str(CONFIGS / "cpu_2proc.yaml")],
@@ -210,6 +212,7 @@ def test_the_decoder_probe_in_method_md_is_its_results_file():
     assert f"the gap is {gap:.3f} on one seed" in text
 
 
+@pytest.mark.slow
 def test_the_readme_prompt_free_commands_train_on_the_embedded_data(tmp_path):
     """Each `--prompt none` training command of the README runs as written on the bundled data, at two steps."""
     import re

@@ -22,6 +22,7 @@ def test_cost_script_times_every_path_on_the_same_volume(tmp_path):
         assert entry["ratio_to_prompted"]["median"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
 
 
+@pytest.mark.slow
 def test_volume_benchmark_smoke(tmp_path):
     data = semantic_volumes.main(["--smoke", "--work_dir", str(tmp_path)])
     saved = json.loads((tmp_path / "semantic_volumes.json").read_text())

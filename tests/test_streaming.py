@@ -95,6 +95,7 @@ def test_passes_repeat_and_a_position_resumes_the_same_batches(tiny_base_dir, bl
     assert all(torch.equal(a, b) for a, b in zip(again, batches[4:]))
 
 
+@pytest.mark.slow
 def test_two_processes_stream_their_shares_and_resume_exactly(tmp_path, tiny_base_dir, blob_dataset_dir):
     common = ("--max_train_steps", "6", "--checkpointing_steps", "3", "--no_zeroshot_eval", "--streaming",
               "--shuffle_buffer_size", "4")

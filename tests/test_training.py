@@ -59,6 +59,7 @@ def test_every_method_runs(tmp_path, tiny_base_dir, blob_dataset_dir, method):
     assert results["dice"] == saved["dice"]
 
 
+@pytest.mark.slow
 def test_icmoe_zero_shot_equals_base_and_training_helps(tmp_path, tiny_base_dir, blob_dataset_dir):
     out = tmp_path / "run"
     results = run(
@@ -72,6 +73,7 @@ def test_icmoe_zero_shot_equals_base_and_training_helps(tmp_path, tiny_base_dir,
     assert results["dice"] > zeroshot["dice"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(tmp_path, tiny_base_dir, blob_dataset_dir):
     common = ("--max_train_steps", "6", "--checkpointing_steps", "3", "--no_zeroshot_eval", "--prompt", "box+point")
     run(_args(tiny_base_dir, blob_dataset_dir, tmp_path / "full", *common))

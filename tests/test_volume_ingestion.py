@@ -280,6 +280,7 @@ def test_documented_numbers_are_the_results_file():
     assert report["size"] == 512 and report["depths"] == [64, 256] and report["before_ref"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO_ROOT / ".git").exists(), reason="needs the git history")
 def test_benchmark_smoke(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()

@@ -223,6 +223,7 @@ def test_training_on_a_decathlon_folder_scores_volumes(tmp_path, tiny_base_dir):
     assert "| organ |" in card and "| zero-shot base, all classes |" in card
 
 
+@pytest.mark.slow
 def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
     from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel
 
