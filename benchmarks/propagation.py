@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.harness import machine, portable, save  # noqa: E402
 from benchmarks.semantic_volumes import TASK, WINDOW, cases, validation_csv  # noqa: E402
-from modeling_icmoe.pipeline_icmoe_sam import resolve_window  # noqa: E402
+from modeling_icmoe.imaging import resolve_window  # noqa: E402
 from training.arguments import DEFAULT_BASE_MODEL  # noqa: E402
 
 LEVEL_WIDTH = resolve_window(WINDOW)
@@ -127,7 +127,8 @@ def class_slices(labels: np.ndarray, label: int) -> tuple[list[int], list[int]]:
 
 def key_prompts(labels: np.ndarray, setting: str):
     """Key boxes from the labels: per class, the slice of largest area, a slice of median area, or three slices."""
-    from modeling_icmoe.volumes import SlicePrompt, mask_box
+    from modeling_icmoe.imaging import mask_box
+    from modeling_icmoe.volumes import SlicePrompt
 
     prompts = []
     for label in range(1, int(labels.max()) + 1):

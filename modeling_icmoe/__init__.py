@@ -21,15 +21,12 @@ from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSa
 from .experts import IcMoeExperts
 from .modeling_icmoe_sam import IcMoeSamModel, IcMoeSamOutput, get_icmoe_model
 from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation, IcMoeSemanticSegmenterOutput
+from .imaging import CT_WINDOWS, check_boxes, load_medical_image, mask_box, scale_intensities, to_uint8_rgb
 from .pipeline_icmoe_sam import (
-    CT_WINDOWS,
     ICMOE_PIPELINE_TASK,
     IcMoeSamSegmentationPipeline,
-    load_medical_image,
     register_icmoe_pipeline,
     save_pretrained_with_pipeline,
-    scale_intensities,
-    to_uint8_rgb,
 )
 from .pipeline_icmoe_semantic import (
     IcMoeSamSemanticSegmentationPipeline,
@@ -51,6 +48,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CT_WINDOWS",
+    "check_boxes",
+    "mask_box",
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "ICMOE_PIPELINE_TASK",

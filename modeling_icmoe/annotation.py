@@ -26,7 +26,7 @@ import PIL.Image
 import torch
 
 from .cli import SEMANTIC_MODEL_TYPE, _training_record, load_model, model_config
-from .pipeline_icmoe_sam import load_medical_image, resolve_window
+from .imaging import load_medical_image, mask_box, resolve_window
 from .pipeline_icmoe_semantic import class_maps_at_original_size
 from .propagation import SliceEmbeddings, SlicePoint
 from .volumes import (
@@ -35,7 +35,6 @@ from .volumes import (
     is_nifti,
     label_values,
     load_volume,
-    mask_box,
     resolve_slice_axis,
     save_label_map,
     segment_volume,

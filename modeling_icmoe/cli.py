@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
-from .pipeline_icmoe_sam import resolve_window
+from .imaging import resolve_window
 from .propagation import check_key_prompts, points_from_entries
 from .run_folder import EVAL_RESULTS_NAME
 from .volumes import (

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .imaging import binary_foreground_value
+
 _EPS = 1e-6
 
 
@@ -26,21 +28,18 @@ def binarize_labels(labels: torch.Tensor) -> torch.Tensor:
         return labels.float()
     if labels.is_floating_point() and not torch.isfinite(labels).all():
         raise ValueError("`labels` contain NaN or infinite values; they must be binary masks.")
-    if ((labels == 0) | (labels == 1)).all():
-        return labels.float()
-    if ((labels == 0) | (labels == 255)).all():
-        return (labels == 255).float()
-    values = torch.unique(labels)
-    raise ValueError(
-        "`labels` must be binary masks with values {0, 1}, {0, 255} or bool; found values "
-        f"{values[:8].tolist()}{' ...' if values.numel() > 8 else ''}. Map multi-class masks to one class first."
-    )
+    try:
+        foreground = binary_foreground_value(torch.unique(labels).tolist(), "`labels`")
+    except ValueError as err:
+        raise ValueError(f"{err} Map multi-class masks to one class first.") from None
+    return (labels == foreground).float()
 
 
-def segmentation_targets(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def segmentation_targets(labels: torch.Tensor, size: tuple[int, int], *, binarized: bool = False) -> torch.Tensor:
     """The one rule by which every method turns label masks `(..., H, W)` into mask-loss targets at `size`:
-    binary labels (checked), resized as area fractions, foreground where more than half of a cell is."""
-    return resize_masks(binarize_labels(labels), size) > 0.5
+    binary labels (checked, unless `binarized` says `binarize_labels` already made them float {0, 1}), resized as area
+    fractions, foreground where more than half of a cell is."""
+    return resize_masks(labels if binarized else binarize_labels(labels), size) > 0.5
 
 
 def segmentation_losses(

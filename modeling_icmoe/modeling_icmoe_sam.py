@@ -27,6 +27,7 @@ from transformers.models.sam.modeling_sam import SamImageSegmentationOutput
 from transformers.utils import logging
 
 from .configuration_icmoe_sam import IcMoeAdapterConfig, IcMoeSamConfig, _as_adapter_config
+from .imaging import check_boxes
 from .layer import IcMoeLayer, IcMoeRouting
 from .placement import IcMoeAttentionQkv, IcMoeMLPBlock
 from .losses import (
@@ -389,28 +390,16 @@ class IcMoeSamModel(SamModel):
 
     @staticmethod
     def _check_boxes(boxes: torch.Tensor, frame: tuple[int, int]) -> None:
-        """Boxes `(B, P, 4)` as `x0, y0, x1, y1` in the input frame: finite, not inverted, inside the frame. A box of
-        zero width or height passes (the inclusive box of a one-pixel-wide object)."""
+        """Boxes `(B, P, 4)` as `x0, y0, x1, y1` in the input frame, by the one box rule of `imaging.check_boxes`
+        (a box of zero width or height passes: the inclusive box of a one-pixel-wide object)."""
         if boxes.ndim != 3 or boxes.shape[-1] != 4:
             raise ValueError(
                 f"`input_boxes` must have shape (batch_size, num_boxes, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}."
             )
         if torch.compiler.is_compiling():
             return  # value checks read the tensor on the host: under torch.compile they would break the graph
-        if not torch.isfinite(boxes).all():
-            raise ValueError("`input_boxes` holds NaN or infinite values.")
-        inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
-        if inverted.any():
-            raise ValueError(
-                f"`input_boxes` must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {boxes[inverted].tolist()}."
-            )
-        height, width = frame
-        outside = (boxes[..., :2] < 0).any(-1) | (boxes[..., 2] > width) | (boxes[..., 3] > height)
-        if outside.any():
-            raise ValueError(
-                f"`input_boxes` {boxes[outside].tolist()} reach outside the input frame ({width} x {height}); boxes are "
-                "in the coordinates of the resized image (as `SamProcessor` rescales them)."
-            )
+        check_boxes(boxes, frame, what="`input_boxes`", frame_name="input frame",
+                    hint=" Boxes are in the coordinates of the resized image, as `SamProcessor` rescales them.")
 
     @staticmethod
     def _check_labels(labels, pixel_values, image_embeddings, input_points, input_boxes) -> torch.Tensor:
@@ -450,7 +439,8 @@ class IcMoeSamModel(SamModel):
         routings: list[IcMoeRouting],
         labels: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        targets = segmentation_targets(labels, tuple(outputs.pred_masks.shape[-2:]))  # (B, P, h, w)
+        # (B, P, h, w); `forward` checked and binarized the labels once already
+        targets = segmentation_targets(labels, tuple(outputs.pred_masks.shape[-2:]), binarized=True)
         projected, predicted = None, None
         if self.icmoe_projection is not None:
             with torch.no_grad():

@@ -24,13 +24,8 @@ from torch.nn import functional as F
 from transformers import AutoModelForSemanticSegmentation, PreTrainedModel, SamProcessor
 from transformers.pipelines import Pipeline
 
-from .pipeline_icmoe_sam import (
-    DEFAULT_INTENSITY_PERCENTILES,
-    image_preprocess_params,
-    load_medical_image,
-    sam_processor_of,
-    save_with_custom_pipeline,
-)
+from .imaging import DEFAULT_INTENSITY_PERCENTILES, load_medical_image
+from .pipeline_icmoe_sam import image_preprocess_params, sam_processor_of, save_with_custom_pipeline
 
 SEMANTIC_PIPELINE_TASK = "image-segmentation"
 

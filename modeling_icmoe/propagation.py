@@ -29,7 +29,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .volumes import SlicePrompt, Volume, _entry_number, _rgb_slices, mask_box, parse_entry, slice_view
+from .imaging import check_boxes, check_points, mask_box
+from .volumes import SlicePrompt, Volume, _entry_number, _rgb_slices, parse_entry, slice_view
 
 PROMPT_USES = ("box", "box+mask", "box+point")
 # SAM's label for a padding point: its embedding is zero (HF's processor pads point lists with it).
@@ -92,15 +93,11 @@ def check_key_prompts(
     """Raises `ValueError` naming the source, class and slice of the first bad prompt: a slice outside
     `0..num_slices - 1`, a box or point outside the `slice_shape` (rows, columns) slice, two boxes for one class on one
     slice, a point repeated or given both signs, or a point on a class without any key box."""
-    height, width = slice_shape
     boxes: dict[tuple[int, int], SlicePrompt] = {}
     for prompt in prompts:
         if not 0 <= prompt.index < num_slices:
             raise ValueError(f"{_where(prompt)}: the key slice is outside the volume's slices 0..{num_slices - 1}.")
-        x0, y0, x1, y1 = prompt.box
-        if not (0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height):
-            raise ValueError(f"{_where(prompt)}: box {prompt.box} is not inside the {height}x{width} slice "
-                             "(0 <= x0 <= x1 < width, 0 <= y0 <= y1 < height).")
+        check_boxes(prompt.box, slice_shape, what=f"{_where(prompt)}: box", frame_name="slice")
         earlier = boxes.setdefault((prompt.label, prompt.index), prompt)
         if earlier is not prompt:
             raise ValueError(f"{_where(prompt)}: a second box for this class on this slice ({earlier.box} from "
@@ -111,8 +108,7 @@ def check_key_prompts(
         if not 0 <= point.index < num_slices:
             raise ValueError(f"{_where(point)}: the point's slice is outside the volume's slices 0..{num_slices - 1}.")
         x, y = point.point
-        if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"{_where(point)}: point {point.point} is not inside the {height}x{width} slice.")
+        check_points(point.point, slice_shape, what=f"{_where(point)}: point", frame_name="slice")
         if point.label not in keyed:
             raise ValueError(f"{_where(point)}: a point for a class with no key box; points refine a propagated "
                              f"class, so give class {point.label} a key box (classes with one: {sorted(keyed)}).")
@@ -139,13 +135,12 @@ def points_from_entries(entries: Sequence[dict], volume: Volume, axis: int, sour
             raise ValueError(f"{where}: 'positive' must be true or false, got {positive!r}.")
         point = [_entry_number({"point": v}, "point", where, integral=False) for v in point]
         points.append(SlicePoint(index, label, point, positive, origin))
-    height, width = volume.slice(axis, 0).shape
+    slice_shape = volume.slice(axis, 0).shape
     for point in points:  # the box checks need the boxes; the range checks do not
         if not 0 <= point.index < volume.num_slices(axis):
             raise ValueError(f"{_where(point)}: the point's slice is outside the volume's slices "
                              f"0..{volume.num_slices(axis) - 1}.")
-        if not (0 <= point.point[0] < width and 0 <= point.point[1] < height):
-            raise ValueError(f"{_where(point)}: point {point.point} is not inside the {height}x{width} slice.")
+        check_points(point.point, slice_shape, what=f"{_where(point)}: point", frame_name="slice")
     return points
 
 

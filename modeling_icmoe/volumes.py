@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .pipeline_icmoe_sam import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
+from . import imaging
+from .imaging import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
 from .pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -250,17 +251,6 @@ def save_label_map(
     return path
 
 
-def mask_box(mask) -> list[float]:
-    """`[x0, y0, x1, y1]` of a non-empty 2-D mask (numpy array or CPU tensor): the first and last foreground column
-    and row, inclusive, as the common SAM fine-tuning recipes derive box prompts."""
-    mask = np.asarray(mask)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("Cannot derive a box prompt from an empty mask.")
-    return [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
-
-
 @dataclass
 class SlicePrompt:
     """One prompt: the class `label` in slice `index` along the slice axis, as a box in that slice's pixels. `source`
@@ -285,7 +275,7 @@ def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] |
         for label in chosen:
             mask = plane == label
             if mask.any():
-                prompts.append(SlicePrompt(index, label, mask_box(mask)))
+                prompts.append(SlicePrompt(index, label, imaging.mask_box(mask)))
     return prompts
 
 
@@ -486,3 +476,13 @@ def keep_largest_component(labels: np.ndarray, label_ids: Sequence[int] | None =
             sizes = np.bincount(components.ravel())[1:]  # voxels per component, the background's count left out
             kept[(components != 0) & (components != 1 + int(np.argmax(sizes)))] = 0
     return kept
+
+
+def __getattr__(name: str):
+    if name == "mask_box":  # moved to imaging.py, with the other image rules; the old name works for one release
+        import warnings
+
+        warnings.warn("`volumes.mask_box` moved to `modeling_icmoe.imaging.mask_box`; the old name will be removed in "
+                      "the next release.", DeprecationWarning, stacklevel=2)
+        return imaging.mask_box
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from modeling_icmoe.imaging import to_uint8_rgb
 from training.data import binary_mask, check_masks, load_raw_dataset, select_splits
 from training.prompts import jitter_boxes, mask_box, sample_points
 

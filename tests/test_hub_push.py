@@ -23,6 +23,7 @@ FULL_FILES = {
     "losses.py",
     "placement.py",
     "pipeline_icmoe_sam.py",
+    "imaging.py",
     "processor_config.json",
     "eval_results.json",
     "train_log.jsonl",

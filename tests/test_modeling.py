@@ -303,7 +303,7 @@ def test_corrupt_weights_file_is_named(base_sam, tmp_path, damage):
     ([[[4.0, 6.0, 40.0]], [[1.0, 1.0, 9.0]]], r"shape \(batch_size, num_boxes, 4\)"),
     ([[[4.0, 6.0, 40.0, float("nan")]], [[1.0, 1.0, 9.0, 9.0]]], "NaN or infinite"),
     ([[[40.0, 6.0, 4.0, 44.0]], [[1.0, 1.0, 9.0, 9.0]]], r"x0 <= x1 and y0 <= y1, got \[\[40.0, 6.0, 4.0, 44.0\]\]"),
-    ([[[-3.0, 6.0, 40.0, 44.0]], [[1.0, 1.0, 9.0, 9.0]]], r"reach outside the input frame \(64 x 64\)"),
+    ([[[-3.0, 6.0, 40.0, 44.0]], [[1.0, 1.0, 9.0, 9.0]]], r"reach outside the input frame \(64 x 64 pixels"),
     ([[[4.0, 6.0, 40.0, 44.0]], [[1.0, 1.0, 9.0, 65.0]]], "reach outside the input frame"),
 ])
 def test_bad_boxes_raise(base_sam, images, box, message):

@@ -29,10 +29,10 @@ from modeling_icmoe.propagation import (
     check_key_prompts,
     points_from_entries,
 )
+from modeling_icmoe.imaging import mask_box
 from modeling_icmoe.volumes import (
     SlicePrompt,
     load_nifti,
-    mask_box,
     prompts_from_boxes,
     segment_volume,
     to_uint8_volume,
@@ -262,8 +262,8 @@ def test_a_real_model_takes_every_prompt_use(two_organs, icmoe_dir, prompt_use):
 BAD_ENTRIES = [
     ("boxes", [{"slice": 99, "label": 1, "box": [1, 1, 5, 5]}], r"KEY\.json: Box entry 0: class 1, slice 99: the key slice is outside the volume's slices 0\.\.19"),
     ("boxes", [{"slice": -1, "label": 1, "box": [1, 1, 5, 5]}], r"KEY\.json: Box entry 0: class 1, slice -1: the key slice is outside"),
-    ("boxes", [{"slice": 3, "label": 1, "box": [1, 1, 70, 5]}], r"KEY\.json: Box entry 0: class 1, slice 3: box \[1\.0, 1\.0, 70\.0, 5\.0\] is not inside the 64x64 slice"),
-    ("boxes", [{"slice": 3, "label": 1, "box": [9, 1, 5, 5]}], r"KEY\.json: Box entry 0: class 1, slice 3: box .* is not inside"),
+    ("boxes", [{"slice": 3, "label": 1, "box": [1, 1, 70, 5]}], r"KEY\.json: Box entry 0: class 1, slice 3: box \[1\.0, 1\.0, 70\.0, 5\.0\] reaches outside the slice \(64 x 64 pixels"),
+    ("boxes", [{"slice": 3, "label": 1, "box": [9, 1, 5, 5]}], r"KEY\.json: Box entry 0: class 1, slice 3: box must be \[x0, y0, x1, y1\] with x0 <= x1 and y0 <= y1, got \[9\.0, 1\.0, 5\.0, 5\.0\]"),
     ("boxes", [{"slice": 3, "label": 2, "box": [1, 1, 5, 5]}, {"slice": 3, "label": 2, "box": [2, 2, 6, 6]}],
      r"KEY\.json: Box entry 1: class 2, slice 3: a second box for this class on this slice \(\[1\.0, 1\.0, 5\.0, 5\.0\] from KEY\.json: Box entry 0\)"),
     ("boxes", [{"slice": 3, "label": 1}], r"KEY\.json: Box entry 0 must be \{'slice': int, 'label': int, 'box': \[x0, y0, x1, y1\]\}"),
@@ -277,7 +277,7 @@ BAD_ENTRIES = [
     ("boxes", [[3, 1, [1, 1, 5, 5]]], r"KEY\.json: Box entry 0 must be \{"),
     ("boxes", {"slice": 3}, r"KEY\.json: expected a list of box entries, got dict"),
     ("points", [{"slice": 30, "label": 1, "point": [3, 3], "positive": True}], r"POINTS\.json: Point entry 0: class 1, slice 30: the point's slice is outside"),
-    ("points", [{"slice": 9, "label": 1, "point": [3, 64], "positive": True}], r"POINTS\.json: Point entry 0: class 1, slice 9: point \[3\.0, 64\.0\] is not inside the 64x64 slice"),
+    ("points", [{"slice": 9, "label": 1, "point": [3, 64.5], "positive": True}], r"POINTS\.json: Point entry 0: class 1, slice 9: point \[3\.0, 64\.5\] lies outside the slice \(64 x 64 pixels\)"),
     ("points", [{"slice": 9, "label": 1, "point": [3, 3], "positive": "yes"}], r"POINTS\.json: Point entry 0: class 1, slice 9: 'positive' must be true or false"),
     ("points", [{"slice": 9, "label": 1, "point": [3, 3]}], r"POINTS\.json: Point entry 0 must be \{'slice': int, 'label': int, 'point': \[x, y\], 'positive': bool\}"),
     ("points", [{"slice": 9, "label": 1, "point": [3], "positive": True}], r"POINTS\.json: Point entry 0: class 1, slice 9: 'point' must be \[x, y\]"),

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from volume_fixtures import save_nifti, write_decathlon
 
-import modeling_icmoe.pipeline_icmoe_sam as pipeline
+import modeling_icmoe.imaging as imaging
 import modeling_icmoe.volumes as volumes
 import training.data
 from benchmarks import ingestion
-from modeling_icmoe.pipeline_icmoe_sam import resolve_window, scale_intensities
+from modeling_icmoe.imaging import resolve_window, scale_intensities
 from modeling_icmoe.volumes import label_values, load_label_map, load_nifti, slice_view, to_uint8_volume
 from training.arguments import parse_args
 from training.data import check_masks
@@ -135,7 +135,7 @@ def _whole_array_scaling(values: np.ndarray, window, intensity_percentiles=(0.5,
 
 
 def test_slab_scaling_is_the_whole_array_rule(monkeypatch):
-    monkeypatch.setattr(pipeline, "SCALE_SLAB_VALUES", 100)  # many slabs of the small arrays below
+    monkeypatch.setattr(imaging, "SCALE_SLAB_VALUES", 100)  # many slabs of the small arrays below
     rng = np.random.default_rng(1)
     ct = np.asfortranarray(rng.normal(0, 300, (12, 10, 7)).astype(np.int16))
     mr = rng.gamma(2.0, 50.0, (9, 8, 6)).astype(np.float32)
@@ -156,7 +156,7 @@ def test_slab_scaling_is_the_whole_array_rule(monkeypatch):
 
 
 def test_counted_percentiles_are_numpys(monkeypatch):
-    monkeypatch.setattr(pipeline, "SCALE_SLAB_VALUES", 64)  # counted a few values at a time
+    monkeypatch.setattr(imaging, "SCALE_SLAB_VALUES", 64)  # counted a few values at a time
     rng = np.random.default_rng(2)
     ranges = [(np.int16, -1024, 3071), (np.int16, -32768, 32767), (np.uint16, 0, 65535), (np.int8, -128, 127),
               (np.uint32, 2**32 - 5000, 2**32 - 1), (np.int32, -(2**31), -(2**31) + 900_000)]
@@ -167,7 +167,7 @@ def test_counted_percentiles_are_numpys(monkeypatch):
             for values in (drawn, extremes):
                 for q in ([0.5, 99.5], [0.0, 100.0], [13.7, 50.0]):
                     expected = np.percentile(values.astype(np.float64), q)
-                    assert np.array_equal(pipeline._percentiles(values, None, q), expected), (dtype, size, q)
+                    assert np.array_equal(imaging._percentiles(values, None, q), expected), (dtype, size, q)
 
 
 def _counted_decathlon(folder: Path) -> Path:

@@ -16,7 +16,7 @@ import torch
 from helpers import child_env
 from volume_fixtures import AFFINE, SHAPE, save_nifti, volume_arrays, write_decathlon
 
-from modeling_icmoe.pipeline_icmoe_sam import scale_intensities, to_uint8_rgb
+from modeling_icmoe.imaging import scale_intensities, to_uint8_rgb
 from modeling_icmoe.volume_metrics import score_volume
 from modeling_icmoe.volumes import (
     load_label_map,

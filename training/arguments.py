@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from modeling_icmoe.pipeline_icmoe_sam import resolve_window
+from modeling_icmoe.imaging import resolve_window
 from modeling_icmoe.configuration_icmoe_sam import SEMANTIC_DECODERS
 from modeling_icmoe.volumes import resolve_slice_axis
 

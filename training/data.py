@@ -27,7 +27,7 @@ import torch
 from datasets.fingerprint import Hasher
 from PIL import Image
 
-from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from modeling_icmoe.imaging import binary_foreground_value, to_uint8_rgb
 
 from .prompts import mask_box
 
@@ -138,13 +138,10 @@ def binary_mask(mask, label_ids: list[int] | None = None) -> np.ndarray:
         return np.isin(array, label_ids)
     if array.dtype == bool:
         return array
-    values = np.unique(array)
-    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
-        return array > 0
-    raise ValueError(
-        f"Mask values {values[:8].tolist()}{' ...' if len(values) > 8 else ''} are not binary ({{0,1}}, {{0,255}} "
-        "or bool); pass --label_ids to choose the foreground values."
-    )
+    try:
+        return array == binary_foreground_value(np.unique(array).tolist())
+    except ValueError as err:
+        raise ValueError(f"{err} Pass --label_ids to choose the foreground values.") from None
 
 
 def check_masks(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from modeling_icmoe.volumes import mask_box  # noqa: F401  (one box rule for training, evaluation and prediction)
+from modeling_icmoe.imaging import mask_box  # noqa: F401  (one box rule for training, evaluation and prediction)
 
 
 def jitter_boxes(

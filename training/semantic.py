@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modeling_icmoe.pipeline_icmoe_sam import to_uint8_rgb
+from modeling_icmoe.imaging import to_uint8_rgb
 from modeling_icmoe.pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
 from modeling_icmoe.volume_metrics import score_volume, summarize
 
