@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from benchmarks.harness import machine, portable, save  # noqa: E402
 from benchmarks.semantic_volumes import TASK, WINDOW, cases, validation_csv  # noqa: E402
 from modeling_icmoe.imaging import resolve_window  # noqa: E402
+from modeling_icmoe.run_folder import RUN_MANIFEST  # noqa: E402
 from training.arguments import DEFAULT_BASE_MODEL  # noqa: E402
 
 LEVEL_WIDTH = resolve_window(WINDOW)
@@ -97,7 +98,7 @@ def train(args, argv: list[str], output_dir: Path) -> None:
 
 def matches(run_dir: Path, args, seed: int) -> bool:
     """Whether `run_dir` holds a finished prompted run of these settings on the whole task."""
-    record = run_dir / "icmoe_run.json"
+    record = run_dir / RUN_MANIFEST
     if not (record.is_file() and (run_dir / "model.safetensors").is_file()):
         return False
     settings = json.loads(record.read_text())["fingerprint"]
@@ -352,7 +353,7 @@ def render_choice(data: dict) -> str:
     lines += ["", f"{kept}: `prompt_use={chosen['prompt_use']!r}`, "
                   f"`min_score={chosen['min_score']}`, `min_area_ratio={chosen['min_area_ratio']}`, "
                   f"`box_margin={chosen['box_margin']}` (validation Dice {selection['chosen_dice']:.4f}"
-              + (f"; without either stop {no_stop[0]['dice']:.4f}" if no_stop else "") + f"). Grid: "
+              + (f"; without either stop {no_stop[0]['dice']:.4f}" if no_stop else "") + "). Grid: "
               + "; ".join(f"{k} {v}" for k, v in selection["grid"].items()) + "."]
     return "\n".join(lines)
 
