@@ -37,8 +37,13 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import datasets  # noqa: E402
+
+from modeling_icmoe.imaging import resolve_window  # noqa: E402
+from modeling_icmoe.run_folder import EVAL_RESULTS_NAME, TRAIN_LOG_NAME  # noqa: E402
 from training.data import class_map, load_raw_dataset  # noqa: E402
-from training.semantic import class_names  # noqa: E402
+from training.semantic import class_names, volume_class_scores, volume_classes  # noqa: E402
+from training.volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset  # noqa: E402
 from training.semantic_metrics import METRIC_NAMES, score_class_maps  # noqa: E402
 
 NUM_LEVELS = 5
@@ -52,12 +57,19 @@ OPTIMIZERS = ("sgd", "adamw")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="Folder with metadata.csv, or a save_to_disk folder.")
+    parser.add_argument("--dataset", required=True,
+                        help="Folder with metadata.csv, a save_to_disk folder, or a volume folder (Decathlon/NIfTI "
+                             "layout, as training/run.py reads it).")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--mask_column", default="mask")
     parser.add_argument("--label_names", nargs="+", default=None,
                         help="Class names in id order, the background first (default: the labels.json beside "
                              "the data).")
+    parser.add_argument("--window", nargs="+", default=None,
+                        help="Volumes only: the CT window that maps intensities to 8 bits (as training/run.py's).")
+    parser.add_argument("--label_ids", type=int, nargs="+", default=None,
+                        help="Volumes only: the label values to segment (default: every label of dataset.json).")
+    parser.add_argument("--nsd_tolerance_mm", type=float, default=1.0, help="Volumes only: NSD's tolerance.")
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="test")
     parser.add_argument("--max_train_steps", type=int, required=True)
@@ -81,12 +93,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.learning_rate <= 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.window is not None:
+        try:
+            args.window = resolve_window(args.window[0] if len(args.window) == 1 else [float(v) for v in args.window])
+        except ValueError as err:
+            parser.error(f"--window: {err}")
     return args
 
 
-def load_split(args: argparse.Namespace, split: str, limit: int | None, class_ids: list[int]):
-    """(images (N, H, W) float32 as stored, class maps (N, H, W) int64) of the first `limit` rows of `split`."""
+def load_source(args: argparse.Namespace) -> tuple[datasets.DatasetDict, dict[int, str]]:
+    """The dataset's splits and classes. A volume folder is sliced as `training/run.py --prompt none` slices it:
+    every slice one row, its mask the class-id map, its case, slice index and spacing kept for per-volume scores."""
+    if is_volume_source(args.dataset):
+        id2label, class_values = volume_classes(args.dataset, args.label_names, args.label_ids)
+        dataset, _ = load_volume_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column,
+                                         window=args.window, label_ids=args.label_ids, seed=args.seed,
+                                         class_values=class_values)
+        return dataset, id2label
+    if args.window is not None or args.label_ids is not None:
+        raise ValueError(f"--window and --label_ids are for volume folders; {args.dataset} is not one.")
     dataset = load_raw_dataset(args.dataset, image_column=args.image_column, mask_column=args.mask_column)
+    return dataset, class_names(args.dataset, args.label_names)
+
+
+def load_split(args: argparse.Namespace, dataset: datasets.DatasetDict, split: str, limit: int | None,
+               class_ids: list[int]):
+    """(images (N, H, W) float32 as stored, class maps (N, H, W) int64, the rows) of the first `limit` rows of
+    `split`."""
     if split not in dataset:
         raise ValueError(f"No split `{split}` in {args.dataset} (splits: {list(dataset)}).")
     rows = dataset[split]
@@ -105,7 +138,7 @@ def load_split(args: argparse.Namespace, split: str, limit: int | None, class_id
     for index, (image, classes) in enumerate(zip(images, maps)):
         if image.shape != classes.shape:
             raise ValueError(f"Split `{split}` row {index}: image {image.shape} but mask {classes.shape}.")
-    return np.stack(images), np.stack(maps)
+    return np.stack(images), np.stack(maps), rows
 
 
 def padded(batch: torch.Tensor) -> torch.Tensor:
@@ -193,10 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    id2label = class_names(args.dataset, args.label_names)
+    dataset, id2label = load_source(args)
     class_ids = sorted(id2label)
-    train_images, train_maps = load_split(args, args.train_split, args.max_train_samples, class_ids)
-    eval_images, eval_maps = load_split(args, args.eval_split, args.max_eval_samples, class_ids)
+    train_images, train_maps, _ = load_split(args, dataset, args.train_split, args.max_train_samples, class_ids)
+    eval_images, eval_maps, eval_rows = load_split(args, dataset, args.eval_split, args.max_eval_samples, class_ids)
     mean, std = float(train_images.mean()), float(train_images.std()) or 1.0
 
     def standardised(images: np.ndarray) -> torch.Tensor:
@@ -205,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = build_unet(len(id2label), args.filters)
     seconds = train(model, standardised(train_images), torch.from_numpy(train_maps)[:, None], args,
-                    output_dir / "train_log.jsonl")
+                    output_dir / TRAIN_LOG_NAME)
     predictions = predict(model, standardised(eval_images), args.per_device_eval_batch_size)
     np.savez_compressed(output_dir / "predictions.npz", maps=predictions)
     results = {
@@ -221,7 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
                  "intensity_mean": mean, "intensity_std": std},
         "id2label": {str(k): v for k, v in id2label.items()},
     }
-    (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if VOLUME_COLUMNS[0] in eval_rows.column_names:  # slices of volumes: also scored whole, as run.py scores them
+        metas = eval_rows.select_columns(list(VOLUME_COLUMNS)).to_list()
+        results["volumes"] = volume_class_scores(list(predictions), list(eval_maps), metas, id2label,
+                                                 nsd_tolerance_mm=args.nsd_tolerance_mm)
+        results["window"] = args.window
+    (output_dir / EVAL_RESULTS_NAME).write_text(json.dumps(results, indent=2) + "\n")
     per_class = ", ".join(f"{name} {scores['dice']:.3f}" for name, scores in results["per_class"].items())
     print(f"[unet] {args.eval_split}: Dice {results['dice']:.4f} over classes ({per_class}); {seconds:.1f} s training",
           flush=True)
