@@ -149,14 +149,28 @@ def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
         raise ValueError(f"{path}: its frames do not map onto {reference.path} ({err}).") from err
     nib = _nibabel()
     numbers = np.stack([frame.T for frame in frames], axis=-1).astype(np.int32)  # (columns, rows, slices)
-    # Segments written by `save_dicom_seg` carry their label id in TrackingID; other SEGs' segment numbers are labels.
-    ids = {int(d.SegmentNumber): _tracked_label(d) or int(d.SegmentNumber) for d in seg.SegmentSequence}
+    ids, names = _segment_labels(seg.SegmentSequence)
     stored = np.zeros_like(numbers)
     for number, label in ids.items():
         stored[numbers == number] = label
     labels = volume_from_image(nib.Nifti1Image(stored, reference.image.affine), str(path))
-    labels.label_names = {ids[int(d.SegmentNumber)]: str(d.SegmentLabel) for d in seg.SegmentSequence}
+    labels.label_names = names
     return _checked_labels(labels, reference)
+
+
+def dicom_seg_label_names(path: str | os.PathLike) -> dict[int, str]:
+    """The name (SegmentLabel) of each label id of a DICOM SEG, as `load_dicom_seg` gives them, from its header
+    alone."""
+    pydicom = _pydicom()
+    header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SegmentSequence"])
+    return _segment_labels(header.get("SegmentSequence", []))[1]
+
+
+def _segment_labels(segments) -> tuple[dict[int, int], dict[int, str]]:
+    """Each segment number's label id, and each label id's name (SegmentLabel)."""
+    # Segments written by `save_dicom_seg` carry their label id in TrackingID; other SEGs' segment numbers are labels.
+    ids = {int(d.SegmentNumber): _tracked_label(d) or int(d.SegmentNumber) for d in segments}
+    return ids, {ids[int(d.SegmentNumber)]: str(d.SegmentLabel) for d in segments}
 
 
 def _tracked_label(description) -> int | None:
@@ -187,19 +201,25 @@ def save_dicom_seg(
     algorithm = highdicom.AlgorithmIdentificationSequence(
         name="icmoe-sam", version=_version(), family=codes.cid7162.ArtificialIntelligence
     )
-    descriptions = [
-        highdicom.seg.SegmentDescription(
+    descriptions = []
+    for number, label in enumerate(present, start=1):
+        name = (label_names or {}).get(label, f"label {label}")
+        category, kind, laterality = segment_codes(name)
+        description = highdicom.seg.SegmentDescription(
             segment_number=number,
-            segment_label=(label_names or {}).get(label, f"label {label}"),
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
+            segment_label=name,
+            segmented_property_category=category,
+            segmented_property_type=kind,
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=f"{TRACKING_PREFIX}{label}",  # DICOM numbers segments 1..N; the label id travels here
             tracking_uid=highdicom.UID(),
         )
-        for number, label in enumerate(present, start=1)
-    ]
+        if laterality is not None:  # highdicom takes no modifier; DICOM puts it inside the property type's item
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                highdicom.sr.CodedConcept(laterality.value, laterality.scheme_designator, laterality.meaning)
+            ]
+        descriptions.append(description)
     seg = highdicom.seg.Segmentation(
         source_images=reference.dicom_sources,
         pixel_array=frames,
@@ -218,6 +238,34 @@ def save_dicom_seg(
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(str(path))
     return path
+
+
+def segment_codes(name: str) -> tuple:
+    """The SNOMED CT codes (pydicom `Code`s) of a segment named `name`: (property category, property type,
+    laterality or None).
+
+    The name is lower-cased with underscores, hyphens and spaces as word breaks and looked up by its keyword
+    (`inferior_vena_cava`: `InferiorVenaCava`) among DICOM's anatomical structure segmentation types (CID 7192:
+    category Anatomical Structure) and lesion segmentation types (CID 7159: category Morphologically Abnormal
+    Structure). A name found only without a leading or trailing `left` / `right` (`kidney_left`, `Left kidney`) is
+    that structure with the laterality; `right ventricle` is a structure of its own. Any other name is coded
+    Tissue / Tissue, a generic code."""
+    from pydicom.sr.codedict import codes
+
+    words = name.lower().replace("_", " ").replace("-", " ").split()
+    readings = [(words, None)]
+    if len(words) > 1 and words[0] in ("left", "right"):
+        readings.append((words[1:], words[0]))
+    elif len(words) > 1 and words[-1] in ("left", "right"):
+        readings.append((words[:-1], words[-1]))
+    for structure, laterality in readings:
+        keyword = "".join(word.capitalize() for word in structure)
+        for group, category in ((codes.cid7192, codes.SCT.AnatomicalStructure),
+                                (codes.cid7159, codes.SCT.MorphologicallyAbnormalStructure)):
+            if keyword and keyword in group:
+                side = getattr(codes.cid244, laterality.capitalize()) if laterality else None
+                return category, getattr(group, keyword), side
+    return codes.SCT.Tissue, codes.SCT.Tissue, None
 
 
 def _version() -> str:

@@ -16,6 +16,7 @@ from pydicom.data import get_testdata_file
 
 from modeling_icmoe.dicom import load_dicom_series
 from modeling_icmoe.volumes import load_label_map, load_volume, save_label_map
+from training.volume_data import load_volume_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +97,60 @@ def test_seg_round_trip_references_the_series(tmp_path):
         save_label_map(labels, load_volume(_nifti_of(volume, tmp_path)), tmp_path / "x.dcm")
 
 
+def test_seg_segments_are_coded_by_their_names(tmp_path):
+    folder, _ = write_ct_series(tmp_path / "series")
+    volume = load_volume(folder)
+    names = {1: "liver", 2: "Spleen", 3: "kidney_left", 4: "aorta", 5: "unknown_thing", 6: "Right kidney"}
+    labels = np.zeros(volume.shape, dtype=np.int32)
+    for label in names:
+        labels[10 * label:10 * label + 4, 20:24, label % NUM_SLICES] = label
+    seg = pydicom.dcmread(save_label_map(labels, volume, tmp_path / "organs.dcm", names))
+    coded = {}
+    for segment in seg.SegmentSequence:
+        kind = segment.SegmentedPropertyTypeCodeSequence[0]
+        modifiers = [m.CodeValue for m in kind.get("SegmentedPropertyTypeModifierCodeSequence", [])]
+        coded[segment.SegmentLabel] = (segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue, kind.CodeValue,
+                                       modifiers)
+        assert kind.CodingSchemeDesignator == "SCT"
+    anatomical, tissue, left, right = "91723000", "85756007", "7771000", "24028007"
+    assert coded == {
+        "liver": (anatomical, "10200004", []),
+        "Spleen": (anatomical, "78961009", []),
+        "kidney_left": (anatomical, "64033007", [left]),
+        "aorta": (anatomical, "15825003", []),
+        "unknown_thing": (tissue, tissue, []),  # the generic code, only for a name no dictionary knows
+        "Right kidney": (anatomical, "64033007", [right]),
+    }
+    assert load_label_map(tmp_path / "organs.dcm", volume).label_names == names
+
+
+def test_a_csv_of_seg_labels_records_their_segment_names(tmp_path):
+    from training.semantic import volume_classes
+    from training.volume_data import discover_cases, volume_label_names
+
+    rows = ["image,label,split"]
+    for name, split, segment_names in (("a", "train", {1: "liver", 2: "spleen"}), ("b", "train", {1: "liver"}),
+                                       ("c", "test", {})):  # `c` is unnamed: its SEG says "label 1", "label 2"
+        folder, masks = write_ct_series(tmp_path / name)
+        labels = _canonical_from_slices(masks.astype(np.int32))
+        labels[2:6, 2:6, 1] = 2 if name != "b" else 0
+        seg = save_label_map(labels, load_volume(folder), tmp_path / f"{name}_seg.dcm", segment_names)
+        rows.append(f"{name},{seg.name},{split}")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    assert discover_cases(str(csv), [])[1] == {1: "liver", 2: "spleen"}
+    assert volume_label_names(str(csv)) == {1: "liver", 2: "spleen"}
+    assert volume_classes(str(csv), None, None) == ({0: "background", 1: "liver", 2: "spleen"}, [0, 1, 2])
+    _, summary = load_volume_dataset(str(csv), image_column="image", mask_column="mask")
+    assert summary.to_dict()["label_names"] == {"1": "liver", "2": "spleen"}  # what eval_results.json records
+
+    folder = tmp_path / "a"
+    save_label_map(_canonical_from_slices(write_ct_series(folder)[1].astype(np.int32)), load_volume(folder),
+                   tmp_path / "a_seg.dcm", {1: "kidney"})
+    with pytest.raises(ValueError, match=r"Label 1 is 'kidney' in .*a_seg\.dcm but 'liver' in .*b_seg\.dcm"):
+        discover_cases(str(csv), [])
+
+
 def _nifti_of(volume, tmp_path):
     import nibabel as nib
 
@@ -138,6 +193,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
 
 @pytest.mark.slow
 def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
+    from modeling_icmoe.cli import _training_record
     from training.arguments import parse_args
     from training.loop import run
 
@@ -155,6 +211,8 @@ def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
     ])
     results = run(args)
     assert results["volumes"]["per_case"][0]["label_name"] == "lesion"
+    assert results["volume_data"]["label_names"] == {"1": "lesion"}  # from the SEGs' segments
+    assert _training_record(str(tmp_path / "out"))["label_names"] == {"1": "lesion"}  # what predict names SEGs from
     assert results["volume_data"]["splits"]["train"] == {
         "volumes": 2, "rows": 6, "slices_without_label": 4, "objects_too_small": 0, "volumes_without_label": 0
     }

@@ -79,8 +79,9 @@ def class_names(source: str, label_names: list[str] | None) -> dict[int, str]:
 
 def volume_classes(source: str, label_names: list[str] | None,
                    label_ids: list[int] | None) -> tuple[dict[int, str], list[int]]:
-    """`id2label` of a volume dataset and the stored label value of each class id: the names of `dataset.json` (or
-    `--label_names`, which must agree with it), all its labels or those `--label_ids` chooses."""
+    """`id2label` of a volume dataset and the stored label value of each class id: the names the source records
+    (`dataset.json`, or a CSV's DICOM SEG segments) or `--label_names` (which must agree with them), all its labels
+    or those `--label_ids` chooses."""
     recorded = volume_label_names(source)
     if label_ids:
         values = [0, *label_ids]
@@ -91,8 +92,9 @@ def volume_classes(source: str, label_names: list[str] | None,
             raise ValueError(f"--label_ids {unnamed}: {source} names no such label (its labels: {recorded}).")
     else:
         if not recorded and not label_names:
-            raise ValueError(f"--prompt none needs the class names of {source}: a dataset.json naming its labels, or "
-                             "--label_names background NAME1 NAME2 ... (with --label_ids choosing their values).")
+            raise ValueError(f"--prompt none needs the class names of {source}: a dataset.json or DICOM SEG labels "
+                             "naming its labels, or --label_names background NAME1 NAME2 ... (with --label_ids "
+                             "choosing their values).")
         values = sorted({0, *recorded}) if recorded else list(range(len(label_names)))
     named = {0: recorded.get(0, "background"), **{v: recorded.get(v, f"label_{v}") for v in values[1:]}}
     id2label = {index: named[value] for index, value in enumerate(values)}

@@ -6,7 +6,7 @@ Layouts:
   (`case_0000.nii.gz` pairs with `labelsTr/case.nii.gz`); only channel `_0000` is read, and other channels are
   reported.
 - a CSV file with the columns `image,label[,split]`, paths relative to the CSV's folder: NIfTI files, or a DICOM
-  series folder with a NIfTI label map or a DICOM SEG.
+  series folder with a NIfTI label map or a DICOM SEG (the SEGs' segment labels name the labels).
 
 Each volume is read once (canonical orientation), brought to 8 bits with one rule for the whole volume (a CT
 window, or percentiles over the volume: `modeling_icmoe.volumes.to_uint8_volume`), cut along the slice axis, and
@@ -40,6 +40,7 @@ import numpy as np
 from datasets.fingerprint import Hasher
 from PIL import Image
 
+from modeling_icmoe.dicom import dicom_seg_label_names, is_dicom_seg
 from modeling_icmoe.volumes import (
     is_nifti,
     label_values,
@@ -169,9 +170,27 @@ def _label_names(folder: Path) -> dict[int, str]:
     return names
 
 
+def _seg_label_names(cases: list[Case]) -> dict[int, str]:
+    """Label names from the segments (SegmentLabel) of the cases' DICOM SEG labels, which must agree; a segment named
+    `label <id>` (what `save_dicom_seg` writes for an unnamed label) names nothing."""
+    names: dict[int, str] = {}
+    named_by: dict[int, Path] = {}
+    for case in cases:
+        if is_nifti(case.label) or not is_dicom_seg(case.label):
+            continue
+        for label, name in dicom_seg_label_names(case.label).items():
+            if not name.strip() or name == f"label {label}":
+                continue
+            if label in names and names[label] != name:
+                raise ValueError(f"Label {label} is {names[label]!r} in {named_by[label]} but {name!r} in "
+                                 f"{case.label}; one label value must name one structure in every DICOM SEG.")
+            names[label], named_by[label] = name, case.label
+    return dict(sorted(names.items()))
+
+
 def volume_label_names(source: str) -> dict[int, str]:
-    """The label names a volume source records (`dataset.json` of a folder; a CSV records none)."""
-    return _label_names(Path(source)) if Path(source).is_dir() else {}
+    """The label names a volume source records: `dataset.json` of a folder, the DICOM SEG labels' segments of a CSV."""
+    return _label_names(Path(source)) if Path(source).is_dir() else discover_cases(source, [])[1]
 
 
 def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]], dict[int, str]]:
@@ -210,7 +229,7 @@ def discover_cases(source: str, notes: list[str]) -> tuple[dict[str, list[Case]]
         splits.setdefault(split, []).append(Case(name, image, label))
     if "train" not in splits:
         raise ValueError(f"{path} has no row of split `train`.")
-    return splits, {}
+    return splits, _seg_label_names([case for cases in splits.values() for case in cases])
 
 
 def _stamp(path: Path) -> tuple:
