@@ -56,6 +56,8 @@ from .volumes import (
 
 PROMPTED_MODEL_TYPES = (IcMoeSamConfig.model_type, "sam")
 SEMANTIC_MODEL_TYPE = IcMoeSamSemanticConfig.model_type
+# The scores' default file is the output's whole name plus this, so a NIfTI and a SEG output of one input keep theirs.
+METRICS_SUFFIX = ".metrics.json"
 
 
 def _predict_parser(subparsers) -> None:
@@ -103,7 +105,9 @@ def _predict_parser(subparsers) -> None:
                         help="A ground-truth label map (NIfTI or DICOM SEG): score the prediction per class.")
     parser.add_argument("--nsd_tolerance_mm", type=float, default=1.0, help="Tolerance of the surface Dice.")
     parser.add_argument("--metrics_output", default=None,
-                        help="Where to write the scores as JSON (default: beside --output, with --reference).")
+                        help="Where to write the scores as JSON, with --reference (default: beside --output, its "
+                             f"whole file name plus {METRICS_SUFFIX}: PRED.nii.gz gives PRED.nii.gz{METRICS_SUFFIX}, "
+                             f"PRED.dcm gives PRED.dcm{METRICS_SUFFIX}).")
     parser.set_defaults(handler=predict)
 
 
@@ -323,12 +327,7 @@ def _score(args, labels, reference, classes: list[int], label_names: dict[int, s
               "label_names": {label: label_names[int(label)] for label in scores if int(label) in label_names},
               "absent_in_reference": absent_in_reference, "not_counted": not_counted,
               "reference_labels_not_scored": unscored}
-    stem = str(args.output)
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    output = Path(args.metrics_output or f"{stem}_metrics.json")
+    output = Path(args.metrics_output or f"{args.output}{METRICS_SUFFIX}")
     output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for label, values in scores.items():
         name = f" ({label_names[int(label)]})" if int(label) in label_names else ""

@@ -18,6 +18,9 @@ from .volumes import Volume, _checked_labels, _nibabel, to_stored_orientation, v
 
 # Largest relative spread of the gaps between consecutive slices that still counts as one regular grid.
 SLICE_GAP_TOLERANCE = 0.01
+# Largest relative difference between two slices' PixelSpacing that still counts as the same: decimal strings rounded
+# by writers (0.703125 against 0.7031) pass; at 512 pixels it moves the far edge by a twentieth of a pixel.
+PIXEL_SPACING_TOLERANCE = 1e-4
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TRACKING_PREFIX = "icmoe-sam label "
@@ -78,6 +81,7 @@ def load_dicom_series(folder: str | os.PathLike) -> Volume:
             raise ValueError(f"{path}: its ImageOrientationPatient differs from the rest of the series.")
         if (ds.Rows, ds.Columns) != (slices[0][1].Rows, slices[0][1].Columns):
             raise ValueError(f"{path}: {ds.Rows}x{ds.Columns} pixels, the series' first slice has another size.")
+    _check_agreement(folder, slices)
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
     positions = [float(np.dot(np.array(ds.ImagePositionPatient, dtype=np.float64), normal)) for _, ds in slices]
@@ -120,6 +124,33 @@ def load_dicom_series(folder: str | os.PathLike) -> Volume:
         del ds.PixelData  # keep only the header for SEG references
         sources.append(ds)
     return volume_from_image(image, str(folder), dicom_sources=sources)
+
+
+def _check_agreement(folder: Path, slices: list) -> None:
+    """Every slice of `slices` ((path, dataset) pairs) has the first one's PixelSpacing (within
+    `PIXEL_SPACING_TOLERANCE`) and FrameOfReferenceUID: the volume's geometry is read from the first slice, and a SEG
+    references one frame of reference. Raises `ValueError` naming the slices that differ and their values."""
+    first_path, first = slices[0]
+    spacing = np.array(first.PixelSpacing, dtype=np.float64)
+    differing = [
+        (path, [float(v) for v in ds.PixelSpacing]) for path, ds in slices
+        if np.shape(ds.PixelSpacing) != spacing.shape
+        or not np.allclose(np.array(ds.PixelSpacing, dtype=np.float64), spacing, rtol=PIXEL_SPACING_TOLERANCE, atol=0)
+    ]
+    _refuse_differing(folder, "PixelSpacing", first_path, spacing.tolist(), differing)
+    frame = first.get("FrameOfReferenceUID")
+    differing = [(path, ds.get("FrameOfReferenceUID")) for path, ds in slices if ds.get("FrameOfReferenceUID") != frame]
+    _refuse_differing(folder, "FrameOfReferenceUID", first_path, frame, differing)
+
+
+def _refuse_differing(folder: Path, key: str, first_path: Path, expected, differing: list) -> None:
+    if differing:
+        listed = "; ".join(f"{path.name} has {found}" for path, found in differing[:5])
+        more = f" (and {len(differing) - 5} more slices)" if len(differing) > 5 else ""
+        raise ValueError(
+            f"{folder}: its slices disagree on {key}: {first_path.name} has {expected}, but {listed}{more}; one "
+            "series must share one geometry."
+        )
 
 
 def _check_series(reference: Volume, what: str) -> None:

@@ -160,12 +160,30 @@ def load_nifti(path: str | os.PathLike) -> Volume:
 
 
 def load_volume(path: str | os.PathLike) -> Volume:
-    """A NIfTI file, or a folder holding one DICOM series."""
+    """An image volume: a NIfTI file, or a folder holding one DICOM series. A volume with NaN or infinite voxels is
+    refused with the file and their count, as 2-D training images with such pixels are: filling them would be a guess
+    that prediction and training make silently."""
     if os.path.isdir(path):
         from .dicom import load_dicom_series
 
-        return load_dicom_series(path)
-    return load_nifti(path)
+        volume = load_dicom_series(path)
+    else:
+        volume = load_nifti(path)
+    bad = _non_finite_count(volume.data)
+    if bad:
+        raise ValueError(f"{volume.path}: {bad} of {volume.data.size} voxels are NaN or infinite; fix the file (or "
+                         "fill them) first.")
+    return volume
+
+
+def _non_finite_count(values: np.ndarray) -> int:
+    """The NaN and infinite values of a volume, counted a slab of slices at a time (views, where a mask of the whole
+    volume would be large)."""
+    if not np.issubdtype(values.dtype, np.floating) or values.size == 0:
+        return 0
+    step = max(1, COUNTED_SLAB * values.shape[-1] // values.size)
+    return sum(int(np.count_nonzero(~np.isfinite(values[..., start : start + step])))
+               for start in range(0, values.shape[-1], step))
 
 
 def load_label_map(path: str | os.PathLike, reference: Volume) -> Volume:

@@ -14,6 +14,7 @@ from dicom_fixtures import NUM_SLICES, write_ct_series
 from helpers import child_env
 from pydicom.data import get_testdata_file
 
+from modeling_icmoe.cli import main
 from modeling_icmoe.dicom import load_dicom_series
 from modeling_icmoe.volumes import load_label_map, load_volume, save_label_map
 from training.volume_data import load_volume_dataset
@@ -69,6 +70,35 @@ def test_bad_series_are_named(tmp_path):
     ds.save_as(duplicate / "slice_1_again.dcm")
     with pytest.raises(ValueError, match="share one position"):
         load_dicom_series(duplicate)
+
+
+def test_slices_that_disagree_on_spacing_or_frame_of_reference_are_named(tmp_path, capsys):
+    folder, _ = write_ct_series(tmp_path / "series")
+    rounded = pydicom.dcmread(folder / "slice_1.dcm")
+    rounded.PixelSpacing = [0.50002, 0.8]  # a writer's rounding, within the tolerance
+    rounded.save_as(folder / "slice_1.dcm")
+    assert load_volume(folder).spacing == pytest.approx((0.8, 0.5, 5.0), rel=1e-5)
+    for name, spacing in (("slice_3.dcm", [0.45, 0.8]), ("slice_4.dcm", [0.5, 0.9])):
+        ds = pydicom.dcmread(folder / name)
+        ds.PixelSpacing = spacing
+        ds.save_as(folder / name)
+    with pytest.raises(ValueError, match=r"disagree on PixelSpacing: slice_0\.dcm has \[0\.5, 0\.8\], but "
+                                         r"slice_3\.dcm has \[0\.45, 0\.8\]; slice_4\.dcm has \[0\.5, 0\.9\];"):
+        load_volume(folder)
+    # `icmoe-sam predict` refuses the series before it loads the model: this one is a config without weights.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "icmoe_sam"}')
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(folder), "--output",
+                 str(tmp_path / "pred.dcm"), "--boxes", str(tmp_path / "unread.json")]) == 2
+    assert "slice_3.dcm has [0.45, 0.8]" in capsys.readouterr().err and not (tmp_path / "pred.dcm").exists()
+
+    folder, _ = write_ct_series(tmp_path / "frames")
+    ds = pydicom.dcmread(folder / "slice_2.dcm")
+    frame, ds.FrameOfReferenceUID = ds.FrameOfReferenceUID, pydicom.uid.generate_uid()
+    ds.save_as(folder / "slice_2.dcm")
+    with pytest.raises(ValueError, match=rf"disagree on FrameOfReferenceUID: slice_0\.dcm has {frame}, but "
+                                         rf"slice_2\.dcm has {ds.FrameOfReferenceUID};"):
+        load_volume(folder)
 
 
 def test_seg_round_trip_references_the_series(tmp_path):
@@ -183,7 +213,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
     predicted = load_label_map(tmp_path / "pred.dcm", volume)
     assert predicted.label_names == {1: "lesion"}
     assert set(np.unique(predicted.data)) <= {0, 1} and not predicted.data[..., [0, 4]].any()
-    assert (tmp_path / "pred_metrics.json").is_file()
+    assert (tmp_path / "pred.dcm.metrics.json").is_file()
     nifti_input = subprocess.run(
         [*command[:7], str(_nifti_of(volume, tmp_path)), *command[8:]], env=env, capture_output=True, text=True,
         timeout=300, cwd=REPO,

@@ -355,7 +355,7 @@ def test_predict_propagate_end_to_end(tmp_path, two_organs, icmoe_dir):
     expected = segment_volume(model, processor, volume, prompts_from_boxes(key, volume, 2), axis=2, window=WINDOW,
                               progress=False, propagate=True, points=points_from_entries(clicks, volume, 2))
     assert np.array_equal(np.asarray(saved.dataobj), expected)
-    assert json.loads((tmp_path / "pred_metrics.json").read_text())["per_class"].keys() <= {"1", "2"}
+    assert json.loads((tmp_path / "pred.nii.gz.metrics.json").read_text())["per_class"].keys() <= {"1", "2"}
 
     bad_points = tmp_path / "bad_points.json"
     bad_points.write_text(json.dumps([{"slice": 11, "label": 4, "point": [3, 3], "positive": True}]))

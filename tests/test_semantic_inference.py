@@ -44,6 +44,7 @@ from modeling_icmoe.volumes import (
     load_label_map,
     load_nifti,
     load_volume,
+    save_label_map,
     segment_volume_without_prompts,
 )
 
@@ -98,7 +99,7 @@ def test_predict_without_prompts_writes_every_class_at_the_inputs_geometry(tmp_p
     assert f"classes predicted: {', '.join(CLASSES[v] for v in present)})" in result.stdout
     # The reference holds liver (1) and kidney (2), no spleen (3): spleen is a false positive where predicted, else
     # absent from both and not counted.
-    scores = json.loads((tmp_path / "pred_metrics.json").read_text())
+    scores = json.loads((tmp_path / "pred.nii.gz.metrics.json").read_text())
     reference = load_label_map(label_path, volume).data
     assert set(np.unique(reference).tolist()) == {0, 1, 2}
     spleen = [3] if 3 in present else []
@@ -133,7 +134,7 @@ def test_chosen_classes_the_largest_component_and_a_reference_missing_a_class(tm
                     "soft_tissue", "--label_ids", 2, "--reference", missing) == 0
     kidney = load_label_map(tmp_path / "kidney.nii.gz", volume).data
     assert np.array_equal(kidney, np.where(full == 2, 2, 0))  # the other classes written as background
-    scores = json.loads((tmp_path / "kidney_metrics.json").read_text())
+    scores = json.loads((tmp_path / "kidney.nii.gz.metrics.json").read_text())
     assert scores["absent_in_reference"] == [2] and scores["per_class"]["2"]["dice"] == 0.0  # a false positive
     assert scores["reference_labels_not_scored"] == [1, 7]
 
@@ -176,12 +177,27 @@ def test_scores_follow_the_absent_class_rule(tmp_path):
     args = Namespace(input="ct.nii.gz", reference="reference.nii.gz", nsd_tolerance_mm=1.0,
                      output=str(tmp_path / "pred.nii.gz"), metrics_output=None)
     result = _score(args, prediction, reference, [1, 2, 3, 4], {1: "liver", 2: "kidney", 3: "spleen", 4: "aorta"})
-    assert json.loads((tmp_path / "pred_metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert json.loads((tmp_path / "pred.nii.gz.metrics.json").read_text()) == json.loads(json.dumps(result))
     assert set(result["per_class"]) == {"1", "2", "3"} and result["not_counted"] == [4]
     assert result["per_class"]["1"]["dice"] == 1.0 and result["per_class"]["1"]["hd95"] == 0.0
     assert result["per_class"]["2"]["dice"] == 0.0 and result["absent_in_reference"] == [2]
     assert result["per_class"]["3"]["dice"] == 0.0  # a miss
     assert result["per_class"]["3"]["hd95"] == pytest.approx(np.linalg.norm([6.0, 6.0, 6.0]))
+
+
+def test_a_seg_and_a_nifti_output_of_one_input_keep_their_own_scores(tmp_path, saved):
+    folder, masks = write_ct_series(tmp_path / "series")
+    volume = load_volume(folder)
+    reference = save_label_map(np.transpose(masks, (2, 1, 0))[::-1, ::-1, :].astype(np.uint8), volume,
+                               tmp_path / "reference.nii.gz")
+    for output in ("seg.dcm", "seg.nii.gz"):
+        assert _predict("--model", saved, "--input", folder, "--output", tmp_path / output, "--window",
+                        "soft_tissue", "--reference", reference) == 0
+    assert sorted(p.name for p in tmp_path.glob("seg*")) == [
+        "seg.dcm", "seg.dcm.metrics.json", "seg.nii.gz", "seg.nii.gz.metrics.json"
+    ]
+    for output in ("seg.dcm", "seg.nii.gz"):
+        assert json.loads((tmp_path / f"{output}.metrics.json").read_text())["reference"] == str(reference)
 
 
 def test_predict_on_a_series_writes_one_segment_per_predicted_class(tmp_path, saved, segmenter):

@@ -125,7 +125,7 @@ def test_label_values_behind_the_class_ids_are_kept_for_predict(tmp_path, tiny_b
                 "--reference", str(label), "--device", "cpu"]) == 0
     written = set(np.unique(np.asarray(nib.load(str(tmp_path / "p.nii.gz")).dataobj))) - {0}
     assert written <= {2}
-    scores = json.loads((tmp_path / "p_metrics.json").read_text())
+    scores = json.loads((tmp_path / "p.nii.gz.metrics.json").read_text())
     assert set(scores["per_class"]) <= {"2"} and scores["reference_labels_not_scored"] == [1]
     # --label_ids of predict are the same label values.
     assert cli(["predict", "--model", str(out), "--input", str(image), "--output", str(tmp_path / "q.nii.gz"),

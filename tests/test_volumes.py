@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from modeling_icmoe.volume_metrics import score_volume
 from modeling_icmoe.volumes import (
     load_label_map,
     load_nifti,
+    load_volume,
     prompts_from_boxes,
     prompts_from_label_map,
     resolve_slice_axis,
@@ -108,6 +110,28 @@ def test_bad_volume_inputs_are_named(tmp_path, volume_files):
         resolve_slice_axis(3)
     with pytest.raises(ValueError, match="Box entry 0"):
         prompts_from_boxes([{"slice": 1, "label": 1, "box": [0, 0, 99, 5]}], volume, 2)
+
+
+def test_nan_and_infinite_voxels_are_refused_in_prediction_and_training(tmp_path, volume_files, capsys):
+    from modeling_icmoe.cli import main
+
+    _, label_path, image, _ = volume_files
+    holed = image.astype(np.float32)
+    holed[0, 0, 0], holed[3, 4, 5], holed[7, 7, 1] = np.nan, np.inf, -np.inf
+    holed_path = save_nifti(holed, tmp_path / "holed.nii.gz")
+    message = r"holed\.nii\.gz: 3 of 4032 voxels are NaN or infinite"
+    with pytest.raises(ValueError, match=message):
+        load_volume(holed_path)
+    # The command refuses the volume before it loads the model: this one is a config without weights.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "icmoe_sam"}))
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(holed_path), "--output",
+                 str(tmp_path / "pred.nii.gz"), "--prompt_labels", str(label_path)]) == 2
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "pred.nii.gz").exists()
+    folder = write_decathlon(tmp_path / "Task", cases=2)
+    save_nifti(holed, folder / "imagesTr" / "case001_0000.nii.gz")
+    with pytest.raises(ValueError, match=r"case001_0000\.nii\.gz: 3 of 4032 voxels are NaN or infinite"):
+        load_volume_dataset(str(folder), image_column="image", mask_column="mask", validation_fraction=0.5, seed=0)
 
 
 def test_ct_window():
@@ -251,7 +275,7 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
     # Predictions only where a prompt was: slices holding no label stay empty; prompted ones are not.
     assert not predicted[..., 0].any() and not predicted[..., 5].any()
     assert all(predicted[..., k].any() for k in (1, 2, 3, 4))
-    scores = json.loads((tmp_path / "pred_metrics.json").read_text())
+    scores = json.loads((tmp_path / "pred.nii.gz.metrics.json").read_text())
     assert set(scores["per_class"]) == {"1", "2"} and "hd95" in scores["per_class"]["1"]
 
     boxes = tmp_path / "boxes.json"
