@@ -202,3 +202,15 @@ def test_mask_decoder_learning_rate_scale_must_be_positive(tiny_base_dir, capsys
     with pytest.raises(SystemExit):
         parse_args(["--base_model", str(tiny_base_dir), "--mask_decoder_lr_scale", "0"])
     assert "--mask_decoder_lr_scale must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "home"), [("prompt_inputs", "training.prompts"),
+                                            ("routed_counts", "training.diagnostics")])
+def test_step_helpers_moved_out_of_evaluation_keep_their_old_name(name, home):
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=f"moved to `{home}.{name}`"):
+        from training import evaluation
+
+        value = getattr(evaluation, name)
+    assert value is getattr(importlib.import_module(home), name)

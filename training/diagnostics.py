@@ -91,3 +91,8 @@ def training_diagnostics(records: list[dict], weights: dict[str, float]) -> dict
         "contrastive_loss_end": records[-1]["loss_terms"].get("contrastive"),
         "logged_steps": [records[0]["step"], records[-1]["step"]],
     }
+
+
+def routed_counts(router_probs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(layers, experts) count of (token, slot) pairs routed to each expert; divided by its row sum, the load."""
+    return torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in router_probs])

@@ -12,15 +12,11 @@ from modeling_icmoe import IcMoeSamModel
 from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .diagnostics import VotingStats
+from .diagnostics import routed_counts as _routed_counts
 from .methods import sam_of
 from .metrics import load_segmentation_metric
-from .prompts import jitter_boxes, sample_points
+from .prompts import prompt_inputs as _prompt_inputs
 from .volume_data import VOLUME_COLUMNS
-
-
-def routed_counts(router_probs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """(layers, experts) count of (token, slot) pairs routed to each expert; divided by its row sum, the load."""
-    return torch.stack([(votes > 0).float().sum(dim=(0, 1, 2)) for votes in router_probs])
 
 
 def reduce_routing_stats(counts: torch.Tensor, voting: VotingStats, accelerator) -> tuple[np.ndarray, VotingStats]:
@@ -30,28 +26,6 @@ def reduce_routing_stats(counts: torch.Tensor, voting: VotingStats, accelerator)
     totals = accelerator.reduce(torch.cat([voting.sums, torch.tensor([voting.tokens], dtype=torch.float64)]).to(
         accelerator.device), reduction="sum").cpu()
     return load, VotingStats(sums=totals[:-1], tokens=float(totals[-1]))
-
-
-def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: float, generator) -> dict:
-    """Model inputs for `batch` under the chosen prompt kind. `generator=None` means evaluation: exact boxes and
-    the most interior point; otherwise boxes are jittered and points drawn at random inside the mask."""
-    if prompt == "none":  # the prompt-free model: the image alone
-        return {"pixel_values": batch["pixel_values"]}
-    inputs = {"pixel_values": batch["pixel_values"], "multimask_output": prompt == "point"}
-    if "box" in prompt:
-        boxes = batch["input_boxes"]
-        if generator is not None:
-            boxes = jitter_boxes(
-                boxes, fraction=box_jitter, image_sizes=batch["reshaped_input_sizes"], generator=generator
-            )
-        inputs["input_boxes"] = boxes
-    if "point" in prompt:
-        points = sample_points(
-            batch["labels"], num_points=num_points, input_size=batch["pixel_values"].shape[-1], generator=generator
-        )
-        inputs["input_points"] = points
-        inputs["input_labels"] = torch.ones(points.shape[:3], dtype=torch.long, device=points.device)
-    return inputs
 
 
 def volume_scores(predictions: list, references: list, metas: list[dict], *, nsd_tolerance_mm: float) -> dict:
@@ -106,7 +80,7 @@ def evaluate_model(
     load, voting = None, VotingStats()
     batches = tqdm(loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process)
     for batch in batches:
-        inputs = prompt_inputs(batch, prompt=prompt, num_points=num_points, box_jitter=0.0, generator=None)
+        inputs = _prompt_inputs(batch, prompt=prompt, num_points=num_points, box_jitter=0.0, generator=None)
         outputs = model(**inputs, output_router_probs=True) if is_icmoe else model(**inputs)
         best = outputs.iou_scores.argmax(dim=-1)  # (B, P)
         masks = processor.post_process_masks(
@@ -119,7 +93,7 @@ def evaluate_model(
             local_meta = [dict(zip(VOLUME_COLUMNS, values)) for values in zip(*(batch[k] for k in VOLUME_COLUMNS))]
             metas += accelerator.gather_for_metrics(local_meta, use_gather_object=True)
         if is_icmoe:
-            counts = routed_counts(outputs.router_probs)
+            counts = _routed_counts(outputs.router_probs)
             load = counts if load is None else load + counts  # (L, R)
             voting.add(outputs.routing, batch["labels"], sam.config.icmoe_config)
         if len(examples) < num_examples:
@@ -191,3 +165,17 @@ def _examples(batch, inputs, outputs, best, local, processor, count: int, shown:
             Example(image.permute(1, 2, 0).numpy(), target.numpy(), prediction.numpy(), winner, box, points, dice)
         )
     return result
+
+
+def __getattr__(name: str):
+    """`prompt_inputs` and `routed_counts` serve the training step as well as evaluation: they moved to
+    `training.prompts` and `training.diagnostics`; the old names work for one release, with a warning."""
+    homes = {"prompt_inputs": "training.prompts", "routed_counts": "training.diagnostics"}
+    if name in homes:
+        import importlib
+        import warnings
+
+        warnings.warn(f"`training.evaluation.{name}` moved to `{homes[name]}.{name}`; the old name will be removed in "
+                      "the next release.", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(homes[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,7 +34,8 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .distributed import accelerator_device_kwargs, check_world, enable_fsdp_on_cpu, finish_collectives, world_info
-from .evaluation import prompt_inputs, routed_counts
+from .diagnostics import routed_counts
+from .prompts import prompt_inputs
 from .methods import check_base_model, model_loss, rebuild_model
 from .outputs import METRIC_KEYS, print_table, run_info, write_outputs
 from .preparation import TrainingSetup, _param_groups, prepare_training  # noqa: F401  (_param_groups: tests)

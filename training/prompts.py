@@ -73,3 +73,25 @@ def _interior_depth(masks: torch.Tensor) -> torch.Tensor:
         # Zero padding: outside the image counts as background, so even a full mask erodes away.
         current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
     return depth
+
+
+def prompt_inputs(batch: dict, *, prompt: str, num_points: int, box_jitter: float, generator) -> dict:
+    """Model inputs for `batch` under the chosen prompt kind. `generator=None` means evaluation: exact boxes and
+    the most interior point; otherwise boxes are jittered and points drawn at random inside the mask."""
+    if prompt == "none":  # the prompt-free model: the image alone
+        return {"pixel_values": batch["pixel_values"]}
+    inputs = {"pixel_values": batch["pixel_values"], "multimask_output": prompt == "point"}
+    if "box" in prompt:
+        boxes = batch["input_boxes"]
+        if generator is not None:
+            boxes = jitter_boxes(
+                boxes, fraction=box_jitter, image_sizes=batch["reshaped_input_sizes"], generator=generator
+            )
+        inputs["input_boxes"] = boxes
+    if "point" in prompt:
+        points = sample_points(
+            batch["labels"], num_points=num_points, input_size=batch["pixel_values"].shape[-1], generator=generator
+        )
+        inputs["input_points"] = points
+        inputs["input_labels"] = torch.ones(points.shape[:3], dtype=torch.long, device=points.device)
+    return inputs

@@ -27,7 +27,8 @@ from modeling_icmoe.volume_metrics import score_volume, summarize
 
 from .data import class_map
 from .diagnostics import VotingStats
-from .evaluation import reduce_routing_stats, routed_counts
+from .diagnostics import routed_counts
+from .evaluation import reduce_routing_stats
 from .methods import sam_of
 from .semantic_metrics import score_class_maps
 from .volume_data import VOLUME_COLUMNS, volume_label_names
