@@ -49,7 +49,6 @@ from benchmarks import unet_baseline  # noqa: E402
 from benchmarks.accuracy_methods import method_run_args  # noqa: E402
 from benchmarks.harness import machine, portable, save  # noqa: E402
 from benchmarks.semantic_methods import SEMANTIC_METHODS  # noqa: E402
-from modeling_icmoe.run_folder import EVAL_RESULTS_NAME  # noqa: E402
 from training.arguments import DEFAULT_BASE_MODEL  # noqa: E402
 
 TASK = REPO_ROOT / "training" / "data" / "ct_abdomen_volumes"
@@ -193,6 +192,13 @@ def paired_difference(test: dict, method: str, reference: str = "icmoe", seed: i
                 runs[record["seed"]] = {(v["volume"], c): d for v in record["per_volume"] for c, d in v["dice"].items()}
         return runs
 
+    def headline(scores: dict[tuple[str, str], float], sample: list[str]) -> float:
+        """The headline rule (`mean_dice`) on the volumes of `sample`, a volume drawn twice counted twice."""
+        by_volume: dict[str, dict[str, float]] = {}
+        for (volume, name), value in scores.items():
+            by_volume.setdefault(volume, {})[name] = value
+        return mean_dice([{"volume": volume, "dice": by_volume[volume]} for volume in sample])
+
     ours, theirs = by_seed(reference), by_seed(method)
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
@@ -200,28 +206,14 @@ def paired_difference(test: dict, method: str, reference: str = "icmoe", seed: i
     pairs = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
     diff = {pair: float(np.mean([ours[s][pair] - theirs[s][pair] for s in seeds])) for pair in pairs}
     volumes = sorted({volume for volume, _ in pairs})
-
-    def headline(sample: list[str]) -> float:
-        by_class: dict[str, list[float]] = {}
-        for volume in sample:
-            for (v, name), value in diff.items():
-                if v == volume:
-                    by_class.setdefault(name, []).append(value)
-        return float(np.mean([np.mean(values) for values in by_class.values()]))
-
     rng = np.random.default_rng(seed)
-    draws = [headline(list(rng.choice(volumes, size=len(volumes)))) for _ in range(BOOTSTRAP_SAMPLES)]
-    per_seed = [mean_dice_of({p: ours[s][p] for p in pairs}) - mean_dice_of({p: theirs[s][p] for p in pairs})
+    draws = [headline(diff, list(rng.choice(volumes, size=len(volumes)))) for _ in range(BOOTSTRAP_SAMPLES)]
+    per_seed = [headline({p: ours[s][p] for p in pairs}, volumes) - headline({p: theirs[s][p] for p in pairs}, volumes)
                 for s in seeds]
     return {"reference": reference, "method": method, "seeds": seeds, "pairs": len(pairs), "volumes": len(volumes),
-            "difference": headline(volumes), "ci95": [float(np.percentile(draws, 2.5)),
+            "difference": headline(diff, volumes), "ci95": [float(np.percentile(draws, 2.5)),
                                                       float(np.percentile(draws, 97.5))],
             "per_seed_difference": per_seed, "bootstrap_samples": BOOTSTRAP_SAMPLES}
-
-
-def mean_dice_of(scores: dict[tuple[str, str], float]) -> float:
-    """The headline rule on {(volume, class): Dice}."""
-    return mean_dice([{"volume": v, "dice": {c: d}} for (v, c), d in scores.items()])
 
 
 def mean_dice(records: list[dict]) -> float:
@@ -275,7 +267,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             results = train(args, ["--dataset", str(TASK), *extra, "--seed", str(seed)], run_dir)
             record = {"method": method, "seed": seed, "run_volumes": results["volumes"]["mean"],
                       "run_volumes_per_class": results["volumes"]["per_class"], "train_seconds": results["train_seconds"],
-                      "slice_dice": results["dice"]}
+                      "trainable_params": results["trainable_params"], "slice_dice": results["dice"]}
             if method == "icmoe":
                 plain = predict(run_dir, test_pairs, run_dir / "predictions", clean_up=False)
                 cleaned = predict(run_dir, test_pairs, run_dir / "predictions", clean_up=True)
@@ -283,16 +275,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                               per_volume=plain, per_volume_keep_largest_component=cleaned)
             test[key] = record
             save(data, args.output)
-    for key, record in test.items():  # runs recorded before their size was: read back from the run's own results
-        results_file = work / "runs" / record["method"] / f"seed{record['seed']}" / EVAL_RESULTS_NAME
-        if "trainable_params" not in record and results_file.is_file():
-            record["trainable_params"] = json.loads(results_file.read_text())["trainable_params"]
-            save(data, args.output)
     if args.baselines:
         rates, matched = chosen_rates(args.rates_from)
         data["baselines"] = {"rates_from": portable(args.rates_from), "matched_ranks": matched,
-                             "rates": {m: rates[m.removesuffix("_own_budget")] if m == "unet_own_budget" else rates[m]
-                                       for m in args.baselines},
+                             "rates": {m: rates[m.removesuffix("_own_budget")] for m in args.baselines},
                              "rule": "each method's rate as the 2-D prompt-free benchmark chose it on validation; "
                                      "the U-Net at its own budget takes the U-Net's, as on the 2-D task"}
     for method in args.baselines:
