@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     if args.window is not None:
         try:
-            args.window = resolve_window(args.window[0] if len(args.window) == 1 else [float(v) for v in args.window])
+            args.window = resolve_window(args.window)
         except ValueError as err:
             parser.error(f"--window: {err}")
     return args

@@ -223,7 +223,7 @@ def predict(args: argparse.Namespace) -> dict:
               f"was trained on ({record['slice_axis']}); its slices may look unlike its training data.",
               file=sys.stderr)
     if args.window:
-        window = resolve_window(args.window[0] if len(args.window) == 1 else args.window)
+        window = resolve_window(args.window)
     else:
         window = resolve_window(record["window"]) if record.get("window") is not None else None
     print(f"Slicing along canonical axis {axis}; intensities: "

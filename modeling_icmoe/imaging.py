@@ -62,9 +62,12 @@ def _pil_to_numpy(image: PIL.Image.Image) -> np.ndarray:
 
 
 def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] | None:
-    """`(level, width)` of a CT window given as a preset name (`CT_WINDOWS`) or as two numbers; `None` stays `None`."""
+    """`(level, width)` of a CT window given as a preset name (`CT_WINDOWS`) or as two numbers (strings of numbers
+    too); a one-item list holds a preset name, as a `--window` option with `nargs="+"` gives it. `None` stays `None`."""
     if window is None:
         return None
+    if not isinstance(window, str) and len(window) == 1 and isinstance(window[0], str):
+        window = window[0]
     if isinstance(window, str):
         if window not in CT_WINDOWS:
             raise ValueError(f"Unknown window preset {window!r}; choose one of {sorted(CT_WINDOWS)} or give level and width.")

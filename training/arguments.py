@@ -175,8 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--box_jitter must be in [0, 1), got {args.box_jitter}")
     if args.window is not None:
         try:
-            window = args.window[0] if len(args.window) == 1 else [float(v) for v in args.window]
-            args.window = resolve_window(window)
+            args.window = resolve_window(args.window)
         except ValueError as err:
             parser.error(f"--window: {err}")
     try:
