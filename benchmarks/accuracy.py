@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks import harness  # noqa: E402
 from benchmarks.accuracy_methods import (  # noqa: E402, F401  (tests and callers read the tables here too)
     ABLATIONS,
+    BASELINE_CANDIDATES,
     DEFAULT_LR_GRID,
     ICMOE_CANDIDATES,
     ICMOE_VARIANTS,
@@ -103,7 +104,8 @@ class AccuracyBenchmark(harness.Benchmark):
     fallback_tasks = FALLBACK_TASKS
     methods = tuple(RUN_METHOD)
     methods_help = (f"Default: {' '.join(MAIN_METHODS)}. Ablations: {' '.join(ABLATIONS)}. "
-                    f"Candidate defaults: {' '.join(ICMOE_CANDIDATES)}.")
+                    f"Candidate defaults: {' '.join(ICMOE_CANDIDATES)}. Baseline candidates (run with "
+                    f"--lr_grid_from): {' '.join(BASELINE_CANDIDATES)}.")
     defaults, smoke, default_output = DEFAULTS, SMOKE, DEFAULT_OUTPUT
     shared_settings = SHARED_SETTINGS
 
@@ -116,8 +118,15 @@ class AccuracyBenchmark(harness.Benchmark):
         return tuple(args.lr_grid or DEFAULT_LR_GRID.get(RUN_METHOD[method], ()))
 
     @classmethod
+    def reference_method(cls, method: str) -> str:
+        return BASELINE_CANDIDATES.get(method, (method, None))[0]
+
+    @classmethod
     def protocol_extra(cls, args: argparse.Namespace) -> dict:
-        return {"icmoe_variants": {m: ICMOE_VARIANTS[m] for m in args.methods if m in ICMOE_VARIANTS}}
+        return {"icmoe_variants": {m: ICMOE_VARIANTS[m] for m in args.methods if m in ICMOE_VARIANTS},
+                **({"baseline_candidates": {m: BASELINE_CANDIDATES[m] for m in args.methods
+                                            if m in BASELINE_CANDIDATES}}
+                   if any(m in BASELINE_CANDIDATES for m in args.methods) else {})}
 
     @classmethod
     def write_report(cls, data: dict, report_path: Path, name: str) -> None:
@@ -133,15 +142,11 @@ class AccuracyBenchmark(harness.Benchmark):
         _, run_method_args, config, _ = self.method_spec(method)
         settings = {
             "task": task["name"], "task_fingerprint": task_fingerprint(task),
-            "split": "train -> test",
             "method": method, "seed": seed, "learning_rate": lr, "base_model": portable(self.args.base_model),
             "run_args": self.common_args(task) + run_method_args,
             "icmoe_config": config.to_dict() if config else None,
         }
-        if kind == "selection":
-            split = self.selection_split(task)
-            settings["validation_split"], settings["split"] = split.split_id, split.description
-        return settings
+        return {**settings, **self.split_settings(kind, task)}
 
     def execute(self, kind: str, task: dict, method: str, seed: int, lr: float | None, folder: Path) -> dict:
         _, run_method_args, config, _ = self.method_spec(method)

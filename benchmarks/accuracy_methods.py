@@ -3,6 +3,8 @@ each benchmark method, learning-rate grids, and the ranks that match the baselin
 
 from __future__ import annotations
 
+import dataclasses
+
 from modeling_icmoe import IcMoeAdapterConfig
 
 # IC-MoE variants as overrides of the default `IcMoeAdapterConfig`: the one table to edit when its fields change.
@@ -110,6 +112,26 @@ RUN_ARG_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lora_matched_decoder_lr0.3": ("lora_matched", ["--mask_decoder_lr_scale", "0.3"]),
 }
 RUN_METHOD.update({name: RUN_METHOD[base] for name, (base, _) in RUN_ARG_VARIANTS.items()})
+# The baselines' configuration search (validation splits only; `results/baseline_search.json`), as IC-MoE's
+# default was searched: each candidate is one change from its reference, a main method, given as options of how the
+# baseline is built (`training.methods.BaselineOptions`; LoRA's alpha as a multiple of its rank) or
+# `layer_lr_decay`. A candidate that changes what is adapted (LoRA's targets, the adapter's placement) gets the rank
+# that matches IC-MoE's encoder budget again.
+BASELINE_CANDIDATES: dict[str, tuple[str, dict]] = {
+    "lora_matched_alpha2": ("lora_matched", {"lora_alpha_per_rank": 2.0}),
+    "lora_matched_alpha4": ("lora_matched", {"lora_alpha_per_rank": 4.0}),
+    "lora_matched_attention": ("lora_matched", {"lora_targets": "attention"}),  # qkv and the attention output
+    "lora_matched_all": ("lora_matched", {"lora_targets": "all"}),  # every linear layer of the block
+    "lora_matched_dropout0.1": ("lora_matched", {"lora_dropout": 0.1}),
+    "adapter_matched_attention": ("adapter_matched", {"adapter_placement": "attention"}),  # beside qkv, as IC-MoE
+    "adapter_matched_scale2": ("adapter_matched", {"adapter_scale": 2.0}),  # IC-MoE's output scale
+    "adapter_matched_scale4": ("adapter_matched", {"adapter_scale": 4.0}),
+    "adapter_matched_attention_scale2": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 2.0}),
+    "full_lld0.8": ("full", {"layer_lr_decay": 0.8}),
+    "full_lld0.6": ("full", {"layer_lr_decay": 0.6}),
+}
+RUN_METHOD.update({name: RUN_METHOD[reference] for name, (reference, _) in BASELINE_CANDIDATES.items()})
+REMATCHED_OPTIONS = ("lora_targets", "adapter_placement")  # options that change a rank's parameter count
 MATCHED_RANK = {"lora_matched": "lora", "adapter_matched": "adapter"}  # searched at IC-MoE's encoder budget
 DEFAULT_RANKS = {"lora": 4, "adapter": 64}  # run.py's defaults, used by the unmatched `lora` and `adapter`
 MATCH_TOLERANCE = 0.2
@@ -145,7 +167,18 @@ def icmoe_variant_config(overrides: dict) -> IcMoeAdapterConfig:
     return IcMoeAdapterConfig(**values)
 
 
-def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None, lora_rank=4, adapter_rank=64) -> int:
+def baseline_options(options: dict):
+    """`training.methods.BaselineOptions` of a candidate's options (those that are not run settings)."""
+    from training.methods import BaselineOptions
+
+    fields = {field.name for field in dataclasses.fields(BaselineOptions)}
+    return BaselineOptions(**{k: v for k, v in options.items() if k in fields})
+
+
+def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None, lora_rank=4, adapter_rank=64,
+                         baseline: dict | None = None) -> int:
+    """Trainable parameters under the image encoder of `run_method` built with these settings (`baseline`: a
+    candidate's options)."""
     from transformers.utils import logging
 
     from training.methods import build_model, encoder_trainable_params
@@ -156,14 +189,16 @@ def count_encoder_params(run_method: str, base_model: str, *, icmoe_config=None,
     logging.set_verbosity_error()  # every build would print the adapters' missing-weights report
     try:
         model = build_model(run_method, base_model, icmoe_config=icmoe_config or IcMoeAdapterConfig(),
-                            lora_rank=lora_rank, adapter_rank=adapter_rank)
+                            lora_rank=lora_rank, adapter_rank=adapter_rank,
+                            baseline=baseline_options(baseline or {}))
     finally:
         logging.set_verbosity(verbosity)
     return encoder_trainable_params(model)
 
 
 def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
-    """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts.
+    """LoRA and adapter ranks at IC-MoE's (default config) trainable encoder parameters, with the counts (and under
+    `variants`, those of the candidates that change what a matched baseline adapts).
 
     `recorded`: the matched ranks of an existing results file. A recorded rank is kept while its count stays within
     the tolerance of the current target, so that a change of IC-MoE's default inside the tolerance does not make
@@ -172,35 +207,64 @@ def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
 
     target = count_encoder_params("icmoe", base_model)
     matched = {"icmoe_encoder_params": target, "tolerance": MATCH_TOLERANCE}
+    recorded = recorded or {}
     for kind in ("lora", "adapter"):
-        kept = (recorded or {}).get(f"{kind}_encoder_params")
+        kept = recorded.get(f"{kind}_encoder_params")
         if kept is not None and abs(kept - target) <= MATCH_TOLERANCE * target:
             matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = recorded[f"{kind}_rank"], kept
-            continue
-        cache: dict[int, int] = {}
-
-        def count(rank: int, kind=kind, cache=cache) -> int:
-            if rank not in cache:
-                cache[rank] = count_encoder_params(kind, base_model, **{f"{kind}_rank": rank})
-            return cache[rank]
-
-        rank, params = match_rank(count, target)
-        if abs(params - target) > MATCH_TOLERANCE * target:
-            raise ValueError(f"No {kind} rank gets within {MATCH_TOLERANCE:.0%} of IC-MoE's {target} encoder "
-                             f"parameters (best: rank {rank} with {params}).")
-        matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = rank, params
+        else:
+            matched[f"{kind}_rank"], matched[f"{kind}_encoder_params"] = _matched_rank(kind, base_model, target, {})
+    # Candidates that change what a matched baseline adapts get their own matched rank.
+    variants = {}
+    for name, (reference, options) in BASELINE_CANDIDATES.items():
+        if reference in MATCHED_RANK and any(key in options for key in REMATCHED_OPTIONS):
+            kept = recorded.get("variants", {}).get(name)
+            if kept is not None and abs(kept["encoder_params"] - target) <= MATCH_TOLERANCE * target:
+                variants[name] = kept
+                continue
+            rank, params = _matched_rank(MATCHED_RANK[reference], base_model, target, options)
+            variants[name] = {"rank": rank, "encoder_params": params, "options": options}
+    if variants:
+        matched["variants"] = variants
     return matched
+
+
+def _matched_rank(kind: str, base_model: str, target: int, options: dict) -> tuple[int, int]:
+    """(rank, trainable encoder parameters) of the `kind` baseline built with `options`, closest to `target`."""
+    from training.methods import match_rank
+
+    cache: dict[int, int] = {}
+
+    def count(rank: int) -> int:
+        if rank not in cache:
+            cache[rank] = count_encoder_params(kind, base_model, **{f"{kind}_rank": rank}, baseline=options)
+        return cache[rank]
+
+    rank, params = match_rank(count, target)
+    if abs(params - target) > MATCH_TOLERANCE * target:
+        raise ValueError(f"No {kind} rank gets within {MATCH_TOLERANCE:.0%} of IC-MoE's {target} encoder "
+                         f"parameters (best: rank {rank} with {params}).")
+    return rank, params
 
 
 def method_run_args(method: str, matched: dict) -> tuple[list[str], IcMoeAdapterConfig | None, dict]:
     """run.py arguments of `method`, its adapter config (IC-MoE variants) and what to record about it."""
     base, extra = RUN_ARG_VARIANTS.get(method, (method, []))
+    base, options = BASELINE_CANDIDATES.get(base, (base, {}))
     run_method = RUN_METHOD[base]
     argv, info = ["--method", run_method], {}
     if run_method in DEFAULT_RANKS:
         rank = matched[f"{run_method}_rank"] if base in MATCHED_RANK else DEFAULT_RANKS[run_method]
+        rank = matched.get("variants", {}).get(method, {}).get("rank", rank)
         argv += [f"--{run_method}_rank", str(rank)]
         info[f"{run_method}_rank"] = rank
+    if options:
+        options = dict(options)
+        if "lora_alpha_per_rank" in options:
+            options["lora_alpha"] = options.pop("lora_alpha_per_rank") * info["lora_rank"]
+        for key, value in options.items():
+            argv += [f"--{key}", str(value)]
+        info["baseline_options"] = options
     config = None
     if base in ICMOE_VARIANTS:
         config = icmoe_variant_config(ICMOE_VARIANTS[base])

@@ -42,7 +42,8 @@ VALIDATION_SEED = 0  # the split's seed, independent of the training seeds
 KEEP_OUTPUTS = (EVAL_RESULTS_NAME, TRAIN_LOG_NAME)
 METRICS = ("dice", "dice_std", "iou", "iou_std", "hd95", "hd95_std", "n_images")
 # Protocol entries that processes sharing one results file each add to (`save`).
-MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params", "semantic_methods")
+MERGED_PROTOCOL_KEYS = ("tasks", "icmoe_variants", "lr_grid", "trainable_encoder_params", "semantic_methods",
+                        "baseline_candidates")
 
 
 # ----------------------------------------------------------------------------------------------- tasks and data
@@ -121,6 +122,36 @@ def validation_dataset(task: dict, cache_dir: Path) -> tuple[Path, str]:
     if not (folder / "dataset_dict.json").is_file():
         save_dataset_dict(datasets.DatasetDict({"train": train.select(train_rows),
                                                 "validation": train.select(validation_rows)}), folder)
+    return folder, split_id
+
+
+FRESH_TEST_DIR = REPO_ROOT / "benchmarks" / "tasks" / "fresh_test"
+
+
+def fresh_test_folder(task: dict) -> Path:
+    """The task's fresh test set (`benchmarks/tasks/fresh_test/<task>/`, made by `make_simulated_tasks.py
+    --fresh_test_seed`); refused by name where the task has none."""
+    folder = FRESH_TEST_DIR / task["name"]
+    if not (folder / "metadata.csv").is_file():
+        raise SystemExit(f"--test_set fresh: task {task['name']} has no fresh test set ({portable(folder)} is missing); "
+                         "a real dataset cannot be drawn again, so it is scored on its own test split only")
+    return folder
+
+
+def fresh_test_dataset(task: dict, cache_dir: Path) -> tuple[Path, str]:
+    """The task's train split and its fresh test set, as a `save_to_disk` folder (cached), and an id of the two."""
+    import datasets
+
+    from training.data import load_raw_dataset
+
+    fresh = fresh_test_folder(task)
+    fresh_id = hashlib.sha256((fresh / "metadata.csv").read_bytes()).hexdigest()[:12]
+    split_id = f"{task_fingerprint(task)}-{fresh_id}"
+    folder = cache_dir / f"{task['name']}-fresh-{split_id}"
+    if not (folder / "dataset_dict.json").is_file():
+        train = load_raw_dataset(str(REPO_ROOT / task["path"]), image_column="image", mask_column="mask")["train"]
+        test = load_raw_dataset(str(fresh), image_column="image", mask_column="mask")["test"]
+        save_dataset_dict(datasets.DatasetDict({"train": train, "test": test}), folder)
     return folder, split_id
 
 
@@ -204,6 +235,21 @@ def validation_score(records: list[dict]) -> float:
     return float(np.mean(dice)) if all(math.isfinite(d) for d in dice) else -math.inf
 
 
+def best_recorded_rates(paths: list[Path], task: str, methods: list[str], top: int) -> tuple[float, ...]:
+    """The `top` learning rates with the best mean validation Dice on `task` in the results files `paths` (their
+    selection runs), best first, of the first of `methods` that they record; refused by name where none is."""
+    selection = [record for path in paths for record in json.loads(Path(path).read_text()).get("selection", [])]
+    for method in methods:
+        runs: dict[float, list[dict]] = {}
+        for record in selection:
+            if record["dataset"] == task and record["method"] == method:
+                runs.setdefault(record["learning_rate"], []).append(record)
+        if runs:
+            return tuple(sorted(runs, key=lambda lr: validation_score(runs[lr]), reverse=True)[:top])
+    raise SystemExit(f"--lr_grid_from: {', '.join(map(str, paths))} record no validation runs of "
+                     f"{' or '.join(dict.fromkeys(methods))} on {task}")
+
+
 def recorded_matched_ranks(path: Path) -> dict:
     """The matched ranks another results file records (`--matched_ranks_from`); a bad file is refused by name."""
     if not path.is_file():
@@ -237,7 +283,7 @@ class Benchmark:
     # Settings every record of one results file shares; a resume with other values must start a new file.
     shared_settings: tuple[str, ...] = (
         "base_model", "max_train_steps", "per_device_train_batch_size", "max_train_samples", "max_eval_samples",
-        "validation_fraction", "validation_seed", "selection_seeds")
+        "validation_fraction", "validation_seed", "selection_seeds", "test_set")
 
     def __init__(self, args: argparse.Namespace, data: dict):
         self.args, self.data = args, data
@@ -302,10 +348,22 @@ class Benchmark:
         return argv
 
     def eval_data(self, kind: str, task: dict) -> tuple[Path, str]:
-        """(dataset, eval split) of a run: the selection split's validation, or the task's test split."""
+        """(dataset, eval split) of a run: the selection split's validation, or the test split (the task's own, or
+        with `--test_set fresh` its fresh test set)."""
         if kind == "selection":
             return self.selection_split(task).dataset, "validation"
+        if self.args.test_set == "fresh":
+            return fresh_test_dataset(task, self.work / "splits")[0], "test"
         return REPO_ROOT / task["path"], "test"
+
+    def split_settings(self, kind: str, task: dict) -> dict:
+        """What a run's settings say about where it trains and is scored."""
+        if kind == "selection":
+            split = self.selection_split(task)
+            return {"split": split.description, "validation_split": split.split_id}
+        if self.args.test_set == "fresh":
+            return {"split": "train -> fresh test", "test_split": fresh_test_dataset(task, self.work / "splits")[1]}
+        return {"split": "train -> test"}
 
     def run_training_code(self, task: dict, method: str, seed: int, lr: float | None, *, run_args: list[str],
                           config, dataset: Path, eval_split: str, folder: Path) -> dict:
@@ -339,6 +397,13 @@ class Benchmark:
         """The record of one run: reused when one with identical settings exists, else trained and saved."""
         settings = self.settings(kind, task, method, seed, lr)
         table = self.data[kind]
+        if kind == "records" and self.args.test_set == "fresh":
+            earlier = [r for r in table if (r["dataset"], r["method"], r["seed"]) == (task["name"], method, seed)
+                       and r["settings"] != settings]
+            if earlier:  # a second look would let the fresh test set steer a choice
+                raise SystemExit(f"--test_set fresh: {task['name']} / {method} / seed {seed} was already scored on "
+                                 "the fresh test set with other settings; it is used once. Score a changed method "
+                                 "under a new name or in another results file, and say so.")
         for record in table:
             if record["settings"] == settings:
                 self.reused += 1
@@ -360,20 +425,37 @@ class Benchmark:
         if run_method is None:
             return None
         ranks = {k: v for k, v in info.items() if k.endswith("_rank")}
+        options = {k: v for k, v in info.get("baseline_options", {}).items() if k != "layer_lr_decay"}
         # Keyed by what is built, not by the method's name: a method keeps its name when the default config changes.
-        key = json.dumps([run_method, config.to_dict() if config else None, ranks], sort_keys=True)
+        key = json.dumps([run_method, config.to_dict() if config else None, ranks, *([options] if options else [])],
+                         sort_keys=True)
         cache = self.data["protocol"].setdefault("trainable_encoder_params", {})
         if key not in cache:
-            cache[key] = count_encoder_params(run_method, self.args.base_model, icmoe_config=config, **ranks)
+            cache[key] = count_encoder_params(run_method, self.args.base_model, icmoe_config=config, **ranks,
+                                              baseline=options)
         return cache[key]
+
+    @classmethod
+    def reference_method(cls, method: str) -> str:
+        """The method whose recorded rates `--lr_grid_from` reads for `method` (a candidate's reference)."""
+        return method
+
+    @classmethod
+    def task_lr_grid(cls, args: argparse.Namespace, task: dict, method: str) -> tuple[float, ...]:
+        """The rates tried for `method` on `task`: with `--lr_grid_from`, the `--lr_grid_top` best on that task in the
+        other results files (by mean validation Dice over their selection seeds) of the method itself, or where they
+        do not record it, of its reference method; else the method's grid."""
+        if args.lr_grid_from is None:
+            return cls.lr_grid(args, method)
+        return best_recorded_rates(args.lr_grid_from, task["name"], [method, cls.reference_method(method)],
+                                   args.lr_grid_top)
 
     def task_method(self, task: dict, method: str) -> None:
         lr = None
-        grid = self.lr_grid(self.args, method) if self.trains(method) else ()
+        grid = self.task_lr_grid(self.args, task, method) if self.trains(method) else ()
         if self.trains(method) and len(grid) == 1:  # nothing to choose: no validation runs
             lr = grid[0]
-            self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
-                                       (task["name"], method) or r["learning_rate"] == lr]
+            self.drop_records_at_other_rates(task, method, lr)
         elif self.trains(method):
             seeds = self.args.selection_seeds
             runs = {value: [self.run("selection", task, method, seed, value) for seed in seeds] for value in grid}
@@ -383,14 +465,19 @@ class Benchmark:
             for value, records in runs.items():
                 for record in records:
                     record["chosen"] = value == lr
-            # Seeds run earlier at another rate were tuned under another grid: they no longer belong.
-            self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
-                                       (task["name"], method) or r["learning_rate"] == lr]
+            self.drop_records_at_other_rates(task, method, lr)
             save(self.data, self.args.output, self.own)
         if self.args.selection_only:
             return
         for seed in self.args.seeds:
             self.run("records", task, method, seed, lr)
+
+    def drop_records_at_other_rates(self, task: dict, method: str, lr: float) -> None:
+        """Seeds run earlier at another rate were tuned under another grid: they no longer belong. Not on the fresh
+        test set, where such a record is a look already taken (`run` refuses to replace it)."""
+        if self.args.test_set != "fresh":
+            self.data["records"][:] = [r for r in self.data["records"] if (r["dataset"], r["method"]) !=
+                                       (task["name"], method) or r["learning_rate"] == lr]
 
     @classmethod
     def protocol_of(cls, args: argparse.Namespace, tasks: list[dict]) -> dict:
@@ -404,7 +491,11 @@ class Benchmark:
             "validation_seed": VALIDATION_SEED,
             "selection_seeds": args.selection_seeds,
             "selection_metric": "val_dice",
-            "lr_grid": {m: list(cls.lr_grid(args, m)) for m in args.methods if cls.trains(m)},
+            "test_set": args.test_set,
+            "lr_grid": {m: ({t["name"]: list(cls.task_lr_grid(args, t, m)) for t in tasks} if args.lr_grid_from
+                            else list(cls.lr_grid(args, m))) for m in args.methods if cls.trains(m)},
+            **({"lr_grid_from": {"files": [portable(p) for p in args.lr_grid_from], "top": args.lr_grid_top}}
+               if args.lr_grid_from else {}),
             "seeds": args.seeds,
             "methods": args.methods,
             **cls.protocol_extra(args),
@@ -469,6 +560,15 @@ def parse_args(argv: list[str] | None, benchmark: type[Benchmark]) -> argparse.N
                              "whole train split, never touch the test split.")
     parser.add_argument("--lr_grid", nargs="+", type=float, default=None,
                         help="One grid for every method (default: each method's own grid).")
+    parser.add_argument("--test_set", choices=("task", "fresh"), default="task",
+                        help="What the seeded runs are scored on: the task's own test split (default), or its fresh "
+                             "test set (benchmarks/tasks/fresh_test/), drawn with a seed never used and scored once "
+                             "after every choice is frozen.")
+    parser.add_argument("--lr_grid_from", type=Path, nargs="+", default=None,
+                        help="Other results files: each (task, method) tries the --lr_grid_top rates that it (or, "
+                             "where they do not record it, its reference method: a candidate's baseline) scored "
+                             "best on that task's validation split there. With --lr_grid_top 1, no validation run.")
+    parser.add_argument("--lr_grid_top", type=int, default=2, help="With --lr_grid_from: how many rates (default 2).")
     parser.add_argument("--max_train_steps", type=int, default=None,
                         help=f"Default {defaults['max_train_steps']}, equal for all methods.")
     parser.add_argument("--per_device_train_batch_size", type=int, default=4)
@@ -491,6 +591,8 @@ def parse_args(argv: list[str] | None, benchmark: type[Benchmark]) -> argparse.N
     parser.add_argument("--smoke", action="store_true", help="Tiny settings: " + json.dumps(smoke))
     args = parser.parse_args(argv)
     args.command = f"python {benchmark.script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.lr_grid_from is not None and args.lr_grid is not None:
+        parser.error("--lr_grid and --lr_grid_from are two ways to give the rates: pass one")
     for key in defaults:
         if getattr(args, key) is None:
             setattr(args, key, (smoke if args.smoke else defaults)[key])
@@ -502,6 +604,11 @@ def parse_args(argv: list[str] | None, benchmark: type[Benchmark]) -> argparse.N
     for name in ("max_train_steps", "per_device_train_batch_size", "max_train_samples", "max_eval_samples"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    for path in args.lr_grid_from or []:
+        if not path.is_file():
+            parser.error(f"--lr_grid_from: no results file at {path}")
+    if args.lr_grid_top <= 0:
+        parser.error(f"--lr_grid_top must be positive, got {args.lr_grid_top}")
     if args.lr_grid is not None and any(lr <= 0 for lr in args.lr_grid):
         parser.error(f"--lr_grid values must be positive, got {args.lr_grid}")
     return args

@@ -145,15 +145,12 @@ class SemanticBenchmark(harness.Benchmark):
     def settings(self, kind: str, task: dict, method: str, seed: int, lr: float | None) -> dict:
         _, _, config, _ = self.method_spec(method)
         settings = {
-            "task": task["name"], "task_fingerprint": harness.task_fingerprint(task), "split": "train -> test",
+            "task": task["name"], "task_fingerprint": harness.task_fingerprint(task),
             "method": method, "seed": seed, "learning_rate": lr,
             "base_model": harness.portable(self.args.base_model) if SEMANTIC_METHODS[method].base else None,
             "run_args": self.run_args(task, method), "icmoe_config": config.to_dict() if config else None,
         }
-        if kind == "selection":
-            split = self.selection_split(task)
-            settings["validation_split"], settings["split"] = split.split_id, split.description
-        return settings
+        return {**settings, **self.split_settings(kind, task)}
 
     def execute(self, kind: str, task: dict, method: str, seed: int, lr: float | None, folder: Path) -> dict:
         spec = SEMANTIC_METHODS[method]

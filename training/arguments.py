@@ -11,11 +11,14 @@ from modeling_icmoe.configuration_icmoe_sam import SEMANTIC_DECODERS
 from modeling_icmoe.volumes import resolve_slice_axis
 
 from .methods import (
+    ADAPTER_PLACEMENTS,
     DEFAULT_LEARNING_RATES,
+    LORA_TARGETS,
     METHODS,
     PROMPT_FREE_DECODER,
     PROMPT_FREE_LEARNING_RATES,
     SEMANTIC_METHODS,
+    BaselineOptions,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Override of the preset's vote-loss weight (default config: 0; 0.1 with pixel votes).")
     data.add_argument("--lora_rank", type=int, default=4, help="Rank for --method lora.")
     data.add_argument("--adapter_rank", type=int, default=64, help="Bottleneck width for --method adapter.")
+    data.add_argument("--lora_alpha", type=float, default=None,
+                      help="LoRA's alpha for --method lora (its update is scaled by alpha / rank; default: the rank).")
+    data.add_argument("--lora_targets", choices=tuple(LORA_TARGETS), default="qkv",
+                      help="What --method lora adapts in each encoder block: the fused qkv projection (default), "
+                           "qkv and the attention output (attention), or every linear layer (all).")
+    data.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on LoRA's input for --method lora.")
+    data.add_argument("--adapter_placement", choices=ADAPTER_PLACEMENTS, default="mlp",
+                      help="Where --method adapter's bottleneck sits in each encoder block: beside the MLP (default) "
+                           "or beside the attention's qkv projection.")
+    data.add_argument("--adapter_scale", type=float, default=1.0,
+                      help="Factor on --method adapter's output (default 1).")
     data.add_argument("--dataset", default=str(DEFAULT_DATASET),
                       help="Hub dataset id, save_to_disk folder, folder with metadata.csv, or a volume folder / CSV of "
                            "volumes (default: the embedded simulated MR lesions, training/data/mr_brain_lesion).")
@@ -117,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--mask_decoder_lr_scale", type=float, default=1.0,
                        help="The trained mask decoder's learning rate is --learning_rate times this (every method).")
+    train.add_argument("--layer_lr_decay", type=float, default=1.0,
+                       help="Layer-wise learning-rate decay: encoder block i of L trains at --learning_rate times "
+                            "decay ** (L - i), the patch embedding at decay ** (L + 1); the neck and the decoder at "
+                            "the full rate. 1 (default) turns it off. Meant for --method full.")
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--lr_scheduler_type", default="cosine")
     train.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
@@ -189,6 +207,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.learning_rate = rates.get(args.method, DEFAULT_LEARNING_RATES[args.method])
     elif not 0 < args.learning_rate < math.inf:
         parser.error(f"--learning_rate must be positive and finite, got {args.learning_rate}")
+    try:
+        baseline = BaselineOptions.from_args(args)
+    except ValueError as err:
+        parser.error(f"--{err}")
+    for prefix, method in (("lora_", "lora"), ("adapter_", "adapter")):
+        unused = [name for name in baseline.changed() if name.startswith(prefix) and args.method != method]
+        if unused:
+            parser.error(f"--{unused[0]} is for --method {method}, not --method {args.method}")
+    if not 0 < args.layer_lr_decay <= 1:
+        parser.error(f"--layer_lr_decay must be in (0, 1], got {args.layer_lr_decay}")
     if not 0 < args.mask_decoder_lr_scale < math.inf:
         parser.error(f"--mask_decoder_lr_scale must be positive and finite, got {args.mask_decoder_lr_scale}")
     for name in ("weight_decay", "max_grad_norm"):

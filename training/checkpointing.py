@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from modeling_icmoe import run_folder
+from .methods import BaselineOptions
 
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")  # exactly `step_<int>`; anything else (`step_20_backup`) is not ours
 MARKER_NAME = "icmoe_checkpoint.json"
@@ -64,10 +65,13 @@ def run_fingerprint(args, *, adapter_config: dict | None, train_steps: int, warm
     fingerprint.update(train_steps=train_steps, warmup_steps=warmup_steps, num_processes=num_processes)
     if args.method == "icmoe":
         fingerprint["adapter_config"] = adapter_config
-    elif args.method == "lora":
-        fingerprint["lora_rank"] = args.lora_rank
-    elif args.method == "adapter":
-        fingerprint["adapter_rank"] = args.adapter_rank
+    elif args.method in ("lora", "adapter"):
+        fingerprint[f"{args.method}_rank"] = getattr(args, f"{args.method}_rank")
+        # Only what differs from the defaults, so that checkpoints written before these options resume.
+        fingerprint.update({name: value for name, value in BaselineOptions.from_args(args).changed().items()
+                            if name.startswith(args.method)})
+    if getattr(args, "layer_lr_decay", 1.0) != 1.0:
+        fingerprint["layer_lr_decay"] = args.layer_lr_decay
     return json.loads(json.dumps(fingerprint))  # tuples become lists, as they will be when read back
 
 

@@ -36,7 +36,7 @@ from .checkpointing import (
 from .distributed import accelerator_device_kwargs, check_world, enable_fsdp_on_cpu, finish_collectives, world_info
 from .diagnostics import routed_counts
 from .prompts import prompt_inputs
-from .methods import check_base_model, model_loss, rebuild_model
+from .methods import BaselineOptions, check_base_model, model_loss, rebuild_model
 from .outputs import METRIC_KEYS, print_table, run_info, write_outputs
 from .preparation import TrainingSetup, _param_groups, prepare_training  # noqa: F401  (_param_groups: tests)
 
@@ -346,7 +346,8 @@ def _evaluate_and_save(args, setup: TrainingSetup, state: TrainingState, train_s
             # FSDP2 swaps the classes of the modules it shards (FSDPIcMoeSamModel): saved as they are, the folder's
             # remote code would be torch's FSDP sources. A fresh model of the method takes the gathered weights.
             unwrapped = rebuild_model(args.method, args.base_model, state_dict, icmoe_config=setup.icmoe_config,
-                                      lora_rank=args.lora_rank, adapter_rank=args.adapter_rank, semantic=setup.semantic)
+                                      lora_rank=args.lora_rank, adapter_rank=args.adapter_rank, semantic=setup.semantic,
+                                      baseline=BaselineOptions.from_args(args))
             state_dict = None
         results = write_outputs(
             args, unwrapped, setup.processor, metrics, load, examples, state.comparisons, state_dict=state_dict,

@@ -1,9 +1,11 @@
 """The fine-tuning methods compared by `run.py`, each built from the same base SAM checkpoint.
 
 - `icmoe`:    IC-MoE adapters in the image encoder, mask decoder trained (this project's method).
-- `lora`:     PEFT LoRA on the image encoder's fused `qkv` projections, mask decoder trained (SAMed-style).
-- `adapter`:  one plain parallel bottleneck adapter per encoder block, mask decoder trained (SAM-Adapter style).
-              Built as an IC-MoE with a single basic expert and no routing, voting or contrastive losses.
+- `lora`:     PEFT LoRA on the image encoder's fused `qkv` projections by default (SAMed-style; `--lora_targets`
+              adds the attention output and the MLP), mask decoder trained.
+- `adapter`:  one plain parallel bottleneck adapter per encoder block, beside the MLP by default (SAM-Adapter style;
+              `--adapter_placement attention` puts it beside `qkv`), mask decoder trained. Built as an IC-MoE with a
+              single basic expert and no routing, voting or contrastive losses.
 - `decoder`:  mask decoder only (the Hugging Face SAM fine-tuning tutorial's recipe).
 - `full`:     the image encoder and the mask decoder (the prompt encoder stays frozen).
 - `zeroshot`: the base model, evaluated without training.
@@ -75,7 +77,52 @@ def check_base_model(base_model: str) -> None:
         )
 
 
-def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
+# What `--lora_targets` adapts in every image-encoder block: the fused `qkv` projection (SAMed's recipe), the
+# attention's output projection too, or every linear layer of the block (attention and MLP).
+LORA_TARGETS = {
+    "qkv": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    "attention": r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
+    "all": r"vision_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.lin[12])",
+}
+ADAPTER_PLACEMENTS = ("mlp", "attention")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineOptions:
+    """How the LoRA and adapter baselines are built, beyond their rank (the defaults are the common recipes).
+
+    `lora_alpha` None means the rank (scale 1); `adapter_scale` multiplies the adapter's output."""
+
+    lora_alpha: float | None = None
+    lora_targets: str = "qkv"
+    lora_dropout: float = 0.0
+    adapter_placement: str = "mlp"
+    adapter_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {tuple(LORA_TARGETS)}, got {self.lora_targets!r}")
+        if self.adapter_placement not in ADAPTER_PLACEMENTS:
+            raise ValueError(f"adapter_placement must be one of {ADAPTER_PLACEMENTS}, got {self.adapter_placement!r}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < float("inf"):
+            raise ValueError(f"lora_alpha must be positive and finite, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 < self.adapter_scale < float("inf"):
+            raise ValueError(f"adapter_scale must be positive and finite, got {self.adapter_scale}")
+
+    @classmethod
+    def from_args(cls, args) -> "BaselineOptions":
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+    def changed(self) -> dict:
+        """The options that differ from the defaults (what a record or a fingerprint adds)."""
+        default = BaselineOptions()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+
+def adapter_baseline_config(rank: int, options: BaselineOptions = BaselineOptions()) -> IcMoeAdapterConfig:
     """A plain bottleneck adapter: one basic expert, top-1 (so its vote is always 1), no IC-MoE losses."""
     return IcMoeAdapterConfig(
         num_shared_experts=0,
@@ -84,8 +131,8 @@ def adapter_baseline_config(rank: int) -> IcMoeAdapterConfig:
         num_adaptive_experts=0,
         num_experts_per_tok=1,
         expert_rank=rank,
-        expert_placement="mlp",  # beside the MLP, as SAM-Adapter and the common bottleneck adapters sit
-        expert_output_scale=1.0,  # the plain adapter as commonly built; its learning rate is tuned like every method's
+        expert_placement=options.adapter_placement,  # default beside the MLP, as SAM-Adapter's adapters sit
+        expert_output_scale=options.adapter_scale,  # default 1, the plain adapter as commonly built
         router_jitter_noise=0.0,
         pixel_vote_weight=0.0,
         router_aux_loss_coef=0.0,
@@ -113,12 +160,14 @@ def plain_encoder_config() -> IcMoeAdapterConfig:
                               pixel_loss_coef=0.0, contrastive_loss_coef=0.0, train_mask_decoder=True)
 
 
-def lora_config(rank: int, modules_to_save: list[str]):
-    """LoRA on the image encoder's fused `qkv` projections (SAMed's recipe), with `modules_to_save` trained whole."""
+def lora_config(rank: int, modules_to_save: list[str], options: BaselineOptions = BaselineOptions()):
+    """LoRA on the image encoder's `options.lora_targets` (default the fused `qkv` projections, SAMed's recipe), with
+    `modules_to_save` trained whole."""
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=rank, target_modules=r"vision_encoder\.layers\.\d+\.attn\.qkv",
-                      modules_to_save=modules_to_save)
+    alpha = options.lora_alpha if options.lora_alpha is not None else rank
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=options.lora_dropout,
+                      target_modules=LORA_TARGETS[options.lora_targets], modules_to_save=modules_to_save)
 
 
 def _modules_to_save(model: IcMoeSamForSemanticSegmentation) -> list[str]:
@@ -130,18 +179,19 @@ def _modules_to_save(model: IcMoeSamForSemanticSegmentation) -> list[str]:
 
 
 def build_semantic_model(method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int,
-                         adapter_rank: int, semantic: dict):
+                         adapter_rank: int, semantic: dict, baseline: BaselineOptions = BaselineOptions()):
     """The prompt-free model of `method`: the same class head and decoder for every method; the encoder adapted by
     IC-MoE, the plain adapter, LoRA, not at all (`decoder`) or wholly (`full`)."""
     if method not in SEMANTIC_METHODS:
         raise ValueError(f"The prompt-free model is trained by {SEMANTIC_METHODS}, not {method!r}.")
-    config = {"icmoe": icmoe_config, "adapter": adapter_baseline_config(adapter_rank)}.get(method, plain_encoder_config())
+    config = {"icmoe": icmoe_config, "adapter": adapter_baseline_config(adapter_rank, baseline)}.get(
+        method, plain_encoder_config())
     config = dataclasses.replace(config, train_mask_decoder=True) if method == "adapter" else config
     model = IcMoeSamForSemanticSegmentation.from_pretrained(base_model, icmoe_config=config, **semantic)
     if method == "lora":
         from peft import get_peft_model
 
-        return get_peft_model(model, lora_config(lora_rank, _modules_to_save(model)))
+        return get_peft_model(model, lora_config(lora_rank, _modules_to_save(model), baseline))
     if method == "full":
         model.vision_encoder.requires_grad_(True)
     return model
@@ -149,26 +199,27 @@ def build_semantic_model(method: str, base_model: str, *, icmoe_config: IcMoeAda
 
 def build_model(
     method: str, base_model: str, *, icmoe_config: IcMoeAdapterConfig, lora_rank: int, adapter_rank: int,
-    semantic: dict | None = None,
+    semantic: dict | None = None, baseline: BaselineOptions = BaselineOptions(),
 ):
     """The model of `method`, with exactly its trainable parameters requiring grad. `semantic` (the classes,
-    `id2label`, and optionally `semantic_decoder`) builds the prompt-free semantic model instead of the prompted one."""
+    `id2label`, and optionally `semantic_decoder`) builds the prompt-free semantic model instead of the prompted one;
+    `baseline` says how the LoRA and adapter baselines are built."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
     if semantic is not None:
         return build_semantic_model(method, base_model, icmoe_config=icmoe_config, lora_rank=lora_rank,
-                                    adapter_rank=adapter_rank, semantic=semantic)
+                                    adapter_rank=adapter_rank, semantic=semantic, baseline=baseline)
     if method == "icmoe":
         return IcMoeSamModel.from_pretrained(base_model, icmoe_config=icmoe_config)
     if method == "adapter":
-        config = adapter_baseline_config(adapter_rank)
+        config = adapter_baseline_config(adapter_rank, baseline)
         config.train_mask_decoder = True
         return IcMoeSamModel.from_pretrained(base_model, icmoe_config=config)
     model = SamModel.from_pretrained(base_model)
     if method == "lora":
         from peft import get_peft_model
 
-        return get_peft_model(model, lora_config(lora_rank, ["mask_decoder"]))
+        return get_peft_model(model, lora_config(lora_rank, ["mask_decoder"], baseline))
     model.requires_grad_(method == "full")
     if method == "full":
         # Prompt embeddings a run's prompt kind never uses get no gradient, which DDP rejects; full fine-tuning

@@ -4,6 +4,7 @@ and scheduler, all passed through `accelerator.prepare`, and the run's step coun
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from .data import (
 )
 from .distributed import local_parameter_counts
 from .evaluation import evaluate_model
-from .methods import build_model, count_trainable, load_icmoe_config
+from .methods import BaselineOptions, build_model, count_trainable, load_icmoe_config
 from .semantic import SemanticPairTransform, class_names, evaluate_semantic, volume_classes
 from .streaming import TrainStream, stream_splits, train_stream
 from .volume_data import VOLUME_COLUMNS, is_volume_source, load_volume_dataset
@@ -87,7 +88,7 @@ def prepare_training(args, accelerator: Accelerator) -> TrainingSetup:
     )
     model = build_model(
         args.method, args.base_model, icmoe_config=icmoe_config, lora_rank=args.lora_rank, adapter_rank=args.adapter_rank,
-        semantic=semantic,
+        semantic=semantic, baseline=BaselineOptions.from_args(args),
     )
     trainable_params = count_trainable(model) if args.method != "zeroshot" else 0
     optimizer = torch.optim.AdamW(_param_groups(model, args) or [torch.nn.Parameter(torch.zeros(1))],
@@ -216,13 +217,31 @@ def _prepare_data(args, processor, accelerator):
     return train_loader, eval_loader, eval_split, eval_images, volume_summary, classes, class_values
 
 
+ENCODER_BLOCK = re.compile(r"vision_encoder\.layers\.(\d+)\.")
+ENCODER_EMBEDDING = re.compile(r"vision_encoder\.(patch_embed|pos_embed)")
+
+
+def lr_scale(name: str, num_blocks: int, args) -> float:
+    """The factor on `--learning_rate` of the parameter `name`: `--mask_decoder_lr_scale` for the mask decoder's
+    (every method names them `mask_decoder.`), and with `--layer_lr_decay` d below 1, d ** (L - i) for encoder block i
+    of L and d ** (L + 1) for the patch embedding (layer-wise decay: the blocks nearest the input move least)."""
+    if "mask_decoder." in name:
+        return args.mask_decoder_lr_scale
+    decay = getattr(args, "layer_lr_decay", 1.0)
+    block = ENCODER_BLOCK.search(name)
+    if decay == 1.0 or (block is None and not ENCODER_EMBEDDING.search(name)):
+        return 1.0
+    return decay ** (num_blocks - int(block.group(1)) if block else num_blocks + 1)
+
+
 def _param_groups(model, args) -> list[dict]:
-    """The trainable parameters, the mask decoder's (every method names them `mask_decoder.`) in their own group at
-    `--learning_rate * --mask_decoder_lr_scale`."""
-    groups: dict[bool, list] = {False: [], True: []}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups["mask_decoder." in name].append(param)
-    return [{"params": groups[False]}] * bool(groups[False]) + [
-        {"params": groups[True], "lr": args.learning_rate * args.mask_decoder_lr_scale}
-    ] * bool(groups[True])
+    """The trainable parameters in one group per learning-rate factor (`lr_scale`): the others' groups first, then
+    the mask decoder's, which is always a group of its own (as checkpoints' optimizer states expect)."""
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    num_blocks = 1 + max((int(m.group(1)) for name, _ in named if (m := ENCODER_BLOCK.search(name))), default=-1)
+    groups: dict[tuple[bool, float], list] = {}
+    for name, param in named:
+        groups.setdefault(("mask_decoder." in name, lr_scale(name, num_blocks, args)), []).append(param)
+    return [{"params": params} if (scale == 1.0 and not decoder) else
+            {"params": params, "lr": args.learning_rate * scale}
+            for (decoder, scale), params in sorted(groups.items(), key=lambda item: item[0][0])]

@@ -9,6 +9,12 @@
 # beside them stays. numpy, scipy and pillow only; CPU, about three minutes for both tasks.
 #
 #   python benchmarks/tasks/make_simulated_tasks.py --task all --overwrite
+#
+# `--fresh_test_seed S` builds only a new test set of each task, NUM_TEST samples drawn from the same generators with
+# the seed S, into `benchmarks/tasks/fresh_test/<task>/` (split `test` only): the test set that no choice of the
+# benchmark has seen, scored once after every choice is frozen (`benchmarks/accuracy.py --test_set fresh`).
+#
+#   python benchmarks/tasks/make_simulated_tasks.py --task all --fresh_test_seed 20261205
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ Simulator = Callable[..., tuple[np.ndarray, np.ndarray]]
 SIMULATORS: dict[str, Simulator] = {"mr_brain_lesion": simulate_mr_brain_lesion, "us_lesion": simulate_us_lesion}
 GENERATED = ("images", "masks", "metadata.csv")
 TASKS_DIR = Path(__file__).resolve().parents[2] / "training" / "data"  # beside the embedded nuclei
+FRESH_TEST_DIR = Path(__file__).resolve().parent / "fresh_test"
 DEFAULT_SEED = 20240
 IMAGE_SIZE = 128
 NUM_TRAIN, NUM_TEST = 200, 100
@@ -42,8 +49,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="One seed for every image of every task.")
     parser.add_argument("--output_root", type=Path, default=TASKS_DIR, help="Folder that holds one folder per task.")
     parser.add_argument("--overwrite", action="store_true", help="Replace the generated files of an existing task.")
+    parser.add_argument("--fresh_test_seed", type=int, default=None,
+                        help=f"Build only a fresh test set of {NUM_TEST} samples from this seed (it must differ from "
+                             f"--seed) into --output_root (default {FRESH_TEST_DIR}).")
     args = parser.parse_args()
     args.tasks = list(SIMULATORS) if args.task == "all" else [args.task]
+    if args.fresh_test_seed is not None:
+        if args.fresh_test_seed == args.seed:
+            parser.error(f"--fresh_test_seed {args.fresh_test_seed} is the training data's seed: a fresh test set "
+                         "needs a seed never used")
+        if args.output_root == TASKS_DIR:
+            args.output_root = FRESH_TEST_DIR
     for task in args.tasks:
         if any((args.output_root / task / name).exists() for name in GENERATED) and not args.overwrite:
             parser.error(f"{args.output_root / task} already holds a built task; pass --overwrite to rebuild it")
@@ -63,16 +79,16 @@ def check_sample(image: np.ndarray, mask: np.ndarray, *, name: str) -> None:
         raise ValueError(f"{name}: the mask has {components} connected components, expected 1")
 
 
-def build_task(task: str, *, seed: int) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """All `(stem, image, mask, split)` of one task, checked. Each image draws from its own seeded stream, so a
-    sample does not depend on how many were drawn before it."""
+def build_task(task: str, *, seed: int, test_only: bool = False) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """All `(stem, image, mask, split)` of one task (only its test samples with `test_only`), checked. Each image
+    draws from its own seeded stream, so a sample does not depend on how many were drawn before it."""
     simulate = SIMULATORS[task]
     task_index = list(SIMULATORS).index(task)
     samples = []
-    for index in range(NUM_TRAIN + NUM_TEST):
+    for index in range(NUM_TRAIN if test_only else 0, NUM_TRAIN + NUM_TEST):
         rng = np.random.default_rng([seed, task_index, index])
         image, mask = simulate(rng, size=IMAGE_SIZE)
-        stem = f"{task}_{index:03d}"
+        stem = f"{task}_{'fresh_' if test_only else ''}{index:03d}"  # fresh samples never share an old sample's name
         check_sample(image, mask, name=stem)
         samples.append((stem, image, mask, "train" if index < NUM_TRAIN else "test"))
     return samples
@@ -120,12 +136,13 @@ def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
 
 def main() -> None:
     args = parse_args()
+    fresh = args.fresh_test_seed is not None
     for task in args.tasks:
-        samples = build_task(task, seed=args.seed)
+        samples = build_task(task, seed=args.fresh_test_seed if fresh else args.seed, test_only=fresh)
         write_task(samples, args.output_root / task)
         areas = np.array([mask.sum() for _, _, mask, _ in samples])
         print(
-            f"{task}: wrote {NUM_TRAIN} train + {NUM_TEST} test to {args.output_root / task} "
+            f"{task}: wrote {0 if fresh else NUM_TRAIN} train + {NUM_TEST} test to {args.output_root / task} "
             f"(lesion area {areas.min()}-{areas.max()} px, median {int(np.median(areas))})"
         )
 

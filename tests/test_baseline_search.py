@@ -1,0 +1,154 @@
+"""The baselines' configuration search and the fresh test set of the accuracy benchmark: candidates are one change
+from a main method, matched again where they change what is adapted, tried at the rates their reference chose;
+validation rows are train rows (by content); a fresh test set shares no image with the data choices were made on,
+and is scored once."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks import harness
+from benchmarks.accuracy_methods import (
+    BASELINE_CANDIDATES,
+    MATCH_TOLERANCE,
+    MATCHED_RANK,
+    REMATCHED_OPTIONS,
+    matched_ranks,
+    method_run_args,
+)
+from helpers import smoke_args
+from training.arguments import DEFAULT_BASE_MODEL, parse_args
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TASKS = {task["name"]: task for task in json.loads((REPO_ROOT / "benchmarks/tasks/tasks.json").read_text())}
+
+
+def _image_hashes(folder: Path, split: str | None = None) -> set[str]:
+    """Content hashes of the decoded pixels of a task folder's images (of one split)."""
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.DictReader(f) if split is None or (row.get("split") or "train") == split]
+    return {hashlib.sha1(Image.open(folder / row["file_name"]).convert("L").tobytes()).hexdigest() for row in rows}
+
+
+def _dataset_hashes(dataset) -> set[str]:
+    return {hashlib.sha1(image.convert("L").tobytes()).hexdigest() for image in dataset["image"]}
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    return matched_ranks(str(DEFAULT_BASE_MODEL))
+
+
+def test_every_candidate_is_one_named_change_of_a_main_method_that_run_py_accepts(ranks):
+    for name, (reference, options) in BASELINE_CANDIDATES.items():
+        assert name.startswith(reference) and options, name
+        argv, _, info = method_run_args(name, ranks)
+        args = parse_args(argv)  # run.py accepts every candidate's arguments
+        if "lora_alpha_per_rank" in options:
+            assert args.lora_alpha == options["lora_alpha_per_rank"] * args.lora_rank
+        for key, value in options.items():
+            if key != "lora_alpha_per_rank":
+                assert getattr(args, key) == value, (name, key)
+        assert info["baseline_options"]
+
+
+def test_candidates_that_change_what_is_adapted_are_matched_again(ranks):
+    """LoRA on more layers or an adapter beside qkv at the reference's rank would hold other parameter counts: those
+    candidates get their own rank, within the tolerance of IC-MoE's budget; the others keep the reference's."""
+    target = ranks["icmoe_encoder_params"]
+    for name, (reference, options) in BASELINE_CANDIDATES.items():
+        if reference not in MATCHED_RANK:
+            continue
+        kind = MATCHED_RANK[reference]
+        _, _, info = method_run_args(name, ranks)
+        if any(key in options for key in REMATCHED_OPTIONS):
+            variant = ranks["variants"][name]
+            assert abs(variant["encoder_params"] - target) <= MATCH_TOLERANCE * target
+            assert info[f"{kind}_rank"] == variant["rank"] != ranks[f"{kind}_rank"]
+        else:
+            assert info[f"{kind}_rank"] == ranks[f"{kind}_rank"]
+
+
+def _selection_file(path: Path, rows: list[tuple[str, str, float, float]]) -> Path:
+    records = [{"dataset": task, "method": method, "learning_rate": lr, "val_dice": dice, "seed": 0}
+               for task, method, lr, dice in rows]
+    path.write_text(json.dumps({"protocol": {}, "selection": records, "records": []}))
+    return path
+
+
+def test_rates_from_other_files_take_the_method_itself_before_its_reference(tmp_path):
+    main = _selection_file(tmp_path / "main.json", [
+        ("t", "lora_matched", 1e-4, 0.70), ("t", "lora_matched", 3e-4, 0.75), ("t", "lora_matched", 1e-3, 0.72)])
+    search = _selection_file(tmp_path / "search.json", [
+        ("t", "lora_matched_all", 3e-4, 0.71), ("t", "lora_matched_all", 1e-3, 0.78)])
+    assert harness.best_recorded_rates([main], "t", ["lora_matched_all", "lora_matched"], 2) == (3e-4, 1e-3)
+    assert harness.best_recorded_rates([main, search], "t", ["lora_matched_all", "lora_matched"], 1) == (1e-3,)
+    with pytest.raises(SystemExit, match="no validation runs of full on t"):
+        harness.best_recorded_rates([main], "t", ["full"], 2)
+
+
+def test_validation_rows_are_train_rows_by_content(tmp_path):
+    """The carved validation split holds images of the task's train split (compared by pixels, not by the split
+    name the harness writes), none of its test split, and train and validation share no image."""
+    import datasets
+
+    task = TASKS["mr_brain_lesion"]
+    folder, _ = harness.validation_dataset(task, tmp_path)
+    splits = datasets.load_from_disk(str(folder))
+    train, validation = _dataset_hashes(splits["train"]), _dataset_hashes(splits["validation"])
+    task_dir = REPO_ROOT / task["path"]
+    assert validation and train
+    assert validation | train == _image_hashes(task_dir, "train")
+    assert not validation & train
+    assert not validation & _image_hashes(task_dir, "test")
+
+
+@pytest.mark.parametrize("name", ["mr_brain_lesion", "us_lesion"])
+def test_the_fresh_test_set_is_new_and_drawn_like_the_old_one(name):
+    """100 new samples, none equal to any image the benchmark trained, validated or was developed on, named apart
+    from them, with masks of the same kind (one object, {0, 255})."""
+    import numpy as np
+
+    fresh = harness.fresh_test_folder(TASKS[name])
+    task_dir = REPO_ROOT / TASKS[name]["path"]
+    hashes = _image_hashes(fresh)
+    assert len(hashes) == 100
+    assert not hashes & _image_hashes(task_dir)
+    with open(fresh / "metadata.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["split"] for row in rows} == {"test"}
+    assert all("_fresh_" in row["file_name"] for row in rows)
+    values = np.unique(np.concatenate([np.unique(np.array(Image.open(fresh / r["mask_file_name"]))) for r in rows]))
+    assert values.tolist() == [0, 255]
+
+
+def test_a_task_without_a_fresh_test_set_is_refused_by_name():
+    with pytest.raises(SystemExit, match="dsb2018_nuclei has no fresh test set"):
+        harness.fresh_test_folder(TASKS["dsb2018_nuclei"])
+
+
+@pytest.mark.slow
+def test_the_fresh_test_set_is_scored_once(tmp_path):
+    """Scored on the fresh set (train -> fresh test), at the rate read from another file without a validation run;
+    the same slot scored again with other settings is refused instead of replaced."""
+    from benchmarks import accuracy
+
+    rates = _selection_file(tmp_path / "rates.json", [("mr_brain_lesion", "adapter", 1e-3, 0.7)])
+    args = smoke_args(tmp_path, "accuracy.json") + ["--tasks", "mr_brain_lesion", "--methods", "adapter",
+                                                     "--test_set", "fresh", "--lr_grid_top", "1"]
+    accuracy.main([*args, "--lr_grid_from", str(rates)])
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert data["selection"] == [] and data["protocol"]["test_set"] == "fresh"
+    (record,) = data["records"]
+    assert record["settings"]["split"] == "train -> fresh test" and record["learning_rate"] == 1e-3
+    accuracy.main([*args, "--lr_grid_from", str(rates)])  # the same settings: reused, not a second look
+    assert json.loads((tmp_path / "accuracy.json").read_text())["records"] == data["records"]
+    _selection_file(rates, [("mr_brain_lesion", "adapter", 3e-3, 0.7)])
+    with pytest.raises(SystemExit, match="used once"):
+        accuracy.main([*args, "--lr_grid_from", str(rates)])
