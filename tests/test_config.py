@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamConfig, IcMoeSamModel
@@ -93,15 +95,22 @@ def test_every_field_has_help():
     assert all(f.metadata.get("help") for f in fields(IcMoeAdapterConfig))
 
 
-@pytest.mark.parametrize("name", ["default", "light", "large"])
-def test_presets_load(name):
-    from pathlib import Path
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configuration" / "icmoe").glob("*.json"))
 
-    path = Path(__file__).resolve().parents[1] / "configuration" / "icmoe" / f"{name}.json"
+
+@pytest.mark.parametrize("path", PRESETS, ids=[path.stem for path in PRESETS])
+def test_presets_load(path):
     config = IcMoeAdapterConfig.from_json_file(path)
     assert config.num_experts >= config.num_experts_per_tok
-    if name == "default":
+    if path.stem == "default":
         assert config == IcMoeAdapterConfig()
+
+
+def test_every_preset_is_listed_in_the_presets_readme():
+    """Only measured presets are shipped, each in the README's table (`default` and `gated_linear`)."""
+    readme = (PRESETS[0].parent / "README.md").read_text()
+    assert {path.stem for path in PRESETS} == {"default", "gated_linear"}
+    assert all(f"`{path.name}`" in readme for path in PRESETS)
 
 
 def test_integral_floats_from_json_become_integers():
