@@ -1,9 +1,13 @@
 """Configuration of IC-MoE SAM.
 
 IC-MoE ("Intelligent Communication Mixture-of-Experts", Zhang et al., arXiv 2510.17684) adds a mixture of
-basic, semantic and adaptive experts beside the MLP of SAM's ViT blocks. This file holds the adapter
-configuration (`IcMoeAdapterConfig`, a plain dataclass in the style of PEFT configs) and the model
-configuration (`IcMoeSamConfig`, a `SamConfig` that carries an `IcMoeAdapterConfig`).
+shared, basic, semantic and adaptive low-rank experts beside each chosen ViT block of SAM's image encoder (by default
+beside the attention's fused qkv projection). This file holds the adapter configuration (`IcMoeAdapterConfig`, a plain
+dataclass in the style of PEFT configs) and the model configurations (`IcMoeSamConfig`, a `SamConfig` that carries an
+`IcMoeAdapterConfig`, and `IcMoeSamSemanticConfig`, its prompt-free variant).
+
+Each default below says in one clause why it is the default; docs/METHOD.md ("The current defaults, and the
+measurements behind them") has the measurements with their results files, docs/HISTORY.md the order they were taken in.
 """
 
 from __future__ import annotations
@@ -42,27 +46,37 @@ def _integer(name: str, value) -> int:
 class IcMoeAdapterConfig:
     """Configuration of the IC-MoE adapters added to a SAM image encoder.
 
+    The measurements behind the defaults are in docs/METHOD.md; test-split numbers there come from a development split.
+
     Args:
         num_shared_experts (`int`, *optional*, defaults to 1):
-            Basic experts that every token uses, outside the routing (always on).
+            Basic experts that every token uses, outside the routing (always on). Removing the shared expert lowered
+            ultrasound test Dice beyond the chance of seeds and test objects.
         num_basic_experts (`int`, *optional*, defaults to 1):
-            Routed token-wise bottleneck experts (`down -> GELU -> up`).
+            Routed token-wise bottleneck experts (`down -> GELU -> up`). Removing the basic experts (routed and
+            shared) lowered test Dice on two of three tasks beyond chance, more than any other removal.
         num_semantic_experts (`int`, *optional*, defaults to 2):
-            Bottleneck experts with a depthwise 3x3 convolution on the token grid (regional context).
+            Bottleneck experts with a depthwise 3x3 convolution on the token grid (regional context). Removing them
+            lowered two tasks by more than the seed spread, none beyond the chance of the test objects.
         semantic_dilations (`list[int]`, *optional*):
             One dilation per semantic expert. Defaults to `1, 2, ..., num_semantic_experts`.
         num_adaptive_experts (`int`, *optional*, defaults to 2):
-            Bottleneck experts whose channels are modulated per image from the image's pooled features.
+            Bottleneck experts whose channels are modulated per image from the image's pooled features. Removing
+            them lowered MR test Dice beyond chance.
         num_experts_per_tok (`int`, *optional*, defaults to 2):
-            Top-k: how many routed experts each token is sent to.
+            Top-k: how many routed experts each token is sent to. Top-1 lowered ultrasound test Dice beyond chance;
+            dense routing (every routed expert) lowered no task.
         expert_rank (`int`, *optional*, defaults to 8):
-            Bottleneck width of every expert.
+            Bottleneck width of every expert. Rank 8 beside qkv keeps the parameter budget of the matched baselines;
+            rank 16 led by 0.002 on validation, within the seed spread, at twice the parameters.
         expert_output_scale (`float`, *optional*, defaults to 2.0):
-            Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`).
+            Scale of the mixture output added to the block (`x + MLP(h) + scale * MoE(h)`). Scale 1 scored lower on
+            validation (0.756 against 0.759).
         routed_scaling_factor (`float`, *optional*, defaults to 1.0):
             Multiplies the routed experts' votes (which sum to 1 over a token's top-k) before they weight the
             experts; shared experts keep weight 1. With `k` routed experts per token, `k` gives each chosen expert
-            the weight of a shared one on average.
+            the weight of a shared one on average. 1: a larger factor with linear experts (the preset
+            `configuration/icmoe/gated_linear.json`) closes the gap to LoRA on the nuclei but loses MR.
         target_layers (`list[int]`, *optional*):
             Indices of the vision blocks that get an IC-MoE layer. `None` means every block; `[]` none, which leaves
             SAM's image encoder as it is (the prompt-free models of the other fine-tuning methods are built so).
@@ -70,32 +84,39 @@ class IcMoeAdapterConfig:
             Where the mixture joins each chosen block. `"mlp"`: on the MLP's input, added to the MLP's output
             (`x + MLP(h) + scale * MoE(h)`, `h = LN2(x)`). `"attention"`: on the attention's input, added to the
             fused qkv projection (`qkv(h) + scale * MoE(h)`, `h = LN1(x)`), so the experts change what tokens attend
-            to; the mixture always sees the whole token grid, also in windowed-attention blocks.
+            to; the mixture always sees the whole token grid, also in windowed-attention blocks. `"attention"`
+            scored higher on validation than `"mlp"` at the same parameter budget.
         expert_activation (`str`, *optional*, defaults to `"gelu"`):
             The experts' bottleneck activation: `"gelu"`, or `"identity"` for linear experts (a basic expert is then a
             LoRA-like low-rank update of the projection it joins; the adaptive experts' modulation stays), or
-            `"gelu_routed"` for linear shared experts and GELU on the routed ones.
+            `"gelu_routed"` for linear shared experts and GELU on the routed ones. Linear experts scored lower on
+            ultrasound validation.
         router_jitter_noise (`float`, *optional*, defaults to 0.01):
-            Multiplicative jitter on the router input while training.
+            Multiplicative jitter on the router input while training. Without it MR and ultrasound scored lower on
+            validation (by 0.003 and 0.008).
         vote_temperature (`float`, *optional*, defaults to 1.0):
             Temperature of the vote softmax.
         pixel_vote_weight (`float`, *optional*, defaults to 0.0):
             Weight of each expert's pixel-probability confidence, `log max(p, 1 - p)`, in its vote, at training and
-            inference alike. `0` (the default) routes by the router logits alone; 1.0 is the weight the votes were
-            measured with (docs/METHOD.md gives the measurement: no gain on validation).
+            inference alike. `0` (the default) routes by the router logits alone: without the votes mean validation
+            Dice over four seeds was 0.787 against 0.785. 1.0 is the weight the votes were measured with.
         label_consistency_weight (`float`, *optional*, defaults to 1.0):
             Weight of the label-consistency term in the label-guided target votes.
         router_aux_loss_coef (`float`, *optional*, defaults to 0.1):
-            Weight of the load-balancing loss.
+            Weight of the load-balancing loss. Its removal lowers no task around the current default; around an
+            earlier default it let one seed's router starve the semantic experts.
         router_z_loss_coef (`float`, *optional*, defaults to 0.0):
             Weight of the router z-loss.
         vote_loss_coef (`float`, *optional*, defaults to 0.0):
-            Weight of the vote loss (the router learns to predict the label-consistent vote); 0.1 with the pixel votes.
+            Weight of the vote loss (the router learns to predict the label-consistent vote); 0 with the pixel votes
+            off (the default, see `pixel_vote_weight`), 0.1 as measured with them.
         pixel_loss_coef (`float`, *optional*, defaults to 0.1):
-            Weight of the pixel-probability loss (BCE of every expert's pixel vote against the label).
+            Weight of the pixel-probability loss (BCE of every expert's pixel vote against the label). Removing it
+            lowered MR test Dice by 0.006.
         contrastive_loss_coef (`float`, *optional*, defaults to 0.0):
-            Weight of the semantic-guided contrastive loss. `0` (the default) removes the projection head; 0.01 is the
-            weight it was measured with (docs/METHOD.md: removing it was no worse on validation).
+            Weight of the semantic-guided contrastive loss. `0` (the default) removes the projection head: without
+            the loss mean validation Dice over four seeds was 0.764 against 0.760. 0.01 is the weight it was measured
+            with.
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the contrastive loss.
         contrastive_samples_per_class (`int`, *optional*, defaults to 64):
@@ -419,6 +440,9 @@ class IcMoeSamSemanticConfig(IcMoeSamConfig):
             How the prompt is removed from SAM's mask decoder. `"mask_tokens"`: one mask token and one hypernetwork
             MLP per class in place of SAM's, the decoder run once with no prompt (SAMed). `"queries"`: per class,
             `num_query_tokens` learned tokens given to SAM's own decoder as its prompt, one mask per class.
+            `training/run.py --prompt none` builds `"queries"`, which scored higher on validation; this default stays
+            `"mask_tokens"` because a saved config omits defaults, so changing it would change what existing
+            checkpoints load as.
         num_query_tokens (`int`, *optional*, defaults to 2):
             Learned prompt tokens per class (`"queries"` only).
         ce_loss_coef (`float`, *optional*, defaults to 1.0):
