@@ -11,7 +11,7 @@ port from `GRADIO_SERVER_NAME` and `GRADIO_SERVER_PORT`, which Spaces set. The s
 import os
 from pathlib import Path
 
-from modeling_icmoe.app import build_app
+from modeling_icmoe.medical.app import build_app
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "training" / "standin" / "sam-standin"
 

@@ -20,7 +20,7 @@ from PIL import Image
 from app_fixtures import save_app_models
 from dicom_fixtures import write_ct_series
 from modeling_icmoe import IcMoeSamSegmentationPipeline
-from modeling_icmoe.annotation import (
+from modeling_icmoe.medical.annotation import (
     OVERLAY_ALPHA,
     PALETTE,
     PROMPT_COLOURS,
@@ -28,8 +28,8 @@ from modeling_icmoe.annotation import (
     load_app_model,
     open_scan,
 )
-from modeling_icmoe.propagation import SlicePoint
-from modeling_icmoe.volumes import (
+from modeling_icmoe.medical.propagation import SlicePoint
+from modeling_icmoe.medical.volumes import (
     SlicePrompt,
     load_label_map,
     load_volume,
@@ -250,7 +250,7 @@ def test_files_that_are_not_one_image_volume_or_series_are_refused(prompted, nif
 # ------------------------------------------------------------------------------------ the page's callbacks
 def test_callbacks_open_click_and_export_as_the_page_calls_them(prompted, prompt_free, nifti_path, tmp_path):
     gr = pytest.importorskip("gradio")
-    from modeling_icmoe.app import build_app, on_click, on_everything, on_export, on_open, on_show
+    from modeling_icmoe.medical.app import build_app, on_click, on_everything, on_export, on_open, on_show
 
     session, shown, slider, propagate, volume_button, status = on_open(prompted, str(tmp_path), [str(IMAGE)], 1)
     assert status == "Opened mr_brain_lesion_000: an image of 128 x 128 pixels." and shown.shape == (512, 512, 3)
@@ -294,8 +294,8 @@ def test_the_spaces_requirements_are_the_packages_with_volumes_and_app():
 
 
 def test_icmoe_sam_app_serves_the_model_it_is_given(monkeypatch):
-    from modeling_icmoe import app as app_module
-    from modeling_icmoe.cli import main
+    from modeling_icmoe.medical import app as app_module
+    from modeling_icmoe.medical.cli import main
 
     calls = []
     monkeypatch.setattr(app_module, "launch_app", lambda model, **options: calls.append((model, options)))
@@ -314,9 +314,9 @@ def test_the_package_and_the_models_remote_code_leave_the_app_out(app_models):
 
 
 def test_icmoe_sam_app_without_gradio_says_which_extra_to_install(monkeypatch, capsys):
-    from modeling_icmoe.cli import main
+    from modeling_icmoe.medical.cli import main
 
-    monkeypatch.delitem(sys.modules, "modeling_icmoe.app", raising=False)
+    monkeypatch.delitem(sys.modules, "modeling_icmoe.medical.app", raising=False)
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
     assert main(["app", "--model", "outputs/spleen"]) == 2
     assert 'needs Gradio: pip install "icmoe-sam[app]"' in capsys.readouterr().err

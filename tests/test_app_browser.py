@@ -32,8 +32,8 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from app_fixtures import save_app_models  # noqa: E402
-from modeling_icmoe.annotation import PROMPT_COLOURS  # noqa: E402
-from modeling_icmoe.app import display_zoom  # noqa: E402
+from modeling_icmoe.medical.annotation import PROMPT_COLOURS  # noqa: E402
+from modeling_icmoe.medical.app import display_zoom  # noqa: E402
 from volume_fixtures import SHAPE, save_nifti, volume_arrays  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def serve(tmp_path_factory, app_models):
         port = _free_port()
         log = tmp_path_factory.mktemp("app-server") / "server.log"
         if kind == "prompted":
-            command, variables = [sys.executable, "-m", "modeling_icmoe.cli", "app", "--model", str(app_models[kind]),
+            command, variables = [sys.executable, "-m", "modeling_icmoe.medical.cli", "app", "--model", str(app_models[kind]),
                                   "--port", str(port)], {}
         else:
             command = [sys.executable, "app.py"]

@@ -14,9 +14,9 @@ from dicom_fixtures import NUM_SLICES, write_ct_series
 from helpers import child_env
 from pydicom.data import get_testdata_file
 
-from modeling_icmoe.cli import main
-from modeling_icmoe.dicom import load_dicom_series
-from modeling_icmoe.volumes import load_label_map, load_volume, save_label_map
+from modeling_icmoe.medical.cli import main
+from modeling_icmoe.medical.dicom import load_dicom_series
+from modeling_icmoe.medical.volumes import load_label_map, load_volume, save_label_map
 from training.volume_data import load_volume_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
     model.save_pretrained(tmp_path / "model")
     SamProcessor.from_pretrained(tiny_base_dir).save_pretrained(tmp_path / "model")
     command = [
-        sys.executable, "-m", "modeling_icmoe.cli", "predict", "--model", str(tmp_path / "model"),
+        sys.executable, "-m", "modeling_icmoe.medical.cli", "predict", "--model", str(tmp_path / "model"),
         "--input", str(folder), "--output", str(tmp_path / "pred.dcm"), "--prompt_labels", str(prompts),
         "--reference", str(prompts), "--window", "soft_tissue", "--device", "cpu",
     ]
@@ -223,7 +223,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
 
 @pytest.mark.slow
 def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
-    from modeling_icmoe.cli import _training_record
+    from modeling_icmoe.medical.cli import _training_record
     from training.arguments import parse_args
     from training.loop import run
 

@@ -15,8 +15,8 @@ from transformers import SamProcessor
 from helpers import child_env
 
 from modeling_icmoe import IcMoeAdapterConfig, IcMoeSamModel
-from modeling_icmoe.export import export_onnx
 from modeling_icmoe.layer import IcMoeLayer
+from modeling_icmoe.medical.export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -88,7 +88,7 @@ def test_export_refuses_what_it_cannot_export(tmp_path, trained_dir, tiny_base_d
 
 @pytest.mark.slow
 def test_export_refuses_an_unfaithful_graph(tmp_path, trained_dir, monkeypatch):
-    import modeling_icmoe.export as export
+    import modeling_icmoe.medical.export as export
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no graph can meet it: the refusal path must clean up
     with pytest.raises(ValueError, match="image_encoder: onnxruntime and PyTorch differ"):

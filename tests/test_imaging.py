@@ -15,10 +15,10 @@ from helpers import tiny_base_sam, tiny_sam_processor, trained_icmoe
 
 from modeling_icmoe import IcMoeSamSegmentationPipeline, imaging
 from modeling_icmoe.losses import binarize_labels
+from modeling_icmoe.medical.propagation import check_key_prompts
+from modeling_icmoe.medical.volumes import SlicePrompt
 from modeling_icmoe.modeling_icmoe_sam import IcMoeSamModel
 from modeling_icmoe.pipeline_icmoe_sam import _check_prompts
-from modeling_icmoe.propagation import check_key_prompts
-from modeling_icmoe.volumes import SlicePrompt
 from training.data import binary_mask
 
 FRAME = (20, 30)  # (height, width)
@@ -97,6 +97,7 @@ def test_the_data_pipeline_and_the_loss_share_the_binary_mask_rule(values, foreg
     ("modeling_icmoe.pipeline_icmoe_sam", "DEFAULT_INTENSITY_PERCENTILES"),
     ("modeling_icmoe.pipeline_icmoe_sam", "load_medical_image"),
     ("modeling_icmoe.volumes", "mask_box"),
+    ("modeling_icmoe.medical.volumes", "mask_box"),
 ])
 def test_moved_names_work_from_their_old_module_with_a_warning(module, name):
     with pytest.warns(DeprecationWarning, match=f"moved to `modeling_icmoe.imaging.{name}`"):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from modeling_icmoe.imaging import CT_WINDOWS, scale_intensities
-from modeling_icmoe.volumes import load_label_map, load_volume
+from modeling_icmoe.medical.volumes import load_label_map, load_volume
 from training.data import metadata_splits
 from training.volume_data import discover_cases
 

@@ -22,15 +22,15 @@ import pytest
 import torch
 from transformers import SamProcessor
 
-from modeling_icmoe.propagation import (
+from modeling_icmoe.imaging import mask_box
+from modeling_icmoe.medical.propagation import (
     PropagationSettings,
     SliceEmbeddings,
     SlicePoint,
     check_key_prompts,
     points_from_entries,
 )
-from modeling_icmoe.imaging import mask_box
-from modeling_icmoe.volumes import (
+from modeling_icmoe.medical.volumes import (
     SlicePrompt,
     load_nifti,
     prompts_from_boxes,
@@ -235,7 +235,7 @@ def icmoe_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("prompt_use", ["box", "box+mask", "box+point"])
 def test_a_real_model_takes_every_prompt_use(two_organs, icmoe_dir, prompt_use):
-    from modeling_icmoe.cli import load_model
+    from modeling_icmoe.medical.cli import load_model
 
     volume, labels, _, _ = two_organs
     model, processor = load_model(str(icmoe_dir), "cpu")
@@ -320,13 +320,13 @@ def test_the_python_api_checks_prompts_too(two_organs, processor):
 
 def _predict(arguments: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "modeling_icmoe.cli", "predict", *arguments], env=env,
+    return subprocess.run([sys.executable, "-m", "modeling_icmoe.medical.cli", "predict", *arguments], env=env,
                           capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 @pytest.mark.slow  # subprocesses
 def test_predict_propagate_end_to_end(tmp_path, two_organs, icmoe_dir):
-    from modeling_icmoe.cli import load_model
+    from modeling_icmoe.medical.cli import load_model
 
     volume, labels, image, label = two_organs
     key = [{"slice": 9, "label": 1, "box": key_box(labels, 1, 9).box}, {"slice": 14, "label": 2,
@@ -378,7 +378,7 @@ def test_predict_propagate_end_to_end(tmp_path, two_organs, icmoe_dir):
 def test_a_prompt_free_model_refuses_propagate():
     import argparse
 
-    from modeling_icmoe.cli import SEMANTIC_MODEL_TYPE, _check_prompts
+    from modeling_icmoe.medical.cli import SEMANTIC_MODEL_TYPE, _check_prompts
 
     config = {"model_type": SEMANTIC_MODEL_TYPE, "id2label": {"0": "background", "1": "liver"}}
     args = argparse.Namespace(model="organs", prompt_labels=None, boxes=None, points=None, propagate=True,
@@ -430,7 +430,7 @@ def test_the_published_numbers_are_the_results_file(results):
 
 
 def test_prompt_files_that_are_not_json_lists_are_named(tmp_path):
-    from modeling_icmoe.cli import _json_list
+    from modeling_icmoe.medical.cli import _json_list
 
     broken = tmp_path / "KEY.json"
     broken.write_text('[{"slice": 3, "label": 1, "box": [1, 2, 3, 4]')

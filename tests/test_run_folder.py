@@ -51,6 +51,6 @@ def test_the_adapter_file_names_are_the_run_folders():
 
 @pytest.mark.slow  # a fresh interpreter
 def test_the_cards_and_the_command_import_the_names_without_the_harness():
-    code = ("import sys, hub_cards, modeling_icmoe.cli; "
+    code = ("import sys, hub_cards, modeling_icmoe.medical.cli; "
             "assert not [m for m in sys.modules if m == 'training' or m.startswith('training.')]")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

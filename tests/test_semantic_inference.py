@@ -37,8 +37,8 @@ from modeling_icmoe import (
     scale_intensities,
     to_uint8_rgb,
 )
-from modeling_icmoe.cli import _score, main
-from modeling_icmoe.volumes import (
+from modeling_icmoe.medical.cli import _score, main
+from modeling_icmoe.medical.volumes import (
     Volume,
     keep_largest_component,
     load_label_map,
@@ -245,7 +245,7 @@ def test_predict_errors_name_the_model_and_the_value(tmp_path, saved, volume_fil
 @pytest.mark.parametrize("decoder", ["mask_tokens", "queries"])
 def test_onnx_export_of_the_prompt_free_model(tmp_path, tiny_base_dir, decoder):
     ort = pytest.importorskip("onnxruntime")
-    from modeling_icmoe.export import export_onnx
+    from modeling_icmoe.medical.export import export_onnx
 
     model = semantic_model(tiny_base_dir, decoder)
     processor = SamProcessor.from_pretrained(tiny_base_dir)

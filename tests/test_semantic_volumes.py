@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from modeling_icmoe.volume_metrics import score_volume
-from modeling_icmoe.volumes import load_label_map, load_volume
+from modeling_icmoe.medical.volume_metrics import score_volume
+from modeling_icmoe.medical.volumes import load_label_map, load_volume
 from training.arguments import parse_args
 from training.loop import run
 from training.semantic import volume_class_scores, volume_classes
@@ -110,7 +110,7 @@ def test_training_without_prompts_on_a_decathlon_folder(tmp_path, tiny_base_dir)
 
 def test_label_values_behind_the_class_ids_are_kept_for_predict(tmp_path, tiny_base_dir):
     """Trained on stored value 2 alone (`--label_ids 2`, class id 1), the model writes and scores value 2."""
-    from modeling_icmoe.cli import main as cli
+    from modeling_icmoe.medical.cli import main as cli
 
     folder = write_decathlon(tmp_path / "data", cases=3, test_cases=1)
     out = tmp_path / "run"

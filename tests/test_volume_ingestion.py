@@ -17,11 +17,11 @@ from PIL import Image
 from volume_fixtures import save_nifti, write_decathlon
 
 import modeling_icmoe.imaging as imaging
-import modeling_icmoe.volumes as volumes
+import modeling_icmoe.medical.volumes as volumes
 import training.data
 from benchmarks import ingestion
 from modeling_icmoe.imaging import resolve_window, scale_intensities
-from modeling_icmoe.volumes import label_values, load_label_map, load_nifti, slice_view, to_uint8_volume
+from modeling_icmoe.medical.volumes import label_values, load_label_map, load_nifti, slice_view, to_uint8_volume
 from training.arguments import parse_args
 from training.data import check_masks
 from training.volume_data import load_volume_dataset

@@ -18,8 +18,8 @@ from helpers import child_env
 from volume_fixtures import AFFINE, SHAPE, save_nifti, volume_arrays, write_decathlon
 
 from modeling_icmoe.imaging import scale_intensities, to_uint8_rgb
-from modeling_icmoe.volume_metrics import score_volume
-from modeling_icmoe.volumes import (
+from modeling_icmoe.medical.volume_metrics import score_volume
+from modeling_icmoe.medical.volumes import (
     load_label_map,
     load_nifti,
     load_volume,
@@ -113,7 +113,7 @@ def test_bad_volume_inputs_are_named(tmp_path, volume_files):
 
 
 def test_nan_and_infinite_voxels_are_refused_in_prediction_and_training(tmp_path, volume_files, capsys):
-    from modeling_icmoe.cli import main
+    from modeling_icmoe.medical.cli import main
 
     _, label_path, image, _ = volume_files
     holed = image.astype(np.float32)
@@ -280,7 +280,7 @@ def test_predict_command_end_to_end(tmp_path, tiny_base_dir, volume_files):
 
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([{"slice": 2, "label": 1, "box": [3, 4, 15, 14]}]))
-    command = [sys.executable, "-m", "modeling_icmoe.cli", "predict", "--model", str(tmp_path / "model"),
+    command = [sys.executable, "-m", "modeling_icmoe.medical.cli", "predict", "--model", str(tmp_path / "model"),
                "--input", str(image_path), "--output", str(tmp_path / "boxes.nii.gz"), "--boxes", str(boxes)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]

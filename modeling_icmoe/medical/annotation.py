@@ -4,8 +4,8 @@ through a volume, draw the masks over the slice, and write the result.
 
 `AppModel` is a loaded checkpoint with what the app needs to know about it (prompted or prompt-free, from its
 config's model type, as `icmoe-sam predict` decides; its classes, the window and slice axis training recorded).
-`AnnotationSession` holds one user's image or volume, prompts and label map; `modeling_icmoe/app.py` is the Gradio
-page around it. Neither file is imported by the package's `__init__`, so importing `modeling_icmoe` never needs
+`AnnotationSession` holds one user's image or volume, prompts and label map; `modeling_icmoe/medical/app.py` is the
+Gradio page around it. Neither file is imported by the package's `__init__`, so importing `modeling_icmoe` never needs
 Gradio, and neither travels to the Hub as a model's remote code.
 
 Slices of a volume are shown and prompted in the frame of `icmoe-sam predict --boxes`: slice `k` along the slice axis
@@ -25,9 +25,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..imaging import load_medical_image, mask_box, resolve_window
+from ..pipeline_icmoe_semantic import class_maps_at_original_size
 from .cli import SEMANTIC_MODEL_TYPE, _training_record, load_model, model_config
-from .imaging import load_medical_image, mask_box, resolve_window
-from .pipeline_icmoe_semantic import class_maps_at_original_size
 from .propagation import SliceEmbeddings, SlicePoint
 from .volumes import (
     SlicePrompt,

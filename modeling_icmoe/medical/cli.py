@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
-from .imaging import resolve_window
+from ..configuration_icmoe_sam import IcMoeSamConfig, IcMoeSamSemanticConfig
+from ..imaging import resolve_window
+from ..run_folder import EVAL_RESULTS_NAME
 from .propagation import check_key_prompts, points_from_entries
-from .run_folder import EVAL_RESULTS_NAME
 from .volumes import (
     is_nifti,
     keep_largest_component,
@@ -148,8 +148,8 @@ def load_model(model: str, device: str | None):
     import torch
     from transformers import SamModel, SamProcessor
 
-    from .modeling_icmoe_sam import IcMoeSamModel
-    from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
+    from ..modeling_icmoe_sam import IcMoeSamModel
+    from ..modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
 
     model_classes = {IcMoeSamConfig.model_type: IcMoeSamModel, "sam": SamModel,
                      SEMANTIC_MODEL_TYPE: IcMoeSamForSemanticSegmentation}

@@ -184,7 +184,7 @@ SEMANTIC_PARTS = {
 
 
 def _is_semantic(model) -> bool:
-    from .modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
+    from ..modeling_icmoe_semantic import IcMoeSamForSemanticSegmentation
 
     return isinstance(model, IcMoeSamForSemanticSegmentation)
 

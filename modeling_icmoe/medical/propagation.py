@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .imaging import check_boxes, check_points, mask_box
+from ..imaging import check_boxes, check_points, mask_box
 from .volumes import SlicePrompt, Volume, _entry_number, _rgb_slices, parse_entry, slice_view
 
 PROMPT_USES = ("box", "box+mask", "box+point")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import imaging
-from .imaging import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
-from .pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
+from .. import imaging
+from ..imaging import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
+from ..pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
