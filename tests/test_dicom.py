@@ -223,7 +223,7 @@ def test_predict_on_a_series_writes_a_seg(tmp_path, tiny_base_dir):
 
 @pytest.mark.slow
 def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
-    from modeling_icmoe.medical.cli import _training_record
+    from modeling_icmoe.medical.checkpoint import training_record
     from training.arguments import parse_args
     from training.loop import run
 
@@ -242,7 +242,7 @@ def test_training_on_series_with_seg_labels(tmp_path, tiny_base_dir):
     results = run(args)
     assert results["volumes"]["per_case"][0]["label_name"] == "lesion"
     assert results["volume_data"]["label_names"] == {"1": "lesion"}  # from the SEGs' segments
-    assert _training_record(str(tmp_path / "out"))["label_names"] == {"1": "lesion"}  # what predict names SEGs from
+    assert training_record(str(tmp_path / "out"))["label_names"] == {"1": "lesion"}  # what predict names SEGs from
     assert results["volume_data"]["splits"]["train"] == {
         "volumes": 2, "rows": 6, "slices_without_label": 4, "objects_too_small": 0, "volumes_without_label": 0
     }

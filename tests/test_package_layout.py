@@ -4,6 +4,7 @@ move still loads and computes what it did, with the installed package and as rem
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
@@ -16,16 +17,28 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForMaskGeneration, SamModel
+from transformers import AutoModel, AutoModelForMaskGeneration, SamModel, SamProcessor
+from transformers.dynamic_module_utils import get_relative_import_files
 
-from helpers import child_env
-from modeling_icmoe import IcMoeSamModel, IcMoeSamSegmentationPipeline, load_icmoe_adapter
+from helpers import child_env, tiny_base_sam, tiny_sam_processor, trained_icmoe
+from modeling_icmoe import (
+    IcMoeSamModel,
+    IcMoeSamSegmentationPipeline,
+    load_icmoe_adapter,
+    save_pretrained_with_pipeline,
+)
 from modeling_icmoe._moved import MOVED_MODULES
 from remote_code import run_without_package
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "modeling_icmoe"
+# The modules whose classes a checkpoint names (model, config, pipelines): their files and what they import are the
+# remote code a save copies.
+REMOTE_CODE_ROOTS = ("configuration_icmoe_sam", "modeling_icmoe_sam", "modeling_icmoe_semantic", "pipeline_icmoe_sam",
+                     "pipeline_icmoe_semantic")
 PRE_MOVE = Path(__file__).resolve().parent / "fixtures" / "pre_move_checkpoint"
-# The recorded outputs were computed on one CPU with one thread; other thread counts may sum in another order.
+# The recorded outputs were computed on one CPU with one thread; other processes and thread counts may sum in another
+# order (differences of the order of 1e-7).
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
@@ -39,6 +52,220 @@ def _check_outputs(model, expected: dict[str, torch.Tensor]) -> None:
         outputs = model(pixel_values=expected["pixel_values"], input_boxes=expected["input_boxes"])
     torch.testing.assert_close(outputs.pred_masks, expected["pred_masks"], **TOLERANCE)
     torch.testing.assert_close(outputs.iou_scores, expected["iou_scores"], **TOLERANCE)
+
+
+def _package_modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name (a package by its `__init__.py`)."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules that module `name` imports anywhere in its file: at module level, in functions (lazy
+    imports count: they close a cycle when they run), in `if __name__ == "__main__":` blocks. `from PKG import sub`
+    names the submodule, not the package's `__init__` (which is imported already, as a parent)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = {f"{target}.{alias.name}" for alias in node.names} & set(modules)
+            found |= submodules
+            if target in modules and len(submodules) < len(node.names):
+                found.add(target)
+    return found - {name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _package_modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each back edge of a depth-first search (none when the graph is acyclic)."""
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def _closure(graph: dict[str, set[str]], roots) -> set[str]:
+    seen, todo = set(), list(roots)
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph[node])
+    return seen
+
+
+# ------------------------------------------------------------------------------------------------- the imports
+@pytest.mark.parametrize("name", sorted(_package_modules()))
+def test_every_module_imports(name):
+    if name == "modeling_icmoe.medical.app":
+        pytest.importorskip("gradio")
+    assert importlib.import_module(name).__file__ == str(_package_modules()[name])
+
+
+def test_the_import_graph_reads_what_the_files_import():
+    graph = _import_graph()
+    assert graph["modeling_icmoe.medical.volumes"] >= {
+        "modeling_icmoe.imaging", "modeling_icmoe.pipeline_icmoe_semantic", "modeling_icmoe.medical.volume_grid",
+        "modeling_icmoe.medical.prompts", "modeling_icmoe.medical.dicom", "modeling_icmoe.medical.propagation"}
+    assert "modeling_icmoe.imaging" in graph["modeling_icmoe.pipeline_icmoe_sam"]  # `from . import imaging`
+    assert "modeling_icmoe" not in graph["modeling_icmoe.pipeline_icmoe_sam"]
+    assert graph["modeling_icmoe.cli"] == {"modeling_icmoe._moved", "modeling_icmoe.medical.cli"}  # the __main__ block
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_no_import_cycle_in_the_package():
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_toolkit_shares_its_pieces_one_way():
+    graph = _import_graph()
+    medical = "modeling_icmoe.medical."
+    # DICOM and volumes share the volume type through volume_grid, which imports neither.
+    assert f"{medical}volumes" not in graph[f"{medical}dicom"]
+    assert f"{medical}volume_grid" in graph[f"{medical}dicom"]
+    assert not graph[f"{medical}volume_grid"] & {f"{medical}volumes", f"{medical}dicom"}
+    # Propagation takes its prompts from prompts.py, not from volumes (which calls propagation).
+    assert f"{medical}volumes" not in graph[f"{medical}propagation"]
+    assert not graph[f"{medical}prompts"] & {f"{medical}volumes", f"{medical}propagation"}
+    # The app's model loading is public, in checkpoint.py; the app does not import the command.
+    assert f"{medical}cli" not in graph[f"{medical}annotation"]
+    assert f"{medical}checkpoint" in graph[f"{medical}annotation"] & graph[f"{medical}cli"]
+
+
+def test_the_toolkit_modules_import_only_those_listed_before_them():
+    """The subpackage's docstring lists its modules in an order in which each imports only earlier ones."""
+    import modeling_icmoe.medical as medical
+
+    listed = [line.split()[0] for line in medical.__doc__.splitlines() if line.startswith("    ") and line.split()]
+    modules = sorted(name.rpartition(".")[2] for name in _package_modules() if name.startswith(f"{medical.__name__}."))
+    assert sorted(listed) == modules
+    graph = _import_graph()
+    for position, name in enumerate(listed):
+        imported = {m.rpartition(".")[2] for m in graph[f"{medical.__name__}.{name}"] if m.startswith(medical.__name__)}
+        assert imported <= set(listed[:position]), (name, imported - set(listed[:position]))
+
+
+def test_only_the_shims_use_the_old_paths_and_the_model_never_imports_the_toolkit():
+    graph = _import_graph()
+    for name, imported in graph.items():
+        if name not in MOVED_MODULES:
+            assert not imported & set(MOVED_MODULES), name
+        if not name.startswith("modeling_icmoe.medical") and name not in MOVED_MODULES:
+            assert not [m for m in imported if m.startswith("modeling_icmoe.medical")], name
+    for old in MOVED_MODULES:
+        assert graph[old] <= {"modeling_icmoe._moved", MOVED_MODULES[old]}, old
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_importing_the_package_leaves_the_toolkit_out():
+    code = ("import sys, modeling_icmoe; loaded = [m for m in sys.modules if m.startswith('modeling_icmoe.')]; "
+            "print(sorted(loaded))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            check=True, timeout=300)
+    loaded = set(eval(result.stdout.strip()))  # noqa: S307 (our own printed list)
+    assert loaded and not [m for m in loaded if m.startswith("modeling_icmoe.medical") or m in MOVED_MODULES]
+    assert "modeling_icmoe._moved" not in loaded
+
+
+# ------------------------------------------------------------------------------------------------- remote code
+def test_remote_code_is_what_the_model_imports_and_no_toolkit():
+    """What transformers copies beside a checkpoint (the files its `from .x import` lines name, recursively) is
+    exactly what the model's and pipelines' modules import from the package: top-level files, single-dot imports, no
+    medical module, no shim."""
+    graph, modules = _import_graph(), _package_modules()
+    for root in REMOTE_CODE_ROOTS:
+        needed = _closure(graph, [f"modeling_icmoe.{root}"])
+        copied = {Path(p).resolve() for p in get_relative_import_files(str(modules[f"modeling_icmoe.{root}"]))}
+        assert copied == {modules[name].resolve() for name in needed - {f"modeling_icmoe.{root}"}}, root
+        for name in needed:
+            assert name.count(".") == 1 and not name.startswith(("modeling_icmoe.medical", "modeling_icmoe._")), name
+            assert name not in MOVED_MODULES, name
+            assert "from .." not in modules[name].read_text(encoding="utf-8"), name
+
+
+@pytest.fixture(scope="module")
+def fresh_checkpoints(tmp_path_factory, tiny_base_dir):
+    """A prompted and a prompt-free model saved now, with their pipelines; what each computes on an image."""
+    from semantic_fixtures import save_semantic_model
+
+    folder = tmp_path_factory.mktemp("fresh")
+    model, processor = trained_icmoe(tiny_base_sam()), tiny_sam_processor()
+    save_pretrained_with_pipeline(model, processor, folder / "prompted")
+    save_semantic_model(folder / "semantic", tiny_base_dir)
+    pixel_values = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    boxes = torch.tensor([[[6.0, 8.0, 42.0, 50.0]]])
+    semantic = AutoModel.from_pretrained(folder / "semantic").eval()
+    with torch.no_grad():
+        expected = {"pixel_values": pixel_values, "input_boxes": boxes,
+                    "pred_masks": model(pixel_values=pixel_values, input_boxes=boxes).pred_masks,
+                    "logits": semantic(pixel_values=pixel_values).logits}
+    torch.save(expected, folder / "io.pt")
+    return folder
+
+
+def test_a_fresh_save_copies_only_the_models_files(fresh_checkpoints):
+    graph = _import_graph()
+    for kind, roots in (("prompted", ["modeling_icmoe_sam", "pipeline_icmoe_sam"]),
+                        ("semantic", ["modeling_icmoe_semantic", "pipeline_icmoe_semantic"])):
+        copied = {p.name for p in (fresh_checkpoints / kind).glob("*.py")}
+        needed = _closure(graph, [f"modeling_icmoe.{root}" for root in roots])
+        assert copied == {f"{name.rpartition('.')[2]}.py" for name in needed}, kind
+        moved = {f"{old.rpartition('.')[2]}.py" for old in MOVED_MODULES}
+        assert not copied & (moved | {"_moved.py", "volume_grid.py", "prompts.py", "checkpoint.py", "__init__.py"})
+
+
+@pytest.mark.slow
+def test_a_fresh_save_loads_as_remote_code_without_the_package(fresh_checkpoints, tmp_path):
+    run_without_package(f"""
+        import numpy as np
+        import torch
+        from transformers import AutoModel, pipeline
+
+        folder = {str(fresh_checkpoints)!r}
+        io = torch.load(folder + "/io.pt")
+        prompted = AutoModel.from_pretrained(folder + "/prompted", trust_remote_code=True).eval()
+        semantic = AutoModel.from_pretrained(folder + "/semantic", trust_remote_code=True).eval()
+        for model in (prompted, semantic):
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():  # another process, another thread count: equal up to the order of sums
+            masks = prompted(pixel_values=io["pixel_values"], input_boxes=io["input_boxes"]).pred_masks
+            torch.testing.assert_close(masks, io["pred_masks"], **{TOLERANCE!r})
+            torch.testing.assert_close(semantic(pixel_values=io["pixel_values"]).logits, io["logits"], **{TOLERANCE!r})
+        image = (np.random.default_rng(0).random((48, 40)) * 255).astype(np.uint8)
+        masks = pipeline("medical-mask-segmentation", model=folder + "/prompted", trust_remote_code=True,
+                         device=-1)(image, input_boxes=[[8, 10, 30, 34]])["masks"]
+        assert masks.shape == (1, 48, 40)
+        segments = pipeline("image-segmentation", model=folder + "/semantic", trust_remote_code=True, device=-1)(
+            np.stack([image] * 3, axis=-1))
+        assert segments and segments[0]["label"] == "background", segments
+    """, tmp_path)
 
 
 def _new_module(new: str):
@@ -179,8 +406,6 @@ def test_pre_move_adapter_loads_with_the_installed_package(expected):
 
 
 def test_pre_move_checkpoint_in_the_installed_pipeline(expected):
-    from transformers import SamProcessor
-
     model = AutoModel.from_pretrained(PRE_MOVE / "model").eval()
     segmenter = IcMoeSamSegmentationPipeline(model=model, processor=SamProcessor.from_pretrained(PRE_MOVE / "model"),
                                              device=-1)

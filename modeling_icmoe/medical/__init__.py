@@ -7,11 +7,17 @@ they are what a checkpoint's remote code copies. Nothing there imports this subp
 or onnxruntime.
 
     volume_metrics   Dice, IoU, HD95 and NSD of 3-D masks in mm
-    volumes          NIfTI in and out, slicing, slice-by-slice segmentation
+    volume_grid      the `Volume` type, its canonical grid and slices (what volumes and dicom share)
+    prompts          box and point prompts on slices, from their JSON entries, checked
     dicom            DICOM series in, DICOM SEG in and out
     propagation      key-slice prompts propagated through a volume, corrective clicks
+    volumes          NIfTI in and out, label maps, slice-by-slice segmentation
     export           ONNX export
-    cli              the `icmoe-sam` command (predict, export, app)
+    checkpoint       a model folder or Hub id checked and loaded, and what its training recorded
     annotation       what the app does, without its page
     app              the Gradio page
+    cli              the `icmoe-sam` command (predict, export, app)
+
+Each module imports only those above it in this list (and the package's top-level modules): there is no import
+cycle (tests/test_package_layout.py).
 """

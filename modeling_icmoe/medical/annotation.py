@@ -27,7 +27,7 @@ import torch
 
 from ..imaging import load_medical_image, mask_box, resolve_window
 from ..pipeline_icmoe_semantic import class_maps_at_original_size
-from .cli import SEMANTIC_MODEL_TYPE, _training_record, load_model, model_config
+from .checkpoint import SEMANTIC_MODEL_TYPE, load_model, model_config, training_record
 from .propagation import SliceEmbeddings, SlicePoint
 from .volumes import (
     SlicePrompt,
@@ -83,7 +83,7 @@ def load_app_model(
     """Loads `model` (a folder or Hub id) as `icmoe-sam predict` does; `window` and `slice_axis` default to what its
     training recorded (`eval_results.json`), as they do there."""
     config = model_config(model)
-    record = _training_record(model)
+    record = training_record(model)
     loaded, processor = load_model(model, device)
     prompt_free = config["model_type"] == SEMANTIC_MODEL_TYPE
     if prompt_free:

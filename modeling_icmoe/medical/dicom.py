@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volumes import Volume, _checked_labels, _nibabel, to_stored_orientation, volume_from_image
+from .volume_grid import Volume, checked_label_map, require_nibabel, to_stored_orientation, volume_from_image
 
 # Largest relative spread of the gaps between consecutive slices that still counts as one regular grid.
 SLICE_GAP_TOLERANCE = 0.01
@@ -116,7 +116,7 @@ def load_dicom_series(folder: str | os.PathLike) -> Volume:
         except Exception as err:  # pixel decoding raises many types (missing codec, corrupt data)
             raise ValueError(f"{path}: its pixel data cannot be decoded ({err}).") from err
         arrays.append(pixels.T)  # (columns, rows)
-    nib = _nibabel()
+    nib = require_nibabel()
     image = nib.Nifti1Image(np.stack(arrays, axis=-1), LPS_TO_RAS @ affine)
     image.header.set_xyzt_units("mm")
     sources = []
@@ -178,7 +178,7 @@ def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
         )  # (slices, rows, columns), segment numbers
     except (ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"{path}: its frames do not map onto {reference.path} ({err}).") from err
-    nib = _nibabel()
+    nib = require_nibabel()
     numbers = np.stack([frame.T for frame in frames], axis=-1).astype(np.int32)  # (columns, rows, slices)
     ids, names = _segment_labels(seg.SegmentSequence)
     stored = np.zeros_like(numbers)
@@ -186,7 +186,7 @@ def load_dicom_seg(path: str | os.PathLike, reference: Volume) -> Volume:
         stored[numbers == number] = label
     labels = volume_from_image(nib.Nifti1Image(stored, reference.image.affine), str(path))
     labels.label_names = names
-    return _checked_labels(labels, reference)
+    return checked_label_map(labels, reference)
 
 
 def dicom_seg_label_names(path: str | os.PathLike) -> dict[int, str]:

@@ -29,25 +29,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..imaging import check_boxes, check_points, mask_box
-from .volumes import SlicePrompt, Volume, _entry_number, _rgb_slices, parse_entry, slice_view
+from ..imaging import mask_box
+# Points, boxes and their checks live in prompts.py; their names stay importable from here.
+from .prompts import SlicePoint, SlicePrompt, check_key_prompts, points_from_entries  # noqa: F401
+from .volume_grid import rgb_slices, slice_view
 
 PROMPT_USES = ("box", "box+mask", "box+point")
 # SAM's label for a padding point: its embedding is zero (HF's processor pads point lists with it).
 PADDING_POINT_LABEL = -10
-
-
-@dataclass
-class SlicePoint:
-    """A click on slice `index` for class `label` at `point` = `[x, y]` (pixels of that slice, the frame of boxes):
-    `positive` marks the class, negative marks what is not the class. `source` names where it came from (a file and
-    entry), for error messages."""
-
-    index: int
-    label: int
-    point: list[float]
-    positive: bool = True
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,69 +68,6 @@ class PropagationSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-
-
-def _where(item: SlicePrompt | SlicePoint, source: str = "") -> str:
-    """`FILE entry N: class L, slice S` for error messages."""
-    origin = getattr(item, "source", "") or source
-    return f"{origin + ': ' if origin else ''}class {item.label}, slice {item.index}"
-
-
-def check_key_prompts(
-    prompts: Sequence[SlicePrompt], points: Sequence[SlicePoint], *, num_slices: int, slice_shape: tuple[int, int]
-) -> None:
-    """Raises `ValueError` naming the source, class and slice of the first bad prompt: a slice outside
-    `0..num_slices - 1`, a box or point outside the `slice_shape` (rows, columns) slice, two boxes for one class on one
-    slice, a point repeated or given both signs, or a point on a class without any key box."""
-    boxes: dict[tuple[int, int], SlicePrompt] = {}
-    for prompt in prompts:
-        if not 0 <= prompt.index < num_slices:
-            raise ValueError(f"{_where(prompt)}: the key slice is outside the volume's slices 0..{num_slices - 1}.")
-        check_boxes(prompt.box, slice_shape, what=f"{_where(prompt)}: box", frame_name="slice")
-        earlier = boxes.setdefault((prompt.label, prompt.index), prompt)
-        if earlier is not prompt:
-            raise ValueError(f"{_where(prompt)}: a second box for this class on this slice ({earlier.box} from "
-                             f"{earlier.source or 'an earlier prompt'}); give one box per class and slice.")
-    keyed = {label for label, _ in boxes}
-    clicks: dict[tuple[int, int, float, float], SlicePoint] = {}
-    for point in points:
-        if not 0 <= point.index < num_slices:
-            raise ValueError(f"{_where(point)}: the point's slice is outside the volume's slices 0..{num_slices - 1}.")
-        x, y = point.point
-        check_points(point.point, slice_shape, what=f"{_where(point)}: point", frame_name="slice")
-        if point.label not in keyed:
-            raise ValueError(f"{_where(point)}: a point for a class with no key box; points refine a propagated "
-                             f"class, so give class {point.label} a key box (classes with one: {sorted(keyed)}).")
-        earlier = clicks.setdefault((point.label, point.index, float(x), float(y)), point)
-        if earlier is not point:
-            kind = "repeats" if earlier.positive == point.positive else "contradicts"
-            raise ValueError(f"{_where(point)}: point {point.point} {kind} {earlier.source or 'an earlier point'}.")
-
-
-def points_from_entries(entries: Sequence[dict], volume: Volume, axis: int, source: str = "") -> list[SlicePoint]:
-    """Points from `[{"slice": s, "label": l, "point": [x, y], "positive": true}, ...]` in canonical slice pixels (the
-    frame of box entries). A malformed entry or a point outside the volume raises a `ValueError` naming `source`, the
-    entry, its class and slice; whether its class has a key box is checked against the boxes (`check_key_prompts`)."""
-    if isinstance(entries, dict) or not isinstance(entries, Sequence):
-        raise ValueError(f"{source or 'points'}: expected a list of point entries, got {type(entries).__name__}.")
-    points = []
-    for number, entry in enumerate(entries):
-        origin, index, label = parse_entry(entry, number, source, "Point",
-                                           {"slice": "int", "label": "int", "point": "[x, y]", "positive": "bool"})
-        where, point, positive = f"{origin}: class {label}, slice {index}", entry["point"], entry["positive"]
-        if not isinstance(point, list) or len(point) != 2:
-            raise ValueError(f"{where}: 'point' must be [x, y], got {point!r}.")
-        if not isinstance(positive, bool):
-            raise ValueError(f"{where}: 'positive' must be true or false, got {positive!r}.")
-        point = [_entry_number({"point": v}, "point", where, integral=False) for v in point]
-        points.append(SlicePoint(index, label, point, positive, origin))
-    slice_shape = volume.slice(axis, 0).shape
-    for point in points:  # the box checks need the boxes; the range checks do not
-        if not 0 <= point.index < volume.num_slices(axis):
-            raise ValueError(f"{_where(point)}: the point's slice is outside the volume's slices "
-                             f"0..{volume.num_slices(axis) - 1}.")
-        check_points(point.point, slice_shape, what=f"{_where(point)}: point", frame_name="slice")
-    return points
 
 
 class SliceEmbeddings:
@@ -177,7 +103,7 @@ class SliceEmbeddings:
         model = self.model
         for start in range(0, len(indices), self.slices_per_batch):
             chunk = indices[start : start + self.slices_per_batch]
-            encoding = self.processor(images=_rgb_slices(self.pixels, self.axis, chunk), return_tensors="pt")
+            encoding = self.processor(images=rgb_slices(self.pixels, self.axis, chunk), return_tensors="pt")
             self.original_size = encoding["original_sizes"][0].tolist()
             self.reshaped_size = encoding["reshaped_input_sizes"][0].tolist()
             embeddings = model.get_image_embeddings(encoding["pixel_values"].to(model.device, model.dtype))

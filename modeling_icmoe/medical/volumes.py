@@ -14,11 +14,9 @@ Intensities go to 8 bits once per volume (a CT window, or percentiles over the w
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +25,24 @@ import torch
 from .. import imaging
 from ..imaging import DEFAULT_INTENSITY_PERCENTILES, scale_intensities
 from ..pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
+# The volume type, its grid and the box prompts live in volume_grid.py and prompts.py (which dicom.py and
+# propagation.py import without this module); their names stay importable from here.
+from .prompts import SlicePrompt, parse_entry, prompts_from_boxes  # noqa: F401
+from .volume_grid import (  # noqa: F401
+    AFFINE_TOLERANCE_MM,
+    Volume,
+    checked_label_map,
+    require_nibabel,
+    rgb_slices,
+    slice_view,
+    to_stored_orientation,
+    volume_from_image,
+)
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Label ids below this are counted with np.bincount (a count per id) to list the labels present, COUNTED_SLAB at a time.
 MAX_COUNTED_LABEL, COUNTED_SLAB = 1 << 16, 1 << 20
-# Largest disagreement (in mm) between a label map's affine and its image's that still counts as the same grid.
-AFFINE_TOLERANCE_MM = 1e-3
-
-
-def _nibabel():
-    try:
-        import nibabel
-    except ImportError as err:  # an optional dependency: only volume users need it
-        raise ImportError("Reading NIfTI volumes needs nibabel: pip install 'icmoe-sam[volumes]'.") from err
-    return nibabel
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -60,50 +61,6 @@ def resolve_slice_axis(axis: int | str) -> int:
     return index
 
 
-@dataclass
-class Volume:
-    """A volume in the closest canonical (RAS+) orientation, with what is needed to write results back.
-
-    data: the voxel array in canonical orientation (lazy until first read for large files).
-    spacing: voxel size along the canonical axes, in mm.
-    image: the NIfTI image as stored (its orientation, affine and header), the reference for writing back; for a
-        DICOM series, the equivalent image built from it (voxel axes: columns, rows, slices).
-    path: the file or series folder it came from.
-    affine: the voxel-to-world (RAS, mm) matrix of `data`, in canonical orientation.
-    dicom_sources: the series' DICOM datasets in slice order (without pixel data), for DICOM volumes.
-    label_names: names of the labels, for label maps that carry them (DICOM SEG segment labels).
-    """
-
-    data: np.ndarray
-    spacing: tuple[float, float, float]
-    image: object
-    path: str
-    affine: np.ndarray | None = None
-    dicom_sources: list | None = None
-    label_names: dict[int, str] | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.data.shape)
-
-    def num_slices(self, axis: int) -> int:
-        return self.data.shape[axis]
-
-    def slice(self, axis: int, index: int) -> np.ndarray:
-        """The 2-D slice `index` along canonical `axis` (rows and columns: the other two axes, in order), as a view
-        of `data`: `np.take` would copy the whole volume for each slice of nibabel's Fortran-ordered arrays."""
-        return slice_view(self.data, axis, index)
-
-    def slice_spacing(self, axis: int) -> tuple[float, float]:
-        """Pixel spacing (rows, columns) of a slice along `axis`, in mm."""
-        return tuple(s for i, s in enumerate(self.spacing) if i != axis)
-
-
-def slice_view(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The 2-D slice `index` along `axis` of a 3-D array, a view (basic indexing)."""
-    return array[(slice(None),) * axis + (index,)]
-
-
 def label_values(labels: np.ndarray) -> list[int]:
     """The distinct values of a non-negative integer label map, ascending: counted in one pass (`np.bincount`, a
     slab at a time) where sorting the volume (`np.unique`) takes seconds; label ids too large to count are sorted."""
@@ -118,28 +75,10 @@ def label_values(labels: np.ndarray) -> list[int]:
     return np.flatnonzero(counts).tolist()
 
 
-def volume_from_image(image, path: str, dicom_sources: list | None = None) -> Volume:
-    """A `Volume` of a 3-D nibabel image (from a file, or built from a DICOM series), read in canonical orientation."""
-    nib = _nibabel()
-    try:
-        canonical = nib.as_closest_canonical(image)
-        data = np.asanyarray(canonical.dataobj)
-    except Exception as err:  # truncated or corrupt data raise zlib, EOF, OS and value errors alike
-        raise ValueError(f"{path}: cannot be read as a volume ({type(err).__name__}: {err}).") from err
-    # From the affine (what places the voxels), not the header's pixdim, which may disagree with it.
-    spacing = tuple(float(z) for z in np.linalg.norm(np.asarray(canonical.affine)[:3, :3], axis=0))
-    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise ValueError(f"{path}: voxel sizes {spacing} are not positive; the header is broken.")
-    return Volume(
-        data=data, spacing=spacing, image=image, path=path, affine=np.asarray(canonical.affine),
-        dicom_sources=dicom_sources,
-    )
-
-
 def load_nifti(path: str | os.PathLike) -> Volume:
     """Reads a 3-D NIfTI file in canonical orientation. Of a 4-D file (the Decathlon's multi-modal images) the
     first channel is read, with a warning that names the file and the channels left out."""
-    nib = _nibabel()
+    nib = require_nibabel()
     path = str(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file.")
@@ -194,37 +133,7 @@ def load_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
 
         if is_dicom_seg(path):
             return load_dicom_seg(path, reference)
-    return _checked_labels(load_nifti(path), reference)
-
-
-def _checked_labels(labels: Volume, reference: Volume) -> Volume:
-    """`labels` as an integer map (integer files keep their type, float and bool ones become integers), after checking
-    it lies on `reference`'s voxel grid (compared in canonical orientation, so a label map stored with another axis
-    order but on the same grid is accepted)."""
-    if labels.shape != reference.shape:
-        raise ValueError(
-            f"{labels.path}: label map shape {labels.shape} differs from its image {reference.path} {reference.shape} "
-            "(both in canonical orientation)."
-        )
-    difference = np.abs(labels.affine - reference.affine).max()
-    if difference > AFFINE_TOLERANCE_MM:
-        raise ValueError(
-            f"{labels.path}: its affine differs from that of its image {reference.path} by up to {difference:.4g} mm; "
-            "the label map must lie on the image's voxel grid (resample it first)."
-        )
-    data = np.asarray(labels.data)
-    if np.issubdtype(data.dtype, np.floating):
-        if not np.isfinite(data).all() or not np.equal(np.round(data), data).all():
-            raise ValueError(f"{labels.path}: a label map must hold integer labels, found non-integral values.")
-        data = data.astype(np.int64)
-    elif data.dtype == np.bool_:
-        data = data.astype(np.uint8)
-    elif not np.issubdtype(data.dtype, np.integer):
-        raise ValueError(f"{labels.path}: unsupported label map dtype {data.dtype}.")
-    labels.data = data  # integers keep their type: an int64 copy of a 512 x 512 x 256 uint8 map is 512 MiB
-    if labels.data.min() < 0:
-        raise ValueError(f"{labels.path}: negative labels ({int(labels.data.min())}); labels must be >= 0.")
-    return labels
+    return checked_label_map(load_nifti(path), reference)
 
 
 def to_uint8_volume(
@@ -237,14 +146,6 @@ def to_uint8_volume(
     return scale_intensities(np.asarray(volume.data), window=window, intensity_percentiles=intensity_percentiles)
 
 
-def to_stored_orientation(array: np.ndarray, reference: Volume) -> np.ndarray:
-    """A canonical-orientation array back in the orientation `reference` is stored in (the inverse of reading)."""
-    nib = _nibabel()
-    stored = nib.orientations.io_orientation(reference.image.affine)
-    canonical = nib.orientations.axcodes2ornt(("R", "A", "S"))
-    return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(canonical, stored))
-
-
 def save_label_map(
     labels: np.ndarray, reference: Volume, path: str | os.PathLike, label_names: dict[int, str] | None = None
 ) -> Path:
@@ -254,7 +155,7 @@ def save_label_map(
         from .dicom import save_dicom_seg
 
         return save_dicom_seg(labels, reference, path, label_names)
-    nib = _nibabel()
+    nib = require_nibabel()
     stored = to_stored_orientation(labels, reference)
     if stored.shape != tuple(reference.image.shape):
         raise ValueError(f"The label map has shape {stored.shape}, its image {tuple(reference.image.shape)}.")
@@ -267,17 +168,6 @@ def save_label_map(
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
     return path
-
-
-@dataclass
-class SlicePrompt:
-    """One prompt: the class `label` in slice `index` along the slice axis, as a box in that slice's pixels. `source`
-    names where it came from (a file and entry), for error messages."""
-
-    index: int
-    label: int
-    box: list[float]
-    source: str = ""
 
 
 def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] | None = None) -> list[SlicePrompt]:
@@ -295,55 +185,6 @@ def prompts_from_label_map(labels: Volume, axis: int, label_ids: Sequence[int] |
             if mask.any():
                 prompts.append(SlicePrompt(index, label, imaging.mask_box(mask)))
     return prompts
-
-
-def _entry_number(entry: dict, key: str, where: str, *, integral: bool) -> float | int:
-    """`entry[key]` as a finite number (an int where `integral`), or a `ValueError` naming `where`."""
-    value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            integral and value != int(value)):
-        raise ValueError(f"{where}: {key!r} must be {'an integer' if integral else 'a finite number'}, got {value!r}.")
-    return int(value) if integral else float(value)
-
-
-def parse_entry(entry, number: int, source: str, kind: str, fields: dict[str, str]) -> tuple[str, int, int]:
-    """Checks a JSON prompt entry's form: a dict with exactly the keys of `fields` (key: description), integer
-    `slice` and `label` > 0. Returns its origin (`SOURCE: Kind entry N`), slice and label."""
-    origin = f"{source + ': ' if source else ''}{kind} entry {number}"
-    form = "{" + ", ".join(f"{k!r}: {v}" for k, v in fields.items()) + "}"
-    if not isinstance(entry, dict) or set(entry) != set(fields):
-        raise ValueError(f"{origin} must be {form}, got {entry!r}.")
-    index = _entry_number(entry, "slice", origin, integral=True)
-    label = _entry_number(entry, "label", origin, integral=True)
-    if label <= 0:
-        raise ValueError(f"{origin}: class {label}, slice {index}: labels are > 0 (0 is the background).")
-    return origin, index, label
-
-
-def prompts_from_boxes(entries: Sequence[dict], volume: Volume, axis: int, source: str = "") -> list[SlicePrompt]:
-    """Prompts from `[{"slice": s, "label": l, "box": [x0, y0, x1, y1]}, ...]` in canonical slice pixels. Errors name
-    `source` (the JSON file), the entry, its class and slice: a malformed entry, a slice outside the volume, a box
-    outside the slice, two boxes for one class on one slice."""
-    from .propagation import check_key_prompts
-
-    if isinstance(entries, dict) or not isinstance(entries, Sequence):
-        raise ValueError(f"{source or 'boxes'}: expected a list of box entries, got {type(entries).__name__}.")
-    prompts = []
-    for number, entry in enumerate(entries):
-        origin, index, label = parse_entry(entry, number, source, "Box",
-                                           {"slice": "int", "label": "int", "box": "[x0, y0, x1, y1]"})
-        where, box = f"{origin}: class {label}, slice {index}", entry["box"]
-        if not isinstance(box, list) or len(box) != 4:
-            raise ValueError(f"{where}: 'box' must be [x0, y0, x1, y1], got {box!r}.")
-        box = [_entry_number({"box": v}, "box", where, integral=False) for v in box]
-        prompts.append(SlicePrompt(index, label, box, origin))
-    check_key_prompts(prompts, [], num_slices=volume.num_slices(axis), slice_shape=volume.slice(axis, 0).shape)
-    return prompts
-
-
-def _rgb_slices(pixels: np.ndarray, axis: int, indices: Sequence[int]) -> list[np.ndarray]:
-    """Slices `indices` of a uint8 volume as the `(H, W, 3)` images SAM's processor takes."""
-    return [np.repeat(slice_view(pixels, axis, i)[..., None], 3, axis=-1) for i in indices]
 
 
 def _batches(prompts: list[SlicePrompt], slices_per_batch: int) -> Iterator[tuple[list[int], list[SlicePrompt]]]:
@@ -418,7 +259,7 @@ def segment_volume(
     device, dtype = model.device, model.dtype
     batches = list(_batches(prompts, slices_per_batch))
     for indices, chunk in tqdm(batches, desc="Segmenting slices", disable=not progress):
-        encoding = processor(images=_rgb_slices(pixels, axis, indices), return_tensors="pt")
+        encoding = processor(images=rgb_slices(pixels, axis, indices), return_tensors="pt")
         embeddings = model.get_image_embeddings(encoding["pixel_values"].to(device, dtype))
         (height, width), (new_height, new_width) = encoding["original_sizes"][0].tolist(), encoding[
             "reshaped_input_sizes"][0].tolist()
@@ -469,7 +310,7 @@ def segment_volume_without_prompts(
     starts = range(0, volume.num_slices(axis), slices_per_batch)
     for start in tqdm(starts, desc="Segmenting slices", disable=not progress):
         indices = list(range(start, min(start + slices_per_batch, volume.num_slices(axis))))
-        encoding = processor(images=_rgb_slices(pixels, axis, indices), return_tensors="pt")
+        encoding = processor(images=rgb_slices(pixels, axis, indices), return_tensors="pt")
         pixel_values = encoding["pixel_values"].to(device, dtype)  # (B, 3, S, S)
         logits = model(pixel_values=pixel_values).logits.cpu()  # (B, L, h, w)
         maps = class_maps_at_original_size(logits, pixel_values.shape[-1], encoding["reshaped_input_sizes"],
