@@ -206,7 +206,7 @@ def breakdown(source: str, window: str) -> dict:
 
     from PIL import Image
 
-    from modeling_icmoe.volumes import label_values, load_label_map, load_volume, slice_view, to_uint8_volume
+    from modeling_icmoe.medical.volumes import label_values, load_label_map, load_volume, slice_view, to_uint8_volume
     from training.volume_data import PNG_COMPRESS_LEVEL, _new_counts, _rows, discover_cases
 
     splits, _ = discover_cases(source, [])

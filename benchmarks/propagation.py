@@ -129,7 +129,7 @@ def class_slices(labels: np.ndarray, label: int) -> tuple[list[int], list[int]]:
 def key_prompts(labels: np.ndarray, setting: str):
     """Key boxes from the labels: per class, the slice of largest area, a slice of median area, or three slices."""
     from modeling_icmoe.imaging import mask_box
-    from modeling_icmoe.volumes import SlicePrompt
+    from modeling_icmoe.medical.volumes import SlicePrompt
 
     prompts = []
     for label in range(1, int(labels.max()) + 1):
@@ -160,7 +160,7 @@ def corrective_clicks(prediction: np.ndarray, labels: np.ndarray):
     region, positive where the class was missed, negative where it was wrongly predicted."""
     from scipy import ndimage
 
-    from modeling_icmoe.propagation import SlicePoint, _interior_point
+    from modeling_icmoe.medical.propagation import SlicePoint, _interior_point
 
     clicks = []
     for label in range(1, int(labels.max()) + 1):
@@ -195,7 +195,7 @@ class Case:
     """A volume, its labels (canonical), its uint8 pixels and a lazily filled embedding cache for one model."""
 
     def __init__(self, image: Path, label: Path):
-        from modeling_icmoe.volumes import load_label_map, load_volume, to_uint8_volume
+        from modeling_icmoe.medical.volumes import load_label_map, load_volume, to_uint8_volume
 
         self.name = image.name.removesuffix(".nii.gz")
         self.volume = load_volume(image)
@@ -204,7 +204,7 @@ class Case:
         self.pixels = to_uint8_volume(self.volume, window=LEVEL_WIDTH)
 
     def propagate(self, model, processor, embeddings, settings, prompts, points=()):
-        from modeling_icmoe.volumes import segment_volume
+        from modeling_icmoe.medical.volumes import segment_volume
 
         return segment_volume(model, processor, self.volume, prompts, axis=2, window=LEVEL_WIDTH, progress=False,
                               propagate=True, points=points, propagation=settings, embeddings=embeddings)
@@ -213,8 +213,8 @@ class Case:
 # --------------------------------------------------------------------------------------------------------- stages
 def select(args, data: dict, grid: dict) -> dict:
     """Scores every settings combination of `grid` on the validation volumes; returns the best."""
-    from modeling_icmoe.cli import load_model
-    from modeling_icmoe.propagation import PropagationSettings, SliceEmbeddings
+    from modeling_icmoe.medical.cli import load_model
+    from modeling_icmoe.medical.propagation import PropagationSettings, SliceEmbeddings
 
     split_csv, held_out = validation_csv(args.work_dir)
     run_dir = args.runs / "select_seed0"
@@ -238,9 +238,9 @@ def select(args, data: dict, grid: dict) -> dict:
 
 
 def test_seed(args, seed: int, chosen: dict, volumes: list[tuple[Path, Path]]) -> dict:
-    from modeling_icmoe.cli import load_model
-    from modeling_icmoe.propagation import PropagationSettings, SliceEmbeddings
-    from modeling_icmoe.volumes import prompts_from_label_map, segment_volume
+    from modeling_icmoe.medical.cli import load_model
+    from modeling_icmoe.medical.propagation import PropagationSettings, SliceEmbeddings
+    from modeling_icmoe.medical.volumes import prompts_from_label_map, segment_volume
 
     run_dir = test_model(args, seed)
     model, processor = load_model(str(run_dir), "cpu")

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from benchmarks.measure import interleaved, summarize  # noqa: E402
 from modeling_icmoe import IcMoeSamForSemanticSegmentation, IcMoeSamModel  # noqa: E402
-from modeling_icmoe.volumes import (  # noqa: E402
+from modeling_icmoe.medical.volumes import (  # noqa: E402
     Volume,
     load_label_map,
     load_volume,

@@ -124,7 +124,7 @@ def train(args, argv: list[str], output_dir: Path) -> dict:
 
 def predict(model_dir: Path, volumes: list[tuple[Path, Path]], out: Path, *, clean_up: bool) -> list[dict]:
     """`icmoe-sam predict` on each volume against its reference; one record of per-class Dice per volume."""
-    from modeling_icmoe.cli import main as cli
+    from modeling_icmoe.medical.cli import main as cli
 
     records = []
     for image, label in volumes:

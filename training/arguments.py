@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modeling_icmoe.imaging import resolve_window
 from modeling_icmoe.configuration_icmoe_sam import SEMANTIC_DECODERS
-from modeling_icmoe.volumes import resolve_slice_axis
+from modeling_icmoe.medical.volumes import resolve_slice_axis
 
 from .methods import (
     ADAPTER_PLACEMENTS,

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_icmoe import IcMoeSamModel
-from modeling_icmoe.volume_metrics import score_volume, summarize
+from modeling_icmoe.medical.volume_metrics import score_volume, summarize
 
 from .diagnostics import VotingStats
 from .diagnostics import routed_counts as _routed_counts

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from modeling_icmoe.imaging import to_uint8_rgb
 from modeling_icmoe.pipeline_icmoe_semantic import class_map_dtype, class_maps_at_original_size
-from modeling_icmoe.volume_metrics import score_volume, summarize
+from modeling_icmoe.medical.volume_metrics import score_volume, summarize
 
 from .data import class_map
 from .diagnostics import VotingStats

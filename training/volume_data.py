@@ -9,7 +9,7 @@ Layouts:
   series folder with a NIfTI label map or a DICOM SEG (the SEGs' segment labels name the labels).
 
 Each volume is read once (canonical orientation), brought to 8 bits with one rule for the whole volume (a CT
-window, or percentiles over the volume: `modeling_icmoe.volumes.to_uint8_volume`), cut along the slice axis, and
+window, or percentiles over the volume: `modeling_icmoe.medical.volumes.to_uint8_volume`), cut along the slice axis, and
 every chosen class present in a slice becomes one row: the slice, that class's binary mask, and where it came from
 (`case`, `slice_index`, `label_id`, `label_name`, `spacing`). Slices are views of the volume (never a copy of
 it per slice), and a slice's PNG is encoded once for all its classes. Rows are written to the `datasets` cache one
@@ -40,8 +40,8 @@ import numpy as np
 from datasets.fingerprint import Hasher
 from PIL import Image
 
-from modeling_icmoe.dicom import dicom_seg_label_names, is_dicom_seg
-from modeling_icmoe.volumes import (
+from modeling_icmoe.medical.dicom import dicom_seg_label_names, is_dicom_seg
+from modeling_icmoe.medical.volumes import (
     is_nifti,
     label_values,
     load_label_map,
