@@ -7,7 +7,7 @@
 # prompts, MSE of the IoU head; AdamW, warmup + cosine, seeded. Saves `SamModel.save_pretrained` + a matching
 # `SamProcessor`, and checks that both reload and agree with the trained model.
 #
-#   python -m training.pretrain_standin        # from the repository root
+#   python -m tools.pretrain_standin        # from the repository root
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from transformers import (
 
 from modeling_icmoe.losses import resize_masks, segmentation_losses
 from training.sam_init import init_sam_from_scratch
-from training.standin_scenes import (
+from tools.standin_scenes import (
     MASK_UPSCALE,
     MAX_FILL_CONTRAST,
     ProceduralScenes,
@@ -42,7 +42,7 @@ from training.standin_scenes import (
     SceneStream,
 )
 
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "standin" / "sam-standin"
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "training" / "standin" / "sam-standin"
 
 
 def parse_args() -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 Random textured shapes (ellipses, polygons, blobs) over random textured backgrounds, with box and point prompts
 derived from the shapes' visible masks. Everything is drawn with an explicit `torch.Generator`, so a seed fixes
-the whole stream. Used by `training/pretrain_standin.py`.
+the whole stream. Used by `tools/pretrain_standin.py`.
 """
 
 from __future__ import annotations

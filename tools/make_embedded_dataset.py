@@ -5,7 +5,7 @@
 # tiles go to `train` or `test`, so no pixel is shared between the splits. CPU only, seconds, seeded.
 #
 #   pip download --no-deps --only-binary :all: -d /tmp/stardist_wheel stardist==0.9.2
-#   python training/make_embedded_dataset.py --stardist_wheel /tmp/stardist_wheel/stardist-0.9.2-*.whl
+#   python tools/make_embedded_dataset.py --stardist_wheel /tmp/stardist_wheel/stardist-0.9.2-*.whl
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ EXPECTED_SHA256 = {
     MASK_MEMBER: "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
 }
 GENERATED = ("images", "masks", "metadata.csv")
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "data" / "dsb2018_nuclei"
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "training" / "data" / "dsb2018_nuclei"
 
 
 def parse_args() -> argparse.Namespace:
