@@ -129,6 +129,11 @@ BASELINE_CANDIDATES: dict[str, tuple[str, dict]] = {
     "adapter_matched_attention_scale2": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 2.0}),
     "full_lld0.8": ("full", {"layer_lr_decay": 0.8}),
     "full_lld0.6": ("full", {"layer_lr_decay": 0.6}),
+    # Second stage: where a family's best first-stage value sat at the edge of what was tried, one step further
+    # (the rule the learning-rate grids follow): decay 0.6 was the lowest tried; the adapter's scale 4 beat scale 2
+    # beside the MLP, and beside qkv only scale 2 was tried.
+    "adapter_matched_attention_scale4": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 4.0}),
+    "full_lld0.4": ("full", {"layer_lr_decay": 0.4}),
 }
 RUN_METHOD.update({name: RUN_METHOD[reference] for name, (reference, _) in BASELINE_CANDIDATES.items()})
 REMATCHED_OPTIONS = ("lora_targets", "adapter_placement")  # options that change a rank's parameter count

@@ -304,6 +304,11 @@ def write_report(data: dict, report_path: Path, name: str = "accuracy") -> None:
     """Writes the section `name` (the results file's stem: `accuracy` for the main file, so that a side file
     such as a search never overwrites the main section) and its figure `figures/<name>.png`."""
     write_section_with_figure(data, report_path, name, render_section, TABLE_METHODS + ABLATIONS)
+    repository = Path(__file__).resolve().parents[1]
+    if data["protocol"].get("test_set") == "fresh" and report_path.resolve() == repository / "docs" / "BENCHMARKS.md":
+        from benchmarks.baseline_search_report import README_NAME, readme_results
+
+        write_section(repository / "README.md", readme_results(data, f"{name}.json"), *markers(README_NAME))
 
 
 def write_section_with_figure(data: dict, report_path: Path, name: str, render, order: tuple[str, ...]) -> None:

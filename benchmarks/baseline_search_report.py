@@ -49,6 +49,21 @@ def scores(data: dict) -> dict[str, dict[str, tuple[float, float]]]:
     return result
 
 
+def icmoe_validation(data: dict) -> dict[str, tuple[float, float]]:
+    """IC-MoE's (the default's) validation Dice per task at its best rate, on the search's selection seeds, from the
+    files the search read its rates from: the same basis as the search's table."""
+    seeds = set(data["protocol"]["selection_seeds"])
+    runs: dict[tuple[str, float], list[dict]] = {}
+    for record in reference_selection(data):
+        if record["method"] == "icmoe" and record["seed"] in seeds:
+            runs.setdefault((record["dataset"], record["learning_rate"]), []).append(record)
+    result: dict[str, tuple[float, float]] = {}
+    for (task, lr), group in runs.items():
+        if {r["seed"] for r in group} == seeds and (task not in result or validation_score(group) > result[task][0]):
+            result[task] = (validation_score(group), lr)
+    return result
+
+
 def best_configurations(data: dict) -> dict[str, str]:
     """Each baseline -> the configuration it takes to the test (the reference unless a candidate's mean over the
     tasks is higher), among those scored on every task the family was searched on."""
@@ -93,10 +108,67 @@ def search_section(data: dict) -> list[str]:
             mean = np.mean([table[method][t][0] for t in tasks if t in table[method]])
             name = f"**{method}**" if chosen.get(family) == method else method
             lines.append(f"| {family} | {name}: {described} | {rank} | " + " | ".join(cells) + f" | {mean:.4f} |")
-    tried = {family: 1 + sum(ref == family for ref, _ in BASELINE_CANDIDATES.values()) for family in FAMILIES}
+    icmoe = icmoe_validation(data)
+    if icmoe:
+        cells = [f"{icmoe[t][0]:.4f} ({icmoe[t][1]:g})" if t in icmoe else "–" for t in tasks]
+        lines.append("| IC-MoE | the default, for comparison (its best rate) | – | " + " | ".join(cells) +
+                     f" | {np.mean([icmoe[t][0] for t in tasks if t in icmoe]):.4f} |")
+    tried = {family: sum(m in table for m in [family] + [n for n, (r, _) in BASELINE_CANDIDATES.items() if r == family])
+             for family in FAMILIES}
     icmoe_tried = len(set(ICMOE_VARIANTS) | set(ICMOE_CANDIDATES))
-    lines += ["", "Configurations tried on validation: " + "; ".join(f"{f} {n}" for f, n in tried.items()) +
+    lines += ["", "Configurations scored on validation, the reference included: " +
+              "; ".join(f"{f} {n}" for f, n in tried.items()) +
               f"; IC-MoE's default, for comparison: {icmoe_tried} named configurations over its rounds "
               "(docs/HISTORY.md), each at two or more rates. The baselines' searches are smaller; their learning "
               "rates were searched on full grids in the main benchmark.", ""]
     return lines
+
+
+# ------------------------------------------------------------------------------------- the README's results table
+LABELS = {
+    "zeroshot": "zero-shot stand-in SAM", "decoder": "mask decoder only", "lora": "LoRA rank 4 on `qkv`",
+    "lora_matched": "LoRA at IC-MoE's parameters", "adapter": "adapter rank 64 beside the MLP",
+    "adapter_matched": "adapter at IC-MoE's parameters", "full": "full fine-tuning", "icmoe": "**IC-MoE** (default)",
+}
+README_NAME = "readme_results"  # the README's block: <!-- readme_results:begin --> ... <!-- readme_results:end -->
+
+
+def method_label(method: str) -> str:
+    """A row's name: the method, and for a baseline's searched configuration, which one it is."""
+    if method in BASELINE_CANDIDATES:
+        reference, options = BASELINE_CANDIDATES[method]
+        described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in options.items())
+        return f"{LABELS[reference]}, best configuration ({described})"
+    return LABELS.get(method, method)
+
+
+def readme_results(data: dict, source: str) -> str:
+    """The README's results table from the fresh-test results file `source`: per task, test Dice mean ± std over
+    seeds, and IC-MoE minus each method with its 95 % interval over seeds and test objects."""
+    from benchmarks.accuracy_methods import MAIN_METHODS
+    from benchmarks.accuracy_report import markers, ordered, paired_difference, summary_over_seeds
+
+    records = data["records"]
+    tasks = ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
+    # A searched configuration sits where its reference would, so IC-MoE (the last main method) stays last.
+    methods = sorted(dict.fromkeys(r["method"] for r in records),
+                     key=lambda m: MAIN_METHODS.index(BASELINE_CANDIDATES.get(m, (m, None))[0]))
+    begin, end = markers(README_NAME)
+    lines = [begin, f"Generated from `benchmarks/results/{source}` by `python benchmarks/accuracy.py --output "
+             f"benchmarks/results/{source} --report`.", "",
+             "| method | " + " | ".join(f"{task}: Dice | IC-MoE minus it [95 % interval]" for task in tasks) + " |",
+             "|---|" + "---|---|" * len(tasks)]
+    for method in methods:
+        cells = []
+        for task in tasks:
+            ours = [r for r in records if r["dataset"] == task and r["method"] == "icmoe"]
+            theirs = sorted((r for r in records if r["dataset"] == task and r["method"] == method),
+                            key=lambda r: r["seed"])
+            cells.append(summary_over_seeds([r["dice"] for r in theirs], 3))
+            if method == "icmoe" or not ours:
+                cells.append("")
+                continue
+            difference, low, high = paired_difference(ours, theirs)
+            cells.append(f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [end]) + "\n"

@@ -152,3 +152,46 @@ def test_the_fresh_test_set_is_scored_once(tmp_path):
     _selection_file(rates, [("mr_brain_lesion", "adapter", 3e-3, 0.7)])
     with pytest.raises(SystemExit, match="used once"):
         accuracy.main([*args, "--lr_grid_from", str(rates)])
+
+
+def _search_data(tmp_path: Path, scores: dict[str, dict[str, float]]) -> dict:
+    """A search results file whose reference runs live in another file (as the search reads them)."""
+    reference = _selection_file(tmp_path / "main.json", [
+        (task, method, 1e-3, dice) for method, tasks in scores.items() if method in ("lora_matched", "icmoe")
+        for task, dice in tasks.items()])
+    records = [{"dataset": task, "method": method, "learning_rate": 1e-3, "val_dice": dice, "seed": 0}
+               for method, tasks in scores.items() if method not in ("lora_matched", "icmoe")
+               for task, dice in tasks.items()]
+    return {"protocol": {"selection_seeds": [0], "lr_grid_from": {"files": [str(reference)], "top": 2},
+                         "matched_ranks": {"lora_rank": 51, "adapter_rank": 101}, "tasks": {"a": {}, "b": {}}},
+            "selection": records, "records": []}
+
+
+def test_each_baseline_takes_its_best_configuration_by_the_mean_over_tasks(tmp_path):
+    from benchmarks.baseline_search_report import best_configurations, search_section
+
+    data = _search_data(tmp_path, {
+        "lora_matched": {"a": 0.80, "b": 0.70},
+        "lora_matched_alpha2": {"a": 0.79, "b": 0.73},  # lower on a, higher on average: taken
+        "lora_matched_alpha4": {"a": 0.90},  # not scored on every task: not a choice
+        "icmoe": {"a": 0.81, "b": 0.70},
+    })
+    assert best_configurations(data) == {"lora_matched": "lora_matched_alpha2"}
+    text = "\n".join(search_section(data))
+    assert "**lora_matched_alpha2**" in text and "| IC-MoE | the default" in text
+    data = _search_data(tmp_path, {"lora_matched": {"a": 0.80, "b": 0.70},
+                                   "lora_matched_alpha2": {"a": 0.70, "b": 0.80}})
+    assert best_configurations(data) == {"lora_matched": "lora_matched"}  # a tie goes to the reference
+
+
+def test_the_readme_results_are_rendered_from_the_fresh_test_file():
+    """The README's results table is what its results file renders now (a stale number fails)."""
+    from benchmarks.accuracy_report import markers
+    from benchmarks.baseline_search_report import README_NAME, readme_results
+
+    path = REPO_ROOT / "benchmarks" / "results" / "accuracy_fresh_test.json"
+    readme = (REPO_ROOT / "README.md").read_text()
+    begin, end = markers(README_NAME)
+    assert begin in readme and path.is_file()
+    published = begin + readme.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    assert published == readme_results(json.loads(path.read_text()), path.name)
