@@ -134,6 +134,10 @@ BASELINE_CANDIDATES: dict[str, tuple[str, dict]] = {
     # beside the MLP, and beside qkv only scale 2 was tried.
     "adapter_matched_attention_scale4": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 4.0}),
     "full_lld0.4": ("full", {"layer_lr_decay": 0.4}),
+    # Third and fourth stages, by the same rule: beside qkv each larger scale beat the one before and was the highest
+    # tried.
+    "adapter_matched_attention_scale8": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 8.0}),
+    "adapter_matched_attention_scale16": ("adapter_matched", {"adapter_placement": "attention", "adapter_scale": 16.0}),
 }
 RUN_METHOD.update({name: RUN_METHOD[reference] for name, (reference, _) in BASELINE_CANDIDATES.items()})
 REMATCHED_OPTIONS = ("lora_targets", "adapter_placement")  # options that change a rank's parameter count
