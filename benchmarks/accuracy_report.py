@@ -263,7 +263,10 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
                   f"Trainable encoder parameters (under `vision_encoder`): IC-MoE (default config) "
                   f"{m['icmoe_encoder_params']:,}; `lora_matched` rank {m['lora_rank']} "
                   f"({m['lora_encoder_params']:,}); `adapter_matched` rank {m['adapter_rank']} "
-                  f"({m['adapter_encoder_params']:,}); tolerance {m['tolerance']:.0%}.", ""]
+                  f"({m['adapter_encoder_params']:,}); tolerance {m['tolerance']:.0%}." +
+                  "".join(f" Searched `{name}`: rank {v['rank']} ({v['encoder_params']:,})."
+                          for name, v in m.get("variants", {}).items()
+                          if any(r["method"] == name for r in data["records"] + data["selection"])), ""]
     selection = selection_table(data)
     if selection:
         lines += ["### Learning-rate selection", ""] + selection + [""]
@@ -271,7 +274,7 @@ def render_section(data: dict, figure: str | None, name: str = "accuracy") -> st
                   "`training/run.py` for the main methods come from here):", ""]
         lines += [f"- `{m}`: {lr:g} (mean validation Dice {mean:.3f} over {', '.join(tasks)})"
                   for m, (lr, mean, tasks) in best_mean_learning_rates(data).items()] + [""]
-    if protocol.get("baseline_candidates"):
+    if protocol.get("baseline_candidates") and data["selection"]:  # the search's own file
         from benchmarks.baseline_search_report import search_section
 
         lines += search_section(data)

@@ -133,12 +133,18 @@ LABELS = {
 README_NAME = "readme_results"  # the README's block: <!-- readme_results:begin --> ... <!-- readme_results:end -->
 
 
+OPTION_WORDS = {
+    "lora_alpha_per_rank": lambda v: f"alpha {v:g} x rank", "lora_targets": lambda v: f"on {v}",
+    "lora_dropout": lambda v: f"dropout {v:g}", "adapter_placement": lambda v: "beside qkv" if v == "attention" else
+    "beside the MLP", "adapter_scale": lambda v: f"scale {v:g}", "layer_lr_decay": lambda v: f"layer-wise lr decay {v:g}",
+}
+
+
 def method_label(method: str) -> str:
     """A row's name: the method, and for a baseline's searched configuration, which one it is."""
     if method in BASELINE_CANDIDATES:
         reference, options = BASELINE_CANDIDATES[method]
-        described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in options.items())
-        return f"{LABELS[reference]}, best configuration ({described})"
+        return f"{LABELS[reference]}, searched: {', '.join(OPTION_WORDS[k](v) for k, v in options.items())}"
     return LABELS.get(method, method)
 
 
