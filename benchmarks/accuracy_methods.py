@@ -141,6 +141,7 @@ BASELINE_CANDIDATES: dict[str, tuple[str, dict]] = {
 }
 RUN_METHOD.update({name: RUN_METHOD[reference] for name, (reference, _) in BASELINE_CANDIDATES.items()})
 REMATCHED_OPTIONS = ("lora_targets", "adapter_placement")  # options that change a rank's parameter count
+RUN_OPTIONS = {"layer_lr_decay", "lora_alpha_per_rank"}  # candidate options that are not how the model is built
 MATCHED_RANK = {"lora_matched": "lora", "adapter_matched": "adapter"}  # searched at IC-MoE's encoder budget
 DEFAULT_RANKS = {"lora": 4, "adapter": 64}  # run.py's defaults, used by the unmatched `lora` and `adapter`
 MATCH_TOLERANCE = 0.2
@@ -181,6 +182,9 @@ def baseline_options(options: dict):
     from training.methods import BaselineOptions
 
     fields = {field.name for field in dataclasses.fields(BaselineOptions)}
+    unknown = set(options) - fields - RUN_OPTIONS
+    if unknown:
+        raise ValueError(f"Unknown baseline option(s) {sorted(unknown)}; known: {sorted(fields | RUN_OPTIONS)}.")
     return BaselineOptions(**{k: v for k, v in options.items() if k in fields})
 
 
@@ -228,7 +232,8 @@ def matched_ranks(base_model: str, recorded: dict | None = None) -> dict:
     for name, (reference, options) in BASELINE_CANDIDATES.items():
         if reference in MATCHED_RANK and any(key in options for key in REMATCHED_OPTIONS):
             kept = recorded.get("variants", {}).get(name)
-            if kept is not None and abs(kept["encoder_params"] - target) <= MATCH_TOLERANCE * target:
+            if kept is not None and kept.get("options") == options and (
+                    abs(kept["encoder_params"] - target) <= MATCH_TOLERANCE * target):
                 variants[name] = kept
                 continue
             rank, params = _matched_rank(MATCHED_RANK[reference], base_model, target, options)

@@ -21,7 +21,10 @@ FAMILIES = tuple(dict.fromkeys(reference for reference, _ in BASELINE_CANDIDATES
 
 def reference_selection(data: dict) -> list[dict]:
     """The selection runs of the files the search read its rates from (where its references' runs are)."""
-    files = data["protocol"].get("lr_grid_from", {}).get("files") or [data["protocol"]["lr_grid_from"]["file"]]
+    source = data["protocol"].get("lr_grid_from")
+    if not source:
+        raise ValueError("The search's results file records no --lr_grid_from: its references' runs are not known.")
+    files = source.get("files") or [source["file"]]
     return [r for path in files for r in json.loads((REPO_ROOT / path).read_text())["selection"]]
 
 
@@ -30,11 +33,14 @@ def scores(data: dict) -> dict[str, dict[str, tuple[float, float]]]:
     on the rates and seeds the search ran (the reference's runs read from its own results file)."""
     seeds = set(data["protocol"]["selection_seeds"])
     rates: dict[str, set] = {}  # task -> the rates the search tried (the same for a family's members)
+    unknown = sorted({r["method"] for r in data["selection"]} - set(BASELINE_CANDIDATES))
+    if unknown:
+        raise ValueError(f"The search's results file holds runs of {unknown}, which are not baseline candidates.")
     for record in data["selection"]:
         rates.setdefault((record["dataset"], BASELINE_CANDIDATES[record["method"]][0]), set()).add(
             record["learning_rate"])
     runs: dict[tuple[str, str, float], list[dict]] = {}
-    for record in data["selection"] + [
+    for record in [r for r in data["selection"] if r["seed"] in seeds] + [
             r for r in reference_selection(data) if r["method"] in FAMILIES and r["seed"] in seeds
             and r["learning_rate"] in rates.get((r["dataset"], r["method"]), ())]:
         runs.setdefault((record["method"], record["dataset"], record["learning_rate"]), []).append(record)
@@ -157,6 +163,10 @@ def readme_results(data: dict, source: str) -> str:
     records = data["records"]
     tasks = ordered(records, "dataset", tuple(data["protocol"].get("tasks", {})))
     # A searched configuration sits where its reference would, so IC-MoE (the last main method) stays last.
+    unknown = sorted({r["method"] for r in records} - set(MAIN_METHODS) - set(BASELINE_CANDIDATES))
+    if unknown:
+        raise ValueError(f"The README's table has the main methods and the baselines' searched configurations, not "
+                         f"{unknown}.")
     methods = sorted(dict.fromkeys(r["method"] for r in records),
                      key=lambda m: MAIN_METHODS.index(BASELINE_CANDIDATES.get(m, (m, None))[0]))
     begin, end = markers(README_NAME)

@@ -125,6 +125,10 @@ def best_recorded_rates(paths: list[Path], task: str, methods: list[str], top: i
             if record["dataset"] == task and record["method"] == method:
                 runs.setdefault(record["learning_rate"], []).append(record)
         if runs:
+            seeds = {lr: sorted(r["seed"] for r in group) for lr, group in runs.items()}
+            if len({tuple(s) for s in seeds.values()}) > 1:
+                raise SystemExit(f"--lr_grid_from: {method} on {task} has other seeds at different rates ({seeds}); "
+                                 "rates are compared on the same seeds")
             return tuple(sorted(runs, key=lambda lr: validation_score(runs[lr]), reverse=True)[:top])
     raise SystemExit(f"--lr_grid_from: {', '.join(map(str, paths))} record no validation runs of "
                      f"{' or '.join(dict.fromkeys(methods))} on {task}")
@@ -278,12 +282,13 @@ class Benchmark:
         settings = self.settings(kind, task, method, seed, lr)
         table = self.data[kind]
         if kind == "records" and self.args.test_set == "fresh":
-            earlier = [r for r in table if (r["dataset"], r["method"], r["seed"]) == (task["name"], method, seed)
-                       and r["settings"] != settings]
+            unseeded = {k: v for k, v in settings.items() if k != "seed"}
+            earlier = [r for r in table if (r["dataset"], r["method"]) == (task["name"], method)
+                       and {k: v for k, v in r["settings"].items() if k != "seed"} != unseeded]
             if earlier:  # a second look would let the fresh test set steer a choice
-                raise SystemExit(f"--test_set fresh: {task['name']} / {method} / seed {seed} was already scored on "
-                                 "the fresh test set with other settings; it is used once. Score a changed method "
-                                 "under a new name or in another results file, and say so.")
+                raise SystemExit(f"--test_set fresh: {task['name']} / {method} was already scored on the fresh test "
+                                 f"set with other settings (seed {earlier[0]['seed']}); it is scored once, after every "
+                                 "choice is frozen. A changed method needs a test set no choice has seen.")
         for record in table:
             if record["settings"] == settings:
                 self.reused += 1
@@ -387,6 +392,10 @@ def run_benchmark(args: argparse.Namespace, benchmark: type[Benchmark]) -> dict:
     tasks = benchmark.load_tasks(args.tasks)
     protocol = benchmark.protocol_of(args, tasks)
     data = {"protocol": {}, "selection": [], "records": []}
+    if args.fresh and args.output.is_file() and json.loads(args.output.read_text()).get(
+            "protocol", {}).get("test_set") == "fresh":
+        raise SystemExit(f"--fresh would discard {args.output}, the record of a fresh test set's one use; move it "
+                         "aside by hand if that is really meant.")
     if args.output.is_file() and not args.fresh:
         data = json.loads(args.output.read_text())
         old = data["protocol"]
@@ -397,7 +406,11 @@ def run_benchmark(args: argparse.Namespace, benchmark: type[Benchmark]) -> dict:
                              "or another --output.")
         for key in MERGED_PROTOCOL_KEYS:
             if key in protocol:
-                protocol[key] = {**old.get(key, {}), **protocol[key]}
+                merged = {**old.get(key, {}), **protocol[key]}
+                if key == "lr_grid":  # per-task grids (--lr_grid_from) of runs split over --tasks add up
+                    merged.update({m: {**old[key][m], **grid} for m, grid in protocol[key].items()
+                                   if isinstance(grid, dict) and isinstance(old.get(key, {}).get(m), dict)})
+                protocol[key] = merged
     protocol["commands"] = list(dict.fromkeys(data["protocol"].get("commands", []) + [args.command]))
     protocol["machine"] = machine()
     recorded = data["protocol"].get("matched_ranks")

@@ -100,6 +100,7 @@ def test_without_decay_the_groups_are_as_before(tiny_base_dir):
     (["--method", "adapter", "--adapter_scale", "nan"], "adapter_scale must be positive and finite"),
     (["--method", "lora", "--lora_targets", "mlp"], "invalid choice"),
     (["--method", "full", "--layer_lr_decay", "1.5"], "--layer_lr_decay must be in"),
+    (["--method", "icmoe", "--layer_lr_decay", "0.8"], "--layer_lr_decay is for --method full"),
 ])
 def test_wrong_options_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -116,8 +117,9 @@ def test_checkpoints_of_default_runs_keep_their_fingerprint():
 
     plain = fingerprint("--method", "lora")
     assert not {"lora_alpha", "lora_targets", "lora_dropout", "layer_lr_decay"} & set(plain)
-    changed = fingerprint("--method", "lora", "--lora_targets", "all", "--layer_lr_decay", "0.8")
-    assert changed["lora_targets"] == "all" and changed["layer_lr_decay"] == 0.8
+    changed = fingerprint("--method", "lora", "--lora_targets", "all")
+    assert changed["lora_targets"] == "all"
+    assert fingerprint("--method", "full", "--layer_lr_decay", "0.8")["layer_lr_decay"] == 0.8
     assert fingerprint("--method", "adapter", "--adapter_placement", "attention")["adapter_placement"] == "attention"
 
 

@@ -150,7 +150,7 @@ def test_the_fresh_test_set_is_scored_once(tmp_path):
     accuracy.main([*args, "--lr_grid_from", str(rates)])  # the same settings: reused, not a second look
     assert json.loads((tmp_path / "accuracy.json").read_text())["records"] == data["records"]
     _selection_file(rates, [("mr_brain_lesion", "adapter", 3e-3, 0.7)])
-    with pytest.raises(SystemExit, match="used once"):
+    with pytest.raises(SystemExit, match="scored once"):
         accuracy.main([*args, "--lr_grid_from", str(rates)])
 
 
@@ -168,7 +168,7 @@ def _search_data(tmp_path: Path, scores: dict[str, dict[str, float]]) -> dict:
 
 
 def test_each_baseline_takes_its_best_configuration_by_the_mean_over_tasks(tmp_path):
-    from benchmarks.baseline_search_report import best_configurations, search_section
+    from benchmarks.baseline_search_report import best_configurations, scores, search_section
 
     data = _search_data(tmp_path, {
         "lora_matched": {"a": 0.80, "b": 0.70},
@@ -182,6 +182,17 @@ def test_each_baseline_takes_its_best_configuration_by_the_mean_over_tasks(tmp_p
     data = _search_data(tmp_path, {"lora_matched": {"a": 0.80, "b": 0.70},
                                    "lora_matched_alpha2": {"a": 0.70, "b": 0.80}})
     assert best_configurations(data) == {"lora_matched": "lora_matched"}  # a tie goes to the reference
+    # The reference is scored on its candidates' rates and seeds only: its runs at a rate they did not try, or at
+    # another seed, do not count, however high (and neither does a candidate's run at another seed).
+    reference = Path(data["protocol"]["lr_grid_from"]["files"][0])
+    saved = json.loads(reference.read_text())
+    saved["selection"] += [{"dataset": task, "method": "lora_matched", "learning_rate": lr, "val_dice": 0.99, "seed": seed}
+                           for task in ("a", "b") for lr, seed in ((1e-2, 0), (1e-3, 5))]
+    reference.write_text(json.dumps(saved))
+    data["selection"].append({"dataset": "a", "method": "lora_matched_alpha2", "learning_rate": 1e-3, "val_dice": 0.0,
+                              "seed": 5})
+    assert scores(data)["lora_matched"] == {"a": (0.80, 1e-3), "b": (0.70, 1e-3)}
+    assert scores(data)["lora_matched_alpha2"]["a"] == (0.70, 1e-3)
 
 
 def test_the_readme_results_are_rendered_from_the_fresh_test_file():
@@ -195,3 +206,36 @@ def test_the_readme_results_are_rendered_from_the_fresh_test_file():
     assert begin in readme and path.is_file()
     published = begin + readme.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     assert published == readme_results(json.loads(path.read_text()), path.name)
+
+
+def test_the_fresh_test_scored_the_configurations_the_search_chose():
+    """The searched configurations on the fresh test sets are those the search's rule picks from its file (they were
+    named in the command by hand)."""
+    from benchmarks.baseline_search_report import best_configurations
+
+    search = json.loads((REPO_ROOT / "benchmarks" / "results" / "baseline_search.json").read_text())
+    fresh = json.loads((REPO_ROOT / "benchmarks" / "results" / "accuracy_fresh_test.json").read_text())
+    scored = {r["method"] for r in fresh["records"]}
+    chosen = best_configurations(search)
+    assert set(chosen) == {"lora_matched", "adapter_matched", "full"}
+    assert {m for m in scored if m in BASELINE_CANDIDATES} == {m for m in chosen.values() if m in BASELINE_CANDIDATES}
+    assert set(chosen) <= scored  # the references too, for comparison
+
+
+@pytest.mark.slow
+def test_a_fresh_results_file_is_not_discarded_or_extended_with_other_settings(tmp_path):
+    """--fresh would throw away a fresh test set's one use; a new seed of a method whose settings changed is a second
+    look all the same."""
+    from benchmarks import accuracy
+
+    rates = _selection_file(tmp_path / "rates.json", [("mr_brain_lesion", "adapter", 1e-3, 0.7)])
+    args = smoke_args(tmp_path, "accuracy.json") + ["--tasks", "mr_brain_lesion", "--methods", "adapter",
+                                                     "--test_set", "fresh", "--lr_grid_top", "1",
+                                                     "--lr_grid_from", str(rates)]
+    accuracy.main(args)
+    with pytest.raises(SystemExit, match="one use"):
+        accuracy.main([*args, "--fresh"])
+    _selection_file(rates, [("mr_brain_lesion", "adapter", 3e-3, 0.7)])
+    with pytest.raises(SystemExit, match="scored once"):
+        accuracy.main([*args, "--seeds", "1"])
+

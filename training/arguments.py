@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layer_lr_decay", type=float, default=1.0,
                        help="Layer-wise learning-rate decay: encoder block i of L trains at --learning_rate times "
                             "decay ** (L - i), the patch embedding at decay ** (L + 1); the neck and the decoder at "
-                            "the full rate. 1 (default) turns it off. Meant for --method full.")
+                            "the full rate. 1 (default) turns it off. For --method full.")
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--lr_scheduler_type", default="cosine")
     train.add_argument("--num_warmup_steps", type=int, default=None, help="Default: 5%% of the training steps.")
@@ -217,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{unused[0]} is for --method {method}, not --method {args.method}")
     if not 0 < args.layer_lr_decay <= 1:
         parser.error(f"--layer_lr_decay must be in (0, 1], got {args.layer_lr_decay}")
+    if args.layer_lr_decay != 1.0 and args.method != "full":
+        parser.error(f"--layer_lr_decay is for --method full (it decays the rates of SAM's own encoder blocks), not "
+                     f"--method {args.method}")
     if not 0 < args.mask_decoder_lr_scale < math.inf:
         parser.error(f"--mask_decoder_lr_scale must be positive and finite, got {args.mask_decoder_lr_scale}")
     for name in ("weight_decay", "max_grad_norm"):
