@@ -126,7 +126,8 @@ def test_checkpoints_of_default_runs_keep_their_fingerprint():
 @pytest.mark.slow
 def test_runs_save_what_the_options_built(tiny_base_dir, blob_dataset_dir, tmp_path):
     """A LoRA run on every linear layer writes its adapter with those targets, alpha and dropout, and records them;
-    an adapter run beside qkv saves a model that loads back with its placement and scale."""
+    an adapter run beside qkv saves a model that loads back with its placement and scale; a full run records its
+    layer-wise decay."""
     from transformers import AutoModel
 
     out = tmp_path / "lora"
@@ -145,3 +146,9 @@ def test_runs_save_what_the_options_built(tiny_base_dir, blob_dataset_dir, tmp_p
     loaded = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert (loaded.config.icmoe_config.expert_placement, loaded.config.icmoe_config.expert_output_scale) == (
         "attention", 2.0)
+    assert "layer_lr_decay" not in results(out)  # recorded only where it is on
+
+    out = tmp_path / "full"
+    run(parse_args(train_args(tiny_base_dir, blob_dataset_dir, out, "--method", "full", "--layer_lr_decay", "0.7",
+                              "--max_train_steps", "1", "--no_zeroshot_eval", "--num_example_figures", "0")))
+    assert results(out)["layer_lr_decay"] == 0.7 and results(out)["mask_decoder_lr_scale"] == 1.0

@@ -30,6 +30,8 @@ def run_info(args, world: dict, eval_images: int, volume_summary) -> dict:
         "seed": args.seed,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        **({"layer_lr_decay": args.layer_lr_decay} if getattr(args, "layer_lr_decay", 1.0) != 1.0 else {}),
+        "mask_decoder_lr_scale": getattr(args, "mask_decoder_lr_scale", 1.0),
         **world,
         "n_eval_source_images": eval_images,
         "base_model_is_standin": Path(args.base_model).resolve() == Path(DEFAULT_BASE_MODEL).resolve(),
