@@ -39,10 +39,16 @@ def scores(data: dict) -> dict[str, dict[str, tuple[float, float]]]:
     for record in data["selection"]:
         rates.setdefault((record["dataset"], BASELINE_CANDIDATES[record["method"]][0]), set()).add(
             record["learning_rate"])
+    return best_rate_per_task([r for r in data["selection"] if r["seed"] in seeds] + [
+        r for r in reference_selection(data) if r["method"] in FAMILIES and r["seed"] in seeds
+        and r["learning_rate"] in rates.get((r["dataset"], r["method"]), ())], seeds)
+
+
+def best_rate_per_task(records: list[dict], seeds: set[int]) -> dict[str, dict[str, tuple[float, float]]]:
+    """method -> task -> (mean validation Dice over `seeds` at the method's best rate on the task, that rate), from
+    selection `records`; a rate not yet run at every seed does not count."""
     runs: dict[tuple[str, str, float], list[dict]] = {}
-    for record in [r for r in data["selection"] if r["seed"] in seeds] + [
-            r for r in reference_selection(data) if r["method"] in FAMILIES and r["seed"] in seeds
-            and r["learning_rate"] in rates.get((r["dataset"], r["method"]), ())]:
+    for record in records:
         runs.setdefault((record["method"], record["dataset"], record["learning_rate"]), []).append(record)
     result: dict[str, dict[str, tuple[float, float]]] = {}
     for (method, task, lr), group in runs.items():
@@ -59,21 +65,15 @@ def icmoe_validation(data: dict) -> dict[str, tuple[float, float]]:
     """IC-MoE's (the default's) validation Dice per task at its best rate, on the search's selection seeds, from the
     files the search read its rates from: the same basis as the search's table."""
     seeds = set(data["protocol"]["selection_seeds"])
-    runs: dict[tuple[str, float], list[dict]] = {}
-    for record in reference_selection(data):
-        if record["method"] == "icmoe" and record["seed"] in seeds:
-            runs.setdefault((record["dataset"], record["learning_rate"]), []).append(record)
-    result: dict[str, tuple[float, float]] = {}
-    for (task, lr), group in runs.items():
-        if {r["seed"] for r in group} == seeds and (task not in result or validation_score(group) > result[task][0]):
-            result[task] = (validation_score(group), lr)
-    return result
+    icmoe = [r for r in reference_selection(data) if r["method"] == "icmoe" and r["seed"] in seeds]
+    return best_rate_per_task(icmoe, seeds).get("icmoe", {})
 
 
-def best_configurations(data: dict) -> dict[str, str]:
+def best_configurations(data: dict, table: dict | None = None) -> dict[str, str]:
     """Each baseline -> the configuration it takes to the test (the reference unless a candidate's mean over the
-    tasks is higher), among those scored on every task the family was searched on."""
-    table, chosen = scores(data), {}
+    tasks is higher), among those scored on every task the family was searched on; `table`: `scores(data)`, where the
+    caller has it already."""
+    table, chosen = table or scores(data), {}
     for family in FAMILIES:
         members = [family] + [name for name, (ref, _) in BASELINE_CANDIDATES.items() if ref == family]
         tasks = set(table.get(family, {}))
@@ -86,7 +86,8 @@ def best_configurations(data: dict) -> dict[str, str]:
 def search_section(data: dict) -> list[str]:
     """The search's Markdown: per baseline, every configuration's validation Dice per task and over the tasks, the
     count of configurations tried, and the one taken to the test."""
-    table, chosen = scores(data), best_configurations(data)
+    table = scores(data)
+    chosen = best_configurations(data, table)
     tasks = list(data["protocol"].get("tasks", {}))
     lines = ["### Baselines' configuration search (validation only)", "",
              "Each baseline's configurations, one change each from the main benchmark's (LoRA at matched parameters: "
