@@ -174,6 +174,7 @@ class Benchmark:
         self.work = Path(args.work_dir).resolve()
         self.executed = self.reused = 0
         self.selection_splits: dict[str, SelectionSplit] = {}
+        self.fresh_tests: dict[str, tuple[Path, str]] = {}
         self.own = {(task["name"], method) for task in self.load_tasks(args.tasks) for method in args.methods}
 
     # ------------------------------------------------------------------------------------------------- hooks
@@ -221,6 +222,12 @@ class Benchmark:
             self.selection_splits[task["name"]] = selection_split(task, self.work / "splits")
         return self.selection_splits[task["name"]]
 
+    def fresh_test(self, task: dict) -> tuple[Path, str]:
+        """(dataset, id) of the task's train split with its fresh test set, built once per task and process."""
+        if task["name"] not in self.fresh_tests:
+            self.fresh_tests[task["name"]] = fresh_test_dataset(task, self.work / "splits")
+        return self.fresh_tests[task["name"]]
+
     def sample_args(self, steps: int | None = None) -> list[str]:
         """The steps (default --max_train_steps), batch size and sample limits every method gets."""
         args = self.args
@@ -237,7 +244,7 @@ class Benchmark:
         if kind == "selection":
             return self.selection_split(task).dataset, "validation"
         if self.args.test_set == "fresh":
-            return fresh_test_dataset(task, self.work / "splits")[0], "test"
+            return self.fresh_test(task)[0], "test"
         return REPO_ROOT / task["path"], "test"
 
     def split_settings(self, kind: str, task: dict) -> dict:
@@ -246,7 +253,7 @@ class Benchmark:
             split = self.selection_split(task)
             return {"split": split.description, "validation_split": split.split_id}
         if self.args.test_set == "fresh":
-            return {"split": "train -> fresh test", "test_split": fresh_test_dataset(task, self.work / "splits")[1]}
+            return {"split": "train -> fresh test", "test_split": self.fresh_test(task)[1]}
         return {"split": "train -> test"}
 
     def run_training_code(self, task: dict, method: str, seed: int, lr: float | None, *, run_args: list[str],
